@@ -1,0 +1,3 @@
+from bertflow.cli import app
+
+app()

@@ -1,0 +1,153 @@
+"""The `bertflow` command: parse options into a validated config, call a flow, show the result."""
+
+from __future__ import annotations
+
+import os
+
+# Process-level defaults, set before Prefect is imported: the CLI draws its own progress and
+# summary, so Prefect's console logs (still sent to the API and the UI) stay quiet, and the
+# temporary server sends no telemetry. Users can override each one in their environment.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+import sys  # noqa: E402
+from typing import Annotated, NoReturn, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig  # noqa: E402
+from bertflow.tasks.errors import BertflowError  # noqa: E402
+
+app = typer.Typer(
+    help="Turn collections of text into embedding datasets with BERT-family models, orchestrated by Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Turn collections of text into embedding datasets with BERT-family models, orchestrated by Prefect."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _validation_message(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(x) for x in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"--{where.replace('_', '-')}: {msg}" if where else msg
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _layers(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(value))
+    except ValueError:
+        fail(f"--layers {value!r}: give comma-separated negative integers such as -1 or -4,-3,-2,-1")
+
+
+class _Bar:
+    """Rows-done progress bar fed by the embedding task through `bertflow.tasks.progress`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task = None
+
+    def start(self, total_rows: int, done_rows: int) -> None:
+        self.task = self.progress.add_task("embedding", total=total_rows, completed=done_rows)
+
+    def advance(self, rows: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, rows)
+
+
+@app.command()
+def embed(
+    source: Annotated[str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")],
+    dest: Annotated[str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")],
+    model: Annotated[str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")] = DEFAULT_MODEL,
+    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max or mean_max (default: the model's own)")] = None,
+    layers: Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")] = "-1",
+    layer_mode: Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")] = "mean",
+    normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalize (default: the model's own)")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Truncate at this many tokens (default: the model's limit)")] = None,
+    id_column: Annotated[str, typer.Option(help="Column holding unique row ids")] = "id",
+    text_column: Annotated[str, typer.Option(help="Column holding the text to embed")] = "text",
+    keep: Annotated[Optional[str], typer.Option(help="Comma-separated columns to pass through to the output")] = None,
+    shard_rows: Annotated[int, typer.Option(help="Rows per output part (the unit of resume and fan-out)")] = 10_000,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per forward pass (default per device)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
+    overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
+) -> None:
+    """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
+    try:
+        config = EmbedConfig(
+            model=model, pooling=pooling, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
+            max_length=max_length, id_column=id_column, text_column=text_column, keep=_csv(keep),
+            shard_rows=shard_rows, batch_tokens=batch_tokens, device=device, precision=precision,
+        )
+    except ValidationError as e:
+        fail(_validation_message(e))
+
+    from bertflow.flows.embed import embed_dataset
+    from bertflow.tasks.progress import reporting_to
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
+    )
+    try:
+        with progress, reporting_to(_Bar(progress)):
+            manifest = embed_dataset(source, dest, config, overwrite)
+    except BertflowError as e:
+        fail(str(e))
+    _summary(manifest, dest)
+
+
+def _summary(manifest, dest: str) -> None:
+    totals = manifest.totals
+    fresh = [s for s in manifest.shards if not s.resumed]
+    fresh_rows = sum(s.rows + s.rejected for s in fresh)
+    table = Table(title="bertflow embed", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("rows embedded", f"{totals.rows:,}"),
+        ("skipped (see _rejects.parquet)" if totals.skipped else "skipped", f"{totals.skipped:,}"),
+        ("dimension", str(manifest.model.dimension)),
+        ("tokens", f"{totals.tokens:,}"),
+        ("truncated", f"{totals.truncated:,} (at {manifest.model.max_length} tokens)"),
+        ("shards", f"{len(fresh)} embedded, {len(manifest.shards) - len(fresh)} resumed"),
+        ("docs/s", f"{fresh_rows / totals.seconds:,.1f}" if totals.seconds else "-"),
+        ("seconds", f"{totals.seconds:,.1f}"),
+        ("model", f"{manifest.model.name} ({manifest.pooling}, layers {','.join(map(str, manifest.layers))}, "
+                  f"{'normalized' if manifest.normalize else 'not normalized'}, {manifest.precision}, {manifest.device})"),
+        ("output", dest),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point for `python -m bertflow`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

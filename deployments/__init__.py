@@ -1,0 +1,1 @@
+"""Deployment definitions (schedules, work pool, parameters) and `bertflow deploy`."""

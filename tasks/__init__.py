@@ -1,0 +1,1 @@
+"""Units of work (Prefect tasks) and the pure code they call."""

@@ -1,0 +1,202 @@
+"""Prefect tasks of an embedding run: each one thin, one side effect, retried only if it can help.
+
+Data moves between the tasks of one shard in memory: caching and result persistence are off,
+so large frames are never hashed or written anywhere but the final part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+
+import numpy as np
+import polars as pl
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+import bertflow
+from bertflow.tasks import parts, progress, sources, storage
+from bertflow.tasks.config import EmbedConfig, ResolvedConfig
+from bertflow.tasks.engine import Encoder, Tokenized
+from bertflow.tasks.errors import InputError, TransientStorageError
+from bertflow.tasks.manifest import (
+    MANIFEST_NAME,
+    REJECTS_NAME,
+    Manifest,
+    ModelInfo,
+    PartInfo,
+    Reject,
+    ShardResult,
+    ShardSpec,
+    Totals,
+    shard_fingerprint,
+)
+from bertflow.tasks.model import load_model, pick_device, resolve_config
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry storage hiccups and device out-of-memory; never bad input."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result()
+        except BaseException as e:  # noqa: BLE001 - inspecting, not handling
+            exc = e
+    return isinstance(exc, (TransientStorageError, torch.OutOfMemoryError))
+
+
+IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}
+RETRY = {"retries": 4, "retry_delay_seconds": exponential_backoff(1), "retry_jitter_factor": 0.5,
+         "retry_condition_fn": is_transient}
+
+
+@task(name="resolve_config", **IN_MEMORY)
+def resolve_embed_config(config: EmbedConfig) -> ResolvedConfig:
+    """Read the model's files (not its weights into memory) to fill every default."""
+    return resolve_config(config)
+
+
+@task(name="plan_shards", **IN_MEMORY, **RETRY)
+def plan_source(source: str, config: ResolvedConfig) -> list[ShardSpec]:
+    """Read SOURCE's ids and layout (storage) and split it into shards."""
+    return sources.plan_shards(
+        source, id_column=config.id_column, text_column=config.text_column, keep=config.keep,
+        shard_rows=config.shard_rows,
+    )
+
+
+def fingerprints(plan: list[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
+    output = config.output_fingerprint()
+    return {spec.name: shard_fingerprint(spec, output) for spec in plan}
+
+
+def _manifest(source: str, config: ResolvedConfig, plan: list[ShardSpec], device: str | None, **kw) -> Manifest:
+    return Manifest(
+        bertflow_version=bertflow.__version__,
+        source=source,
+        model=ModelInfo(name=config.model, path=config.model_path, sha256=config.model_sha256,
+                        dimension=config.dimension, max_length=config.max_length),
+        pooling=config.pooling, layers=list(config.layers), layer_mode=config.layer_mode,
+        normalize=config.normalize, precision=config.precision, device=device,
+        id_column=config.id_column, text_column=config.text_column, keep=list(config.keep),
+        shard_rows=config.shard_rows, columns=["id", "embedding", "n_tokens", "truncated", *config.keep],
+        fingerprint=config.output_fingerprint(), planned_shards=len(plan), **kw,
+    )
+
+
+@task(name="prepare_dest", **IN_MEMORY, **RETRY)
+def prepare_dest(
+    source: str, dest: str, config: ResolvedConfig, plan: list[ShardSpec], overwrite: bool
+) -> dict[str, ShardResult]:
+    """Check DEST (storage) against this run, clear it on overwrite, mark it running; return finished parts."""
+    if storage.is_local(dest) and storage.is_local(source):
+        src, dst = storage.canonical(source).rstrip("/") + "/", storage.canonical(dest).rstrip("/") + "/"
+        if dst.startswith(src):
+            raise InputError(f"DEST {dest} is inside SOURCE {source}; its parts would become input: choose another DEST")
+    if overwrite:
+        parts.clear_dest(dest)
+    else:
+        parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
+    done = parts.complete_parts(dest, plan, fingerprints(plan, config))
+    manifest = _manifest(source, config, plan, None, status="running", created_at=datetime.now(timezone.utc))
+    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest))
+    progress.start(sum(s.rows for s in plan), sum(s.rows for s in plan if s.name in done))
+    if done:
+        get_run_logger().info("resuming: %d of %d shards already complete in %s", len(done), len(plan), dest)
+    return done
+
+
+@task(name="read_shard", **IN_MEMORY, **RETRY)
+def read_shard(spec: ShardSpec, config: ResolvedConfig) -> tuple[pl.DataFrame, list[Reject]]:
+    """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts."""
+    frame = sources.read_shard(spec, config.id_column, config.text_column, config.keep)
+    return split_rejects(frame)
+
+
+def get_encoder(config: ResolvedConfig) -> Encoder:
+    """The process-wide model (loaded once) wrapped for this run's length and batch settings."""
+    device = pick_device(config.device)
+    tokenizer, model = load_model(config.model_path, device, config.precision, config.trust_remote_code)
+    return Encoder(tokenizer, model, device=device, precision=config.precision,
+                   max_length=config.max_length, batch_tokens=config.batch_tokens)
+
+
+@task(name="tokenize", **IN_MEMORY)
+def tokenize_texts(texts: list[str], config: ResolvedConfig) -> Tokenized:
+    """Tokenize with the model's fast tokenizer (CPU threads), truncating at max_length."""
+    return get_encoder(config).tokenize(texts)
+
+
+@task(name="embed", **IN_MEMORY, **RETRY)
+def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
+    """Forward passes and pooling per batch on the device; (N, D) float32 in input order."""
+    return get_encoder(config).embed(
+        tok, pooling=config.pooling, layers=config.layers, layer_mode=config.layer_mode,
+        normalize_output=config.normalize, on_rows=progress.advance,
+    )
+
+
+@task(name="write_part", **IN_MEMORY, **RETRY)
+def write_part(
+    dest: str, spec: ShardSpec, config: ResolvedConfig, frame: pl.DataFrame, tok: Tokenized,
+    embeddings: np.ndarray, rejects: list[Reject], fingerprint: str, seconds: float,
+) -> ShardResult:
+    """Write one finished part to DEST (storage) in a single atomic step."""
+    table = parts.part_frame(frame, embeddings, tok.n_tokens, tok.truncated, config.keep, spec.id_kind)
+    info = PartInfo(fingerprint=fingerprint, rows=len(table), tokens=int(tok.n_tokens.sum()),
+                    truncated=int(tok.truncated.sum()), seconds=seconds, rejects=rejects)
+    data = parts.serialize_part(table, info)
+    storage.write_atomic(storage.join(dest, spec.name), data)
+    result = ShardResult(
+        name=spec.name, pieces=spec.pieces, rows=info.rows, rejected=len(rejects), tokens=info.tokens,
+        truncated=info.truncated, seconds=seconds, sha256=hashlib.sha256(data).hexdigest(), rejects=rejects,
+    )
+    get_run_logger().info(
+        "%s: %d rows, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s)%s", spec.name, info.rows, info.tokens,
+        seconds, info.rows / max(seconds, 1e-9), info.tokens / max(seconds, 1e-9),
+        f", {info.truncated} truncated at {config.max_length} tokens" if info.truncated else "",
+    )
+    return result
+
+
+def split_rejects(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[Reject]]:
+    """Rows with null text cannot be embedded: they go to rejects, with the reason."""
+    null = frame["text"].is_null()
+    if not null.any():
+        return frame, []
+    rejected = frame.filter(null)["id"].to_list()
+    return frame.filter(~null), [Reject(id=i, reason="null text") for i in rejected]
+
+
+@task(name="finalize_dest", **IN_MEMORY, **RETRY)
+def finalize_dest(
+    source: str, dest: str, config: ResolvedConfig, plan: list[ShardSpec], results: list[ShardResult],
+    seconds: float, created_at: datetime,
+) -> Manifest:
+    """Write _rejects.parquet, then the complete manifest last (storage)."""
+    by_name = {r.name: r for r in results}
+    ordered = [by_name[s.name] for s in plan]
+    id_kind = plan[0].id_kind
+    rejects = parts.rejects_bytes(ordered, id_kind)
+    rejects_uri = storage.join(dest, REJECTS_NAME)
+    if rejects is not None:
+        storage.write_atomic(rejects_uri, rejects)
+    else:
+        storage.remove(rejects_uri)
+    totals = Totals(rows=sum(r.rows for r in ordered), skipped=sum(r.rejected for r in ordered),
+                    tokens=sum(r.tokens for r in ordered), truncated=sum(r.truncated for r in ordered),
+                    seconds=round(seconds, 3))
+    manifest = _manifest(
+        source, config, plan, pick_device(config.device), status="complete", shards=ordered, totals=totals,
+        rejects=REJECTS_NAME if rejects is not None else None, created_at=created_at,
+        completed_at=datetime.now(timezone.utc),
+    )
+    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest))
+    logger = get_run_logger()
+    if totals.truncated:
+        logger.warning("%d rows were longer than %d tokens and were truncated", totals.truncated, config.max_length)
+    if totals.skipped:
+        logger.warning("%d rows were not embedded (see %s)", totals.skipped, rejects_uri)
+    return manifest

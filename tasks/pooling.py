@@ -1,0 +1,85 @@
+"""Pooling strategies: token states + attention mask -> one vector per sequence.
+
+Pure tensor code: no Prefect, no I/O. Shapes: B sequences, T tokens, H hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+
+Pooling = Literal["cls", "mean", "max", "mean_max"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+LayerMode = Literal["mean", "concat"]
+LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
+
+
+def combine_layers(
+    hidden_states: Sequence[torch.Tensor], layers: Sequence[int], mode: LayerMode = "mean"
+) -> torch.Tensor:
+    """Pick `layers` (negative indices into embeddings + every layer) and average or concatenate."""
+    n = len(hidden_states)
+    bad = [i for i in layers if not -n < i < 0]
+    if bad:
+        raise ValueError(
+            f"layer {bad[0]} does not exist; this model has {n - 1} layers (use -1 .. -{n - 1})"
+        )
+    picked = [hidden_states[i] for i in layers]  # each (B, T, H)
+    if len(picked) == 1:
+        return picked[0]
+    if mode == "mean":
+        return torch.stack(picked).mean(0)  # (B, T, H)
+    if mode == "concat":
+        return torch.cat(picked, dim=-1)  # (B, T, H * len(layers))
+    raise ValueError(f"unknown layer mode {mode!r}; choose one of {', '.join(LAYER_MODES)}")
+
+
+def pool_cls(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The first token's vector ([CLS] for BERT), as `last_hidden_state[:, 0]`."""
+    return h[:, 0]  # (B, H)
+
+
+def pool_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real (unmasked) tokens; an all-masked row gives zeros, not NaN."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    total = (h * m).sum(1)  # (B, H)
+    count = m.sum(1).clamp(min=1e-9)  # (B, 1)
+    return total / count
+
+
+def pool_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over the real tokens; an all-masked row gives zeros."""
+    real = mask.bool().unsqueeze(-1)  # (B, T, 1)
+    out = h.masked_fill(~real, float("-inf")).amax(1)  # (B, H)
+    return torch.where(real.any(1), out, torch.zeros_like(out))
+
+
+def pool_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean and max side by side."""
+    return torch.cat([pool_mean(h, mask), pool_max(h, mask)], dim=-1)  # (B, 2H)
+
+
+_POOLERS = {"cls": pool_cls, "mean": pool_mean, "max": pool_max, "mean_max": pool_mean_max}
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Apply one pooling strategy by name."""
+    try:
+        fn = _POOLERS[pooling]
+    except KeyError:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}") from None
+    return fn(h, mask)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalize rows; a zero row stays zero."""
+    return F.normalize(x, p=2, dim=-1)
+
+
+def output_dim(hidden: int, pooling: Pooling, n_layers: int, mode: LayerMode) -> int:
+    """Width of the pooled vector for a model of hidden size `hidden`."""
+    width = hidden * (n_layers if mode == "concat" else 1)
+    return width * (2 if pooling == "mean_max" else 1)

