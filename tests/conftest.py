@@ -129,3 +129,26 @@ def sample_texts() -> list[str]:
     """Real English text: the shipped sample corpus (standard-library docstrings)."""
     rows = [json.loads(line) for line in (REPO / "data" / "sample" / "docs.jsonl").read_text().splitlines()]
     return [r["text"] for r in rows]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free localhost port for the whole session."""
+    from tests.s3 import S3Endpoint
+
+    endpoint = S3Endpoint().start()
+    yield endpoint
+    endpoint.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 endpoint, reset, with this process's AWS environment pointing at it."""
+    import s3fs
+
+    s3_server.reset()
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_server
+    s3fs.S3FileSystem.clear_instance_cache()
