@@ -94,6 +94,7 @@ def embed(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
     overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
+    storage_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored")] = None,
 ) -> None:
     """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
     try:
@@ -107,17 +108,50 @@ def embed(
 
     from bertflow.flows.embed import embed_dataset
     from bertflow.tasks.progress import reporting_to
+    from bertflow.tasks.storage import storage_options
 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
         TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
     )
     try:
-        with progress, reporting_to(_Bar(progress)):
+        with progress, reporting_to(_Bar(progress)), storage_options(_options(storage_option)):
             manifest = embed_dataset(source, dest, config, overwrite)
     except BertflowError as e:
         fail(str(e))
     _summary(manifest, dest)
+
+
+def _options(pairs: list[str] | None) -> dict[str, str]:
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--storage-option {pair.split('=')[0]!r}: expected KEY=VALUE, e.g. endpoint_url=http://localhost:9000")
+        options[key.strip()] = value
+    return options
+
+
+@app.command()
+def verify(
+    dest: Annotated[str, typer.Argument(help="Output directory written by `bertflow embed`")],
+    source: Annotated[Optional[str], typer.Option(help="Also check that every id of this SOURCE is present exactly once")] = None,
+    storage_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the filesystem; repeatable")] = None,
+) -> None:
+    """Check DEST's parts against its manifest (rows, sha256, schema, unique ids); exit 1 if anything is off."""
+    from bertflow.tasks.storage import storage_options
+    from bertflow.tasks.verify import verify_dest
+
+    try:
+        with storage_options(_options(storage_option)):
+            problems = verify_dest(dest, source)
+    except BertflowError as e:
+        fail(str(e))
+    if problems:
+        for p in problems:
+            err.print(f"[red]FAIL[/] {p}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"[green]OK[/] {dest}" + (f" holds every row of {source} exactly once" if source else " matches its manifest"))
 
 
 def _summary(manifest, dest: str) -> None:

@@ -94,19 +94,27 @@ def _missing_columns(uri: str, have: Sequence[str], need: Sequence[str], hint: d
         )
 
 
-def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _line_bounds(data: bytes, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Start and end byte offsets of every line (a final newline does not open a new line)."""
     nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
     starts = np.concatenate([[0], nl + 1])
     ends = np.concatenate([nl, [len(data)]])
     if len(data) == 0 or data.endswith(b"\n"):
         starts, ends = starts[:-1], ends[:-1]
-    return starts, ends
+    return starts + offset, ends + offset
 
 
-def _bad_json_line(uri: str, data: bytes) -> InputError:
+def _blank_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Lines holding only whitespace (JSON lines readers skip them)."""
+    short = np.flatnonzero(ends - starts <= 8)  # only short lines can be blank; check those
+    blank = np.zeros(len(starts), dtype=bool)
+    blank[short] = [not data[starts[i]:ends[i]].strip() for i in short]
+    return blank
+
+
+def _bad_json_line(uri: str, data: bytes, first_line: int = 1) -> InputError:
     """Find the first malformed line so the message can name it."""
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    for number, line in enumerate(data.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
@@ -118,41 +126,65 @@ def _bad_json_line(uri: str, data: bytes) -> InputError:
     return InputError(f"{uri} is not valid JSON lines; check its encoding")
 
 
+def _txt_ids(numbers: np.ndarray, id_prefix: str | None) -> pl.Series:
+    series = pl.Series("id", numbers, dtype=pl.Int64)
+    if not id_prefix:
+        return series
+    return pl.select(pl.concat_str(pl.lit(f"{id_prefix}:"), pl.lit(series).cast(pl.String)).alias("id")).to_series()
+
+
+def _scan_lines(uri: str, fmt: Format, id_column: str, text_column: str, keep: Sequence[str],
+                id_prefix: str | None) -> FileScan:
+    """Scan a line format block by block: memory follows the block size, not the file size."""
+    starts, ends, ids, columns = [], [], [], set()
+    line = 1
+    for offset, data in storage.iter_line_blocks(uri):
+        s, e = _line_bounds(data, offset)
+        lines_in_block = len(s)
+        if fmt == "txt":
+            ids.append(_txt_ids(np.arange(line, line + len(s)), id_prefix))
+        else:
+            keep_rows = ~_blank_lines(data, s - offset, e - offset)
+            s, e = s[keep_rows], e[keep_rows]
+            try:
+                frame = pl.scan_ndjson(io.BytesIO(data), infer_schema_length=None)
+                schema = frame.collect_schema()
+                if id_column not in schema:
+                    block_ids = pl.Series("id", [None] * len(s))
+                else:
+                    block_ids = frame.select(pl.col(id_column).alias("id")).collect().to_series()
+            except pl.exceptions.PolarsError:
+                raise _bad_json_line(uri, data, line) from None
+            if len(block_ids) != len(s):
+                raise _bad_json_line(uri, data, line)
+            if text_column in schema:
+                _check_text_type(uri, text_column, schema[text_column])
+            columns.update(schema.names())
+            ids.append(block_ids)
+        starts.append(s)
+        ends.append(e)
+        line += lines_in_block
+    if fmt == "jsonl" and ids:
+        _missing_columns(uri, sorted(columns), [id_column, text_column, *keep],
+                         {id_column: "--id-column", text_column: "--text-column"})
+    all_ids = pl.concat(ids, how="vertical_relaxed") if ids else pl.Series("id", [], dtype=pl.Int64)
+    return FileScan(uri, fmt, all_ids, np.concatenate(starts or [np.zeros(0, np.int64)]),
+                    np.concatenate(ends or [np.zeros(0, np.int64)]), id_prefix)
+
+
 def scan_file(uri: str, id_column: str, text_column: str, keep: Sequence[str], id_prefix: str | None) -> FileScan:
     """Validate one file's columns and read its ids (and line offsets for line formats)."""
     fmt = file_format(uri)
-    hint = {id_column: "--id-column", text_column: "--text-column"}
-    need = [id_column, text_column, *keep]
-    if fmt == "txt":
-        if keep:
-            raise InputError(f"{uri}: .txt files have only line numbers and text; drop --keep")
-        data = storage.read_bytes(uri)
-        starts, ends = _line_bounds(data)
-        numbers = pl.Series("id", np.arange(1, len(starts) + 1, dtype=np.int64))
-        ids = (numbers.cast(pl.String).map_elements(lambda n: f"{id_prefix}:{n}", return_dtype=pl.String)
-               if id_prefix else numbers)
-        return FileScan(uri, fmt, ids, starts, ends, id_prefix)
-    if fmt == "jsonl":
-        data = storage.read_bytes(uri)
-        starts, ends = _line_bounds(data)
-        blank = np.array([not data[s:e].strip() for s, e in zip(starts, ends)], dtype=bool)
-        starts, ends = starts[~blank], ends[~blank]
-        try:
-            frame = pl.scan_ndjson(io.BytesIO(data), infer_schema_length=None)
-            schema = frame.collect_schema()
-            _missing_columns(uri, schema.names(), need, hint)
-            ids = frame.select(id_column).collect().to_series()
-        except pl.exceptions.PolarsError:
-            raise _bad_json_line(uri, data) from None
-        if len(ids) != len(starts):
-            raise _bad_json_line(uri, data)
-        _check_text_type(uri, text_column, schema[text_column])
-        return FileScan(uri, fmt, ids.alias("id"), starts, ends)
+    if fmt == "txt" and keep:
+        raise InputError(f"{uri}: .txt files have only line numbers and text; drop --keep")
+    if fmt in ("txt", "jsonl"):
+        return _scan_lines(uri, fmt, id_column, text_column, keep, id_prefix)
     with storage.open_input(uri) as src:
         try:
             frame = _scan(src, fmt, id_column, text_column)
             schema = frame.collect_schema()
-            _missing_columns(uri, schema.names(), need, hint)
+            _missing_columns(uri, schema.names(), [id_column, text_column, *keep],
+                             {id_column: "--id-column", text_column: "--text-column"})
             _check_text_type(uri, text_column, schema[text_column])
             ids = frame.select(id_column).collect().to_series()
         except pl.exceptions.PolarsError as e:
@@ -206,10 +238,8 @@ def _check_ids(scans: Sequence[FileScan], id_column: str) -> None:
         )
 
 
-def plan_shards(
-    source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int
-) -> list[ShardSpec]:
-    """Validate SOURCE and split its rows into shards of at most `shard_rows` rows, in file order."""
+def scan_source(source: str, *, id_column: str, text_column: str, keep: Sequence[str]) -> list[FileScan]:
+    """Validate every file of SOURCE (columns, id types, unique ids) and read its ids."""
     files = list_source(source)
     root = storage.canonical(source).rstrip("/") + "/"
 
@@ -222,9 +252,17 @@ def plan_shards(
     total = sum(s.rows for s in scans)
     if total == 0:
         raise InputError(f"SOURCE {source} has no rows to embed")
-    id_kind = _id_kind(scans, id_column)
+    _id_kind(scans, id_column)
     _check_ids(scans, id_column)
+    return scans
 
+
+def plan_shards(
+    source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int
+) -> list[ShardSpec]:
+    """Validate SOURCE and split its rows into shards of at most `shard_rows` rows, in file order."""
+    scans = scan_source(source, id_column=id_column, text_column=text_column, keep=keep)
+    id_kind = _id_kind(scans, id_column)
     groups: list[list[Piece]] = [[]]
     room = shard_rows
     for scan in scans:
@@ -255,8 +293,7 @@ def read_piece(piece: Piece, id_column: str, text_column: str, keep: Sequence[st
         except UnicodeDecodeError as e:
             raise InputError(f"{piece.file} is not UTF-8 text (bad byte at offset {piece.byte_start + e.start})") from None
         lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-        numbers = pl.Series("id", np.arange(piece.start + 1, piece.stop + 1, dtype=np.int64))
-        ids = numbers.cast(pl.String).map_elements(lambda n: f"{piece.id_prefix}:{n}", return_dtype=pl.String) if piece.id_prefix else numbers
+        ids = _txt_ids(np.arange(piece.start + 1, piece.stop + 1), piece.id_prefix)
         frame = pl.DataFrame({"id": ids, "text": pl.Series(lines, dtype=pl.String)})
     elif piece.format == "jsonl":
         data = storage.read_bytes(piece.file, piece.byte_start, piece.byte_end)

@@ -158,9 +158,24 @@ def read_bytes(uri: str, start: int | None = None, end: int | None = None) -> by
         return fs.cat_file(path, start=start, end=end)
 
 
-def read_head(uri: str, n: int) -> bytes:
-    """The first `n` bytes (or fewer)."""
-    return read_bytes(uri, 0, n)
+def iter_line_blocks(uri: str, block_size: int = 64 << 20) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) blocks of about `block_size` that end at a newline (the last one may not).
+
+    Lets line formats be scanned with memory bounded by the block, not by the file.
+    """
+    fs, path = filesystem(uri)
+    with translated(uri), fs.open(path, "rb") as f:
+        offset, carry = 0, b""
+        while chunk := f.read(block_size):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            yield offset, data[:cut]
+            offset, carry = offset + cut, data[cut:]
+        if carry:
+            yield offset, carry
 
 
 def sha256(uri: str) -> str:
