@@ -99,6 +99,7 @@ def prepare_dest(
         parts.clear_dest(dest)
     else:
         parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
+    parts.remove_temporaries(dest)
     done = parts.complete_parts(dest, plan, fingerprints(plan, config))
     manifest = _manifest(source, config, plan, None, status="running", created_at=datetime.now(timezone.utc))
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest))

@@ -118,6 +118,13 @@ def check_compatible(dest: str, existing: Manifest | None, fingerprint: dict[str
         )
 
 
+def remove_temporaries(dest: str) -> None:
+    """Delete hidden temporary files a killed run left behind (local DEST only has them)."""
+    for name in list_names(dest):
+        if name.startswith(".part-") and name.endswith(".tmp"):
+            storage.remove(storage.join(dest, name))
+
+
 def clear_dest(dest: str) -> None:
     """Remove what bertflow wrote in DEST (parts, rejects, manifest), nothing else."""
     for name in list_names(dest):

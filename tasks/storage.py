@@ -7,8 +7,10 @@ with `storage_options(...)`, never from anything that is logged or persisted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
+import errno
 import hashlib
 import os
 import posixpath
@@ -84,27 +86,58 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
 
 
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AllAccessDisabled"}
+# errno values s3fs gives to throttling/5xx (EBUSY, EAGAIN) and to dropped or slow connections.
+_TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                    errno.EPIPE, errno.ECONNREFUSED}
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def classify(err: BaseException, uri: str) -> BaseException:
     """Turn a storage exception into a bertflow error; transient ones can be retried."""
     if isinstance(err, (StorageError, InputError)):
         return err
-    text = str(err)
-    code = getattr(err, "response", {}) or {}
-    code = (code.get("Error", {}) or {}).get("Code", "") if isinstance(code, dict) else ""
-    if isinstance(err, PermissionError) or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+    for e in _chain(err):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            code = response["Error"].get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in _DENIED_CODES or status == 403:
+                return StorageError(f"access denied to {uri}: check the credentials and the bucket policy")
+            if code == "NoSuchBucket":
+                return StorageError(f"bucket of {uri} does not exist: create it or fix the URI")
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientStorageError(f"storage error on {uri} ({code or status}); will retry")
+    if isinstance(err, PermissionError):
         return StorageError(f"access denied to {uri}: check the credentials and the bucket policy")
-    if code == "NoSuchBucket" or "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+    text = str(err)
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         return StorageError(f"bucket of {uri} does not exist: create it or fix the URI")
     if isinstance(err, FileNotFoundError):
         return InputError(f"{uri} does not exist")
-    if isinstance(err, (ConnectionError, TimeoutError)) or any(
-        s in text
-        for s in ("503", "500", "502", "504", "SlowDown", "Throttl", "RequestTimeout", "InternalError",
-                  "ServiceUnavailable", "Connection reset", "timed out", "Server disconnected")
+    transient_types = (ConnectionError, TimeoutError, asyncio.TimeoutError)
+    if any(isinstance(e, transient_types) or getattr(e, "errno", None) in _TRANSIENT_ERRNO for e in _chain(err)) or any(
+        s in text for s in ("Connection reset", "timed out", "Server disconnected", "ServiceUnavailable", "SlowDown")
     ):
-        return TransientStorageError(f"storage error on {uri}: {text.splitlines()[0] if text else type(err).__name__}")
+        return TransientStorageError(f"storage error on {uri}: {_first_line(err)}; will retry")
     if isinstance(err, OSError):
-        return StorageError(f"storage error on {uri}: {text.splitlines()[0] if text else type(err).__name__}")
+        return StorageError(f"storage error on {uri}: {_first_line(err)}")
     return err
 
 

@@ -27,6 +27,7 @@ class Fault:
     pattern: re.Pattern
     remaining: int
     status: int
+    code: str
     hits: int = 0
 
 
@@ -51,8 +52,8 @@ class S3Endpoint:
                     if fault.remaining > 0 and fault.method == method and fault.pattern.search(path):
                         fault.remaining -= 1
                         fault.hits += 1
-                        body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
-                                b"<Message>injected fault</Message></Error>")
+                        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
+                                f"<Message>injected fault</Message></Error>").encode()
                         start_response(f"{fault.status} Injected", [("Content-Type", "application/xml"),
                                                                     ("Content-Length", str(len(body)))])
                         return [body]
@@ -77,8 +78,10 @@ class S3Endpoint:
         """What a user's shell would export to reach this store."""
         return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.url}
 
-    def fail(self, method: str, path_regex: str, times: int, status: int = 503) -> Fault:
-        fault = Fault(method, re.compile(path_regex), times, status)
+    def fail(self, method: str, path_regex: str, times: int, status: int = 503, code: str | None = None) -> Fault:
+        """Answer the next `times` matching requests with an S3 error instead of serving them."""
+        code = code or {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}.get(status, "InternalError")
+        fault = Fault(method, re.compile(path_regex), times, status, code)
         with self._lock:
             self.faults.append(fault)
         return fault
