@@ -93,6 +93,7 @@ def embed(
     batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per forward pass (default per device)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code to run (off: safetensors and stock architectures only)")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
     storage_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored")] = None,
 ) -> None:
@@ -102,6 +103,7 @@ def embed(
             model=model, pooling=pooling, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
             max_length=max_length, id_column=id_column, text_column=text_column, keep=_csv(keep),
             shard_rows=shard_rows, batch_tokens=batch_tokens, device=device, precision=precision,
+            trust_remote_code=trust_remote_code,
         )
     except ValidationError as e:
         fail(_validation_message(e))

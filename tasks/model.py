@@ -138,9 +138,20 @@ def model_defaults(path: Path) -> ModelDefaults:
     return ModelDefaults(pooling, normalize, max_length, limit, hidden, layers)
 
 
+def check_custom_code(path: Path, trust_remote_code: bool) -> None:
+    """Refuse a model that ships its own Python code unless the user said they trust it."""
+    config = _read_json(path / "config.json")
+    if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
+        raise ModelError(
+            f"model {str(path)!r} ships its own code (auto_map in config.json), which bertflow does not run "
+            "by default; read it, then pass --trust-remote-code if you trust it"
+        )
+
+
 def resolve_config(config: EmbedConfig) -> ResolvedConfig:
     """Fill every default from the model's own files; validate what depends on the model."""
     path = resolve_model_path(config.model)
+    check_custom_code(path, config.trust_remote_code)
     sha = weights_sha256(path)
     d = model_defaults(path)
     max_length = config.max_length or d.max_length
