@@ -186,7 +186,13 @@ def scan_file(uri: str, id_column: str, text_column: str, keep: Sequence[str], i
             _missing_columns(uri, schema.names(), [id_column, text_column, *keep],
                              {id_column: "--id-column", text_column: "--text-column"})
             _check_text_type(uri, text_column, schema[text_column])
-            ids = frame.select(id_column).collect().to_series()
+            if fmt == "csv":
+                # Parse every column a shard will read (keeping only null flags): a malformed row
+                # must fail here, before DEST is touched, and the planned row count must be real.
+                checks = [pl.col(c).is_null() for c in (text_column, *keep)]
+                ids = frame.select(id_column, *checks).collect(engine="streaming").to_series(0)
+            else:
+                ids = frame.select(id_column).collect().to_series()
         except pl.exceptions.PolarsError as e:
             raise _polars_error(uri, fmt, e) from None
     return FileScan(uri, fmt, ids.alias("id"))
