@@ -1,28 +1,99 @@
-"""embed_dataset: plan SOURCE into shards, embed the ones not yet in DEST, write the manifest."""
+"""embed_dataset: plan SOURCE into shards, embed the ones not yet in DEST, write the manifest.
+
+Shards run in this process, or, with `pool`, as `embed-shard` runs on that pool's workers.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
 
-from prefect import flow
+from prefect import flow, get_run_logger, tags
+from prefect.runtime import flow_run
 
 from bertflow.flows.shard import embed_shard
+from bertflow.tasks import parts, partitions
+from bertflow.tasks.artifacts import RunReport, run_tags, tag_this_run
 from bertflow.tasks.config import EmbedConfig
 from bertflow.tasks.embed import fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config
+from bertflow.tasks.errors import BertflowError
+from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
+from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.manifest import Manifest
 
+# In this process a failing shard fails the run at once, as it always has; retries are for workers.
+_local_shard = embed_shard.with_options(retries=0)
 
-@flow(name="embed-dataset", persist_result=False)
-def embed_dataset(source: str, dest: str, config: EmbedConfig = EmbedConfig(), overwrite: bool = False) -> Manifest:
-    """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume."""
+
+def _run_name() -> str:
+    """`embed-{dataset}-{partition}`: the partition this run processes, where there is one."""
+    p = flow_run.parameters
+    try:
+        _, dest, partition = partitions.resolve(
+            p["source"], p["dest"], p.get("partition"), p.get("lag_days", 1), flow_run.scheduled_start_time
+        )
+    except BertflowError:  # the run itself reports bad input; the name must not fail first
+        dest, partition = p["dest"], p.get("partition")
+    return partitions.run_name(dest, partition)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if isinstance(e, BertflowError) and text else f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+@flow(name="embed-dataset", flow_run_name=_run_name, persist_result=False)
+def embed_dataset(
+    source: str, dest: str, config: EmbedConfig = EmbedConfig(), overwrite: bool = False,
+    pool: str | None = None, partition: str | None = None, lag_days: int = 1,
+) -> Manifest:
+    """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume.
+
+    Args:
+        pool: run each shard as an `embed-shard` run on this work pool's workers (see `bertflow deploy`).
+        partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
+            `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
+    """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
-    resolved = resolve_embed_config(config)
-    plan = plan_source(source, resolved)
-    done = prepare_dest(source, dest, resolved, plan, overwrite)
-    prints = fingerprints(plan, resolved)
-    results = list(done.values())
-    for spec in plan:
-        if spec.name not in done:
-            results.append(embed_shard(spec, resolved, dest, prints[spec.name]))
-    return finalize_dest(source, dest, resolved, plan, results, time.perf_counter() - started, created_at)
+    report = None
+    try:
+        source, dest, _ = partitions.resolve(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+        if pool:
+            check_pool(pool)
+        report = RunReport(dest)
+        resolved = resolve_embed_config(config)
+        run_tag_list = tag_this_run(run_tags(resolved))
+        plan = plan_source(source, resolved)
+        done = prepare_dest(source, dest, resolved, plan, overwrite)
+        prints = fingerprints(plan, resolved)
+        report.planned(plan, sum(s.rows for s in plan if s.name in done))
+        pending = [s for s in plan if s.name not in done]
+        results = list(done.values())
+        if pool:
+            failed = fan_out(pending, resolved, dest, prints, run_tag_list, report.part_written)
+            # Results come back through DEST: each part's footer, read here.
+            collected = parts.complete_parts(dest, pending, prints)
+            for s in pending:
+                if s.name not in collected and s.name not in failed:
+                    failed[s.name] = f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
+            results += [r.model_copy(update={"resumed": False}) for r in collected.values()]
+            if failed:
+                report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
+                raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
+        else:
+            # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot throughout.
+            with gpu_slot(in_deployment_run()), tags(*run_tag_list):
+                for spec in pending:
+                    r = _local_shard(spec, resolved, dest, prints[spec.name])
+                    report.shard_done(spec, r.rows, r.tokens, r.seconds, r.truncated, r.rejected)
+                    results.append(r)
+        manifest = finalize_dest(source, dest, resolved, plan, results, time.perf_counter() - started, created_at)
+        report.finished(manifest)
+        return manifest
+    except Exception as e:
+        reason = _one_line(e)
+        if report is not None:
+            report.failed(reason)
+        else:
+            get_run_logger().error("run failed: %s", reason)
+        raise

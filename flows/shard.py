@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from bertflow.tasks.config import ResolvedConfig
 from bertflow.tasks.embed import embed_tokens, read_shard, tokenize_texts, write_part
+from bertflow.tasks.fanout import localize_model
+from bertflow.tasks.gpu import gpu_slot
 from bertflow.tasks.manifest import ShardResult, ShardSpec
 
+# A shard run on a worker that fails is run again by Prefect (transient faults inside already
+# retry per task); the parent runs shards in its own process with `retries=0`, as before.
+SHARD_RETRIES = 2
 
-@flow(name="embed-shard", flow_run_name="shard-{spec.index}-of-{spec.count}", persist_result=False)
-def embed_shard(spec: ShardSpec, config: ResolvedConfig, dest: str, fingerprint: str) -> ShardResult:
-    """Embed the rows of one shard and write its part to DEST."""
+
+@flow(name="embed-shard", flow_run_name="shard-{spec.index}-of-{spec.count}", persist_result=False,
+      retries=SHARD_RETRIES, retry_delay_seconds=5)
+def embed_shard(
+    spec: ShardSpec, config: ResolvedConfig, dest: str, fingerprint: str, on_worker: bool = False
+) -> ShardResult:
+    """Embed the rows of one shard and write its part to DEST.
+
+    Args:
+        on_worker: the run has a process of its own (a worker, `bertflow serve`): find the model
+            on this host and hold one of the host's GPU slots while the model is in use.
+    """
     started = time.perf_counter()
+    if on_worker:
+        get_run_logger().info(
+            "shard %d of %d on host %s, worker %s, pid %d", spec.index, spec.count, socket.gethostname(),
+            os.environ.get("PREFECT__WORKER_NAME", "-"), os.getpid(),
+        )
+        config = localize_model(config)
     frame, rejects = read_shard(spec, config)
-    tok = tokenize_texts(frame["text"].to_list(), config)
-    embeddings = embed_tokens(tok, config)
-    return write_part(
-        dest, spec, config, frame, tok, embeddings, rejects, fingerprint, time.perf_counter() - started
-    )
+    # The model stays on the device until this process ends: hold the slot to the end.
+    with gpu_slot(on_worker):
+        tok = tokenize_texts(frame["text"].to_list(), config)
+        embeddings = embed_tokens(tok, config)
+        return write_part(
+            dest, spec, config, frame, tok, embeddings, rejects, fingerprint, time.perf_counter() - started
+        )

@@ -1,0 +1,102 @@
+"""Start runs of a deployment at most once, and follow them until they finish (Prefect API).
+
+Each unit of work (a shard of a DEST, a partition of a backfill) gets an idempotency key, so
+a repeated or concurrent submission joins the run already in flight instead of starting a
+second one. A run that already ended (failed, crashed, or finished before its output was
+cleared) belongs to an earlier attempt: the next attempt number gives the unit a fresh run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+
+from bertflow.tasks.errors import InputError
+
+POLL_SECONDS = 2.0
+MAX_ATTEMPTS = 1000
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to start: which deployment, with what, under which name and key."""
+
+    key: str
+    deployment: str
+    parameters: dict[str, Any]
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+def read_deployment(name: str):
+    """The deployment `flow/deployment`, or a one-line error that says how to create it."""
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            where = PREFECT_API_URL.value() or "Prefect's temporary local server (PREFECT_API_URL is not set)"
+            raise InputError(
+                f"deployment {name} does not exist on {where}; create it with `bertflow deploy` "
+                "(and point PREFECT_API_URL at that server)"
+            ) from None
+
+
+def submit(job: Job) -> FlowRun:
+    """A live run for the job: the one in flight under its key, or a new one."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        run = run_deployment(
+            job.deployment, parameters=job.parameters, flow_run_name=job.name, tags=list(job.tags),
+            idempotency_key=f"{job.key}-{attempt}", timeout=0,
+        )
+        if run.state is None or not run.state.is_final():
+            return run
+    raise RuntimeError(f"{job.name}: {MAX_ATTEMPTS} earlier runs under key {job.key}")  # pragma: no cover
+
+
+def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
+    ids = list(ids)
+    found: list[FlowRun] = []
+    with get_client(sync_client=True) as client:
+        for i in range(0, len(ids), 200):
+            chunk = ids[i:i + 200]
+            found += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk))
+    return found
+
+
+def run_all(
+    jobs: Sequence[Job], on_final: Callable[[Job, FlowRun], None], max_in_flight: int | None = None,
+    on_submit: Callable[[Job, FlowRun], None] | None = None, poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Start every job (at most `max_in_flight` running at once) and wait until each has ended."""
+    queue = list(jobs)
+    in_flight: dict[UUID, Job] = {}
+    while queue or in_flight:
+        while queue and (max_in_flight is None or len(in_flight) < max_in_flight):
+            job = queue.pop(0)
+            run = submit(job)
+            in_flight[run.id] = job
+            if on_submit is not None:
+                on_submit(job, run)
+        time.sleep(poll_seconds)
+        for run in read_runs(in_flight):
+            if run.state is not None and run.state.is_final():
+                on_final(in_flight.pop(run.id), run)
+
+
+def describe(run: FlowRun) -> str:
+    """'Crashed: Execution was aborted by a termination signal.' in one line."""
+    state = run.state
+    if state is None:
+        return "no state"
+    message = (state.message or "").strip().splitlines()
+    return f"{state.name}: {message[0]}" if message else state.name
