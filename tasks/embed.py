@@ -133,10 +133,12 @@ def tokenize_texts(texts: list[str], config: ResolvedConfig) -> Tokenized:
 @task(name="embed", **IN_MEMORY, **RETRY)
 def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
     """Forward passes and pooling per batch on the device; (N, D) float32 in input order."""
-    return get_encoder(config).embed(
+    vectors = get_encoder(config).embed(
         tok, pooling=config.pooling, layers=config.layers, layer_mode=config.layer_mode,
         normalize_output=config.normalize, on_rows=progress.advance,
     )
+    # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
+    return vectors.reshape(len(tok.ids), config.dimension)
 
 
 @task(name="write_part", **IN_MEMORY, **RETRY)
