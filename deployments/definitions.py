@@ -1,0 +1,68 @@
+"""The deployments of bertflow, in one place: names, schedules, default parameters.
+
+Entrypoints are module paths (`bertflow.flows.embed.embed_dataset`): a worker runs the code of
+the bertflow installed on its host (`pip install bertflow`), so nothing is pulled at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
+
+import bertflow
+from bertflow.flows.backfill import backfill
+from bertflow.flows.embed import embed_dataset
+from bertflow.flows.shard import embed_shard
+
+NIGHTLY = "embed-nightly"
+ADHOC = "embed-adhoc"
+SHARD = "embed-shard"
+BACKFILL = "backfill"
+DEFAULT_POOL = "bertflow"
+DEFAULT_CRON = "0 2 * * *"  # daily 02:00 UTC; each run embeds the day before its scheduled start
+TIMEZONE = "UTC"
+DEFAULT_MAX_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What `bertflow deploy` / `bertflow serve` configure; `pool` None means served, not pooled."""
+
+    source_template: str
+    dest_template: str
+    cron: str = DEFAULT_CRON
+    config: dict = field(default_factory=dict)  # EmbedConfig fields, as JSON
+    pool: str | None = DEFAULT_POOL
+
+
+def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeployment]:
+    """embed-nightly, embed-adhoc, embed-shard (not when served: served parents embed in-process), backfill."""
+    common = {"entrypoint_type": EntrypointType.MODULE_PATH, "version": f"bertflow {bertflow.__version__}"}
+    fan_out = {"pool": s.pool} if s.pool else {}
+    deployments = [
+        embed_dataset.to_deployment(
+            NIGHTLY, schedules=[Cron(s.cron, timezone=TIMEZONE)],
+            parameters={"source": s.source_template, "dest": s.dest_template, "config": s.config, "lag_days": 1,
+                        **fan_out},
+            description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
+            **common,
+        ),
+        embed_dataset.to_deployment(
+            ADHOC, parameters={"config": s.config, **fan_out},
+            description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
+            **common,
+        ),
+        backfill.to_deployment(
+            BACKFILL, parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
+            description="Rerun embed-nightly over past days, skipping days already complete.",
+            **common,
+        ),
+    ]
+    if not served:
+        deployments.append(embed_shard.to_deployment(
+            SHARD, description="One shard of a fanned-out embedding run (started by embed-dataset).", **common,
+        ))
+    return deployments

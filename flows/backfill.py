@@ -1,0 +1,51 @@
+"""backfill: rerun a partitioned deployment (embed-nightly) over a range of past days."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from bertflow.tasks import progress
+from bertflow.tasks.artifacts import one_line, tag_this_run
+from bertflow.tasks.backfill import Day, plan_backfill, run_backfill
+
+
+@flow(name="backfill", flow_run_name="backfill-{deployment}-{start}-to-{end}", persist_result=False)
+def backfill(
+    start: str, end: str, deployment: str = "embed-nightly", every: str = "1d", max_in_flight: int = 4,
+    overwrite: bool = False, dry_run: bool = False,
+) -> dict[str, str]:
+    """One run of DEPLOYMENT per day from START to END (YYYY-MM-DD), skipping days already complete.
+
+    Args:
+        every: days between partitions: 1d, 7d.
+        max_in_flight: at most this many days' runs at once.
+        overwrite: redo days whose DEST is already complete.
+        dry_run: log the plan and start nothing.
+    """
+    logger = get_run_logger()
+    tag_this_run(["backfill"])
+    try:
+        return _backfill(start, end, deployment, every, max_in_flight, overwrite, dry_run)
+    except Exception as e:
+        logger.error("backfill failed: %s", one_line(e))
+        raise
+
+
+def _backfill(
+    start: str, end: str, deployment: str, every: str, max_in_flight: int, overwrite: bool, dry_run: bool
+) -> dict[str, str]:
+    logger = get_run_logger()
+    plan = plan_backfill(deployment, start, end, every, overwrite)
+    for day in plan.days:
+        logger.info("%s: %s (%s) %s -> %s", day.partition, "will run" if day.action == "run" else "skip",
+                    day.why, day.source, day.dest)
+    if dry_run or not plan.to_run:
+        return {d.partition: d.why for d in plan.days}
+    progress.start(len(plan.to_run), 0)
+
+    def finished(day: Day, state: str) -> None:
+        logger.info("%s: %s", day.partition, state)
+        progress.advance(1)
+
+    results = run_backfill(plan, max_in_flight, overwrite, finished)
+    return {**{d.partition: d.why for d in plan.days if d.action == "skip"}, **results}
