@@ -95,6 +95,7 @@ def embed(
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code to run (off: safetensors and stock architectures only)")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
+    pool: Annotated[Optional[str], typer.Option(help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process")] = None,
     storage_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored")] = None,
 ) -> None:
     """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
@@ -108,6 +109,9 @@ def embed(
     except ValidationError as e:
         fail(_validation_message(e))
 
+    if pool and storage_option:
+        fail("--storage-option stays in this process and cannot reach the workers of --pool; "
+             "give the workers those settings in their environment (AWS_* variables) instead")
     from bertflow.flows.embed import embed_dataset
     from bertflow.tasks.progress import reporting_to
     from bertflow.tasks.storage import storage_options
@@ -118,7 +122,7 @@ def embed(
     )
     try:
         with progress, reporting_to(_Bar(progress)), storage_options(_options(storage_option)):
-            manifest = embed_dataset(source, dest, config, overwrite)
+            manifest = embed_dataset(source, dest, config, overwrite, pool=pool)
     except BertflowError as e:
         fail(str(e))
     _summary(manifest, dest)
@@ -179,6 +183,9 @@ def _summary(manifest, dest: str) -> None:
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+from bertflow import cli_service  # noqa: E402,F401  (registers deploy/serve/backfill)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertflow`
