@@ -166,7 +166,7 @@ def _summary(manifest, dest: str) -> None:
     fresh_rows = sum(s.rows + s.rejected for s in fresh)
     table = Table(title="bertflow embed", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a long DEST must show whole, not end in an ellipsis
     rows = [
         ("rows embedded", f"{totals.rows:,}"),
         ("skipped (see _rejects.parquet)" if totals.skipped else "skipped", f"{totals.skipped:,}"),
