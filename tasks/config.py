@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bertflow.tasks.pooling import LAYER_MODES, POOLINGS, LayerMode, Pooling
+from bertflow.tasks.pooling import HEAD_POOLINGS, LAYER_MODES, POOLINGS, HeadPooling, LayerMode, Pooling
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -28,7 +28,7 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
-    pooling: Pooling | None = None
+    pooling: Pooling | HeadPooling | None = None
     layers: tuple[int, ...] = (-1,)
     layer_mode: LayerMode = "mean"
     normalize: bool | None = None
@@ -41,11 +41,20 @@ class EmbedConfig(BaseModel):
     device: Device = "auto"
     precision: Precision = "fp32"
     trust_remote_code: bool = False
+    pooler: str | None = None  # a head from `bertflow train-pooler`, for pooling mean_lstm
+    reduction: str | None = None  # a transform from `bertflow fit-reduction`
+
+    @model_validator(mode="after")
+    def _pooler(self) -> EmbedConfig:
+        if (self.pooling in HEAD_POOLINGS) != bool(self.pooler):
+            raise ValueError("--pooling mean_lstm and --pooler PATH (a head from `bertflow train-pooler`) "
+                             "go together: give both or neither")
+        return self
 
     @field_validator("pooling", mode="before")
     @classmethod
     def _pooling(cls, v: object) -> object:
-        return v if v is None else _one_of("pooling", v, POOLINGS)
+        return v if v is None else _one_of("pooling", v, POOLINGS + HEAD_POOLINGS)
 
     @field_validator("layer_mode", mode="before")
     @classmethod
@@ -104,7 +113,7 @@ class ResolvedConfig(BaseModel):
     model_path: str
     model_sha256: str
     dimension: int
-    pooling: Pooling
+    pooling: Pooling | HeadPooling
     layers: tuple[int, ...]
     layer_mode: LayerMode
     normalize: bool
@@ -117,6 +126,10 @@ class ResolvedConfig(BaseModel):
     device: Device
     precision: Precision
     trust_remote_code: bool
+    pooler: str | None = None
+    pooler_sha256: str | None = None
+    reduction: str | None = None
+    reduction_sha256: str | None = None
 
     def output_fingerprint(self) -> dict[str, object]:
         """The settings that change the embeddings written; a rerun must match them."""
@@ -132,4 +145,7 @@ class ResolvedConfig(BaseModel):
             "text_column": self.text_column,
             "keep": list(self.keep),
             "shard_rows": self.shard_rows,
+            # only when used, so DESTs made without them keep their fingerprints
+            **({"pooler_sha256": self.pooler_sha256} if self.pooler_sha256 else {}),
+            **({"reduction_sha256": self.reduction_sha256} if self.reduction_sha256 else {}),
         }

@@ -17,13 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 import bertflow
-from bertflow.tasks import parts, progress, sources, storage
+from bertflow.tasks import fitted, parts, progress, sources, storage
 from bertflow.tasks.config import EmbedConfig, ResolvedConfig
 from bertflow.tasks.engine import Encoder, Tokenized
 from bertflow.tasks.errors import InputError, TransientStorageError
 from bertflow.tasks.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,
+    FittedInfo,
     Manifest,
     ModelInfo,
     PartInfo,
@@ -83,6 +84,8 @@ def _manifest(source: str, config: ResolvedConfig, plan: list[ShardSpec], device
         id_column=config.id_column, text_column=config.text_column, keep=list(config.keep),
         shard_rows=config.shard_rows, columns=["id", "embedding", "n_tokens", "truncated", *config.keep],
         fingerprint=config.output_fingerprint(), planned_shards=len(plan), **kw,
+        pooler=FittedInfo(uri=config.pooler, sha256=config.pooler_sha256) if config.pooler else None,
+        reduction=FittedInfo(uri=config.reduction, sha256=config.reduction_sha256) if config.reduction else None,
     )
 
 
@@ -121,7 +124,7 @@ def get_encoder(config: ResolvedConfig) -> Encoder:
     device = pick_device(config.device)
     tokenizer, model = load_model(config.model_path, device, config.precision, config.trust_remote_code)
     return Encoder(tokenizer, model, device=device, precision=config.precision,
-                   max_length=config.max_length, batch_tokens=config.batch_tokens)
+                   max_length=config.max_length, batch_tokens=config.batch_tokens, head=fitted.head_for(config))
 
 
 @task(name="tokenize", **IN_MEMORY)
@@ -137,6 +140,7 @@ def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
         tok, pooling=config.pooling, layers=config.layers, layer_mode=config.layer_mode,
         normalize_output=config.normalize, on_rows=progress.advance,
     )
+    vectors = fitted.reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
     # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
     return vectors.reshape(len(tok.ids), config.dimension)
 

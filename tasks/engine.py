@@ -43,12 +43,14 @@ class Encoder:
         precision: Precision,
         max_length: int,
         batch_tokens: int | None = None,
+        head: torch.nn.Module | None = None,
     ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
         self.max_length = max_length
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 8192)
+        self.head = head.to(device) if head is not None else None  # trained head of pooling mean_lstm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
         # A private copy: truncation settings must not leak into the shared tokenizer.
@@ -133,5 +135,5 @@ class Encoder:
                 h = combine_layers(out.hidden_states, layers, mode).float()  # (B, T, H')
             else:
                 h = out.last_hidden_state.float()  # (B, T, H)
-            pooled = pool(h, attention, pooling)  # (B, D)
+            pooled = pool(h, attention, pooling, head=self.head)  # (B, D)
         return pooled.float().cpu()

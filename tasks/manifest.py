@@ -116,6 +116,13 @@ class ModelInfo(BaseModel):
     max_length: int
 
 
+class FittedInfo(BaseModel):
+    """A trained head (`--pooler`) or fitted reduction (`--reduction`) the vectors went through."""
+
+    uri: str
+    sha256: str
+
+
 class Manifest(BaseModel):
     """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete")."""
 
@@ -142,3 +149,5 @@ class Manifest(BaseModel):
     rejects: str | None = None
     created_at: datetime
     completed_at: datetime | None = None
+    pooler: FittedInfo | None = None
+    reduction: FittedInfo | None = None

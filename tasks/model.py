@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bertflow.tasks.config import DEFAULT_MODEL, Device, EmbedConfig, Precision, ResolvedConfig
 from bertflow.tasks.errors import InputError, ModelError
+from bertflow.tasks.fitted import attach
 from bertflow.tasks.pooling import output_dim
 
 _ST_POOLING_MODES = {  # sentence-transformers Pooling config keys -> our names
@@ -166,7 +167,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
             f"(use -1 .. -{d.num_layers})"
         )
     pooling = config.pooling or d.pooling
-    return ResolvedConfig(
+    resolved = ResolvedConfig(
         model=config.model,
         model_path=str(path),
         model_sha256=sha,
@@ -185,6 +186,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         precision=config.precision,
         trust_remote_code=config.trust_remote_code,
     )
+    return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
 
 
 def pick_device(device: Device) -> str:

@@ -109,9 +109,10 @@ def check_compatible(dest: str, existing: Manifest | None, fingerprint: dict[str
     if existing is None:
         return
     old = existing.fingerprint
-    diffs = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+    # keys on either side: a DEST made with --reduction/--pooler has keys a run without them lacks
+    diffs = [k for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)]
     if diffs:
-        shown = "; ".join(f"{k}: {old.get(k)!r} in DEST, {fingerprint[k]!r} now" for k in diffs[:3])
+        shown = "; ".join(f"{k}: {old.get(k)!r} in DEST, {fingerprint.get(k)!r} now" for k in diffs[:3])
         raise DestMismatchError(
             f"DEST {dest} was made with different settings ({shown}); "
             "use the same options to resume, another DEST, or --overwrite to start over"

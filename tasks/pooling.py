@@ -5,7 +5,7 @@ Pure tensor code: no Prefect, no I/O. Shapes: B sequences, T tokens, H hidden si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -15,6 +15,9 @@ Pooling = Literal["cls", "mean", "max", "mean_max"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 LayerMode = Literal["mean", "concat"]
 LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
+# Poolings that also need a trained head (`--pooler`, see lstm_head.py); POOLINGS need nothing else.
+HeadPooling = Literal["mean_lstm"]
+HEAD_POOLINGS: tuple[str, ...] = get_args(HeadPooling)
 
 
 def combine_layers(
@@ -65,8 +68,15 @@ def pool_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 _POOLERS = {"cls": pool_cls, "mean": pool_mean, "max": pool_max, "mean_max": pool_mean_max}
 
 
-def pool(h: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """Apply one pooling strategy by name."""
+def pool(
+    h: torch.Tensor, mask: torch.Tensor, pooling: Pooling | HeadPooling,
+    head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Apply one pooling strategy by name; `mean_lstm` is concat(mean, head(h, mask))."""
+    if pooling in HEAD_POOLINGS:
+        if head is None:
+            raise ValueError(f"pooling {pooling!r} needs a trained head (--pooler PATH)")
+        return torch.cat([pool_mean(h, mask), head(h, mask)], dim=-1)  # (B, H + S)
     try:
         fn = _POOLERS[pooling]
     except KeyError:
