@@ -1,0 +1,233 @@
+"""bertflow as a service, for integration tests: a real Prefect server, `bertflow deploy`, and two
+real `prefect worker start` processes with S3 (moto's server) in their environment.
+
+One service per test session (the workers are costly to start): modules that need it import the
+`service` fixture from here. Processes run in their own process groups and are stopped on teardown;
+their logs stay in files, and `Service.diagnostics()` puts their tails into assertion messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+POOL = "test-pool"
+BUCKET = "lake"
+SOURCE_TEMPLATE = f"s3://{BUCKET}/raw/dt={{date}}/"
+DEST_TEMPLATE = f"s3://{BUCKET}/embeddings/dt={{date}}/"
+WORKERS = ("w1", "w2")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes (recursively) of pid, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM the process and its descendants (as `systemctl stop` does), SIGKILL what remains."""
+    if proc.poll() is not None:
+        return
+    tree = [proc.pid, *_descendants(proc.pid)]
+    _signal(tree, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal([proc.pid, *_descendants(proc.pid)], signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, diagnostics=lambda: ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics()}")
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port, healthy; returns the process and its API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{(home / 'server.log').read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return False
+
+    wait_for(healthy, 120, "prefect server health")
+    return proc, url
+
+
+@contextlib.contextmanager
+def prefect_client(url: str) -> Iterator:
+    """A sync Prefect client on the server at url (whatever the test process's settings say)."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        yield client
+
+
+class Service:
+    """The server at `url`, the deployments of `bertflow deploy`, and workers w1 and w2."""
+
+    def __init__(self, url: str, home: Path, s3_env: dict[str, str], model: Path) -> None:
+        self.url, self.home, self.model = url, home, model
+        self.env = {**s3_env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    # --- processes ---------------------------------------------------------------------------
+    def deploy(self) -> None:
+        r = self.cli("deploy", "--pool", POOL, "--gpus-per-host", "2", "--source-template", SOURCE_TEMPLATE,
+                     "--dest-template", DEST_TEMPLATE, "--model", str(self.model))
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def start_worker(self, name: str) -> None:
+        log = open(self.home / f"worker-{name}.log", "a")
+        env = {**os.environ, **self.env, "PREFECT_WORKER_QUERY_SECONDS": "1",
+               "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
+        # --limit 2: each worker claims at most two runs, so the pool's runs spread over both workers.
+        self.workers[name] = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "2", "--type", "process"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def workers_ready(self) -> None:
+        """Both workers running and polling (restarting one a test stopped)."""
+        for name in WORKERS:
+            proc = self.workers.get(name)
+            if proc is None or proc.poll() is not None:
+                self.start_worker(name)
+
+        def online() -> bool:
+            with self.client() as c:
+                found = {w.name: w.status for w in c.read_workers_for_work_pool(POOL)}
+            return all(str(found.get(n, "")).upper().endswith("ONLINE") for n in WORKERS) and all(
+                self.workers[n].poll() is None for n in WORKERS)
+
+        wait_for(online, 90, "workers w1 and w2 online", diagnostics=self.diagnostics)
+
+    def stop(self) -> None:
+        for proc in self.workers.values():
+            stop_process(proc)
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return run_cli(*args, env=self.env, timeout=timeout)
+
+    # --- reading the server -----------------------------------------------------------------
+    def client(self):
+        return prefect_client(self.url)
+
+    def runs(self, deployment: str, tags: tuple[str, ...] = ()) -> list:
+        """Flow runs of a deployment ('flow/name'), oldest first."""
+        from prefect.client.schemas.filters import (
+            DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterTags,
+        )
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with self.client() as c:
+            dep = c.read_deployment_by_name(deployment)
+            return c.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags))) if tags else None,
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200,
+            )
+
+    def logs(self, run_id: UUID) -> list:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.client.schemas.sorting import LogSort
+
+        with self.client() as c:
+            return c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), sort=LogSort.TIMESTAMP_ASC)
+
+    def diagnostics(self) -> str:
+        """Tails of the worker and server logs, for assertion messages."""
+        parts = []
+        for path in sorted(self.home.glob("*.log")):
+            parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+
+_SERVICE: Service | None = None
+
+
+@pytest.fixture(scope="session")
+def service(prefect_server, s3_server, tiny_bert, tmp_path_factory) -> Iterator[Service]:
+    """The shared service (server, deployments, two workers), started once per session."""
+    global _SERVICE
+    if _SERVICE is None:
+        svc = Service(prefect_server, tmp_path_factory.mktemp("service"), s3_server.env, tiny_bert)
+        svc.deploy()
+        _SERVICE = svc
+    _SERVICE.workers_ready()
+    yield _SERVICE
+    if _SERVICE is not None:
+        _SERVICE.stop()
+        _SERVICE = None
+
+
+def write_day(day: str, rows: int, *, start: int = 0) -> str:
+    """SOURCE of one day: a JSONL file of `rows` short real-looking texts; returns its directory URI."""
+    import json
+
+    from bertflow.tasks import storage
+
+    source = SOURCE_TEMPLATE.replace("{date}", day)
+    lines = "".join(json.dumps({"id": f"{day}-{i}", "text": f"Document {i} of {day}: the quick brown fox "
+                                "jumps over the lazy dog."}) + "\n" for i in range(start, start + rows))
+    storage.write_atomic(storage.join(source, "docs.jsonl"), lines.encode())
+    return source
+
+
+def make_bucket() -> None:
+    from bertflow.tasks import storage
+
+    fs, _ = storage.filesystem(f"s3://{BUCKET}/")
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
