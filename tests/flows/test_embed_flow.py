@@ -22,7 +22,8 @@ LONG = "Return a new sorted list from the items in iterable, with a custom key f
 
 @pytest.fixture(scope="module")
 def texts(sample_texts) -> list[str | None]:
-    """Ten documents: real docstrings (some with newlines), a long one, "", a null, non-ASCII."""
+    """Real docstrings (some with newlines), a long one, "", a null, non-ASCII, and texts of exactly
+    MAX_LEN and MAX_LEN + 1 tokens ("word" x 14 is 16 tokens with [CLS] and [SEP])."""
     return [
         "Abstract Base Classes.",
         "",
@@ -34,6 +35,8 @@ def texts(sample_texts) -> list[str | None]:
         "  padded with spaces  ",
         sample_texts[100],
         "x",
+        " ".join(["word"] * (MAX_LEN - 2)),
+        " ".join(["word"] * (MAX_LEN - 1)),
     ]
 
 
@@ -140,15 +143,18 @@ def test_each_tabular_format_end_to_end(
         assert src.read_text().startswith("id,text,lang,n\n0,Abstract Base Classes.,en,0\n")
     dest = tmp_path / "out"
 
-    manifest = run(src, dest, tiny_bert, keep=tuple(keep), shard_rows=6)
+    manifest = run(src, dest, tiny_bert, keep=tuple(keep), shard_rows=7)
 
-    _, parts = check_dest(dest, rows, id_dtype=id_dtype, keep=keep, shard_sizes=[6, 4],
+    _, parts = check_dest(dest, rows, id_dtype=id_dtype, keep=keep, shard_sizes=[7, 5],
                           hf_tokenizer=hf_tokenizer, reference=tiny_reference)
     assert manifest.source == str(src) and manifest.pooling == "mean" and manifest.normalize is False
     long = parts.filter(pl.col("id") == make_id(3))
     assert long["truncated"].item() is True and long["n_tokens"].item() == MAX_LEN
     empty = parts.filter(pl.col("id") == make_id(1))  # "" is embedded: [CLS] [SEP]
     assert empty["n_tokens"].item() == 2 and empty["truncated"].item() is False
+    at_limit, over = parts.filter(pl.col("id").is_in([make_id(10), make_id(11)])).iter_rows(named=True)
+    assert (at_limit["n_tokens"], at_limit["truncated"]) == (MAX_LEN, False)
+    assert (over["n_tokens"], over["truncated"]) == (MAX_LEN, True)
 
 
 def test_txt_lines_are_documents_numbered_from_one(prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference,
@@ -157,10 +163,10 @@ def test_txt_lines_are_documents_numbered_from_one(prefect_harness, tmp_path, ti
     src = tmp_path / "docs.txt"
     src.write_text("".join(f"{line}\n" for line in lines))
 
-    run(src, tmp_path / "out", tiny_bert, shard_rows=5)
+    run(src, tmp_path / "out", tiny_bert, shard_rows=6)
 
     rows = [{"id": i, "text": line} for i, line in enumerate(lines, start=1)]
-    check_dest(tmp_path / "out", rows, id_dtype=pl.Int64, keep={}, shard_sizes=[5, 4],
+    check_dest(tmp_path / "out", rows, id_dtype=pl.Int64, keep={}, shard_sizes=[6, 5],
                hf_tokenizer=hf_tokenizer, reference=tiny_reference)
 
 

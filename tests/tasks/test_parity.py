@@ -145,3 +145,31 @@ def test_flow_output_parts_match_sentence_transformers(
     assert parts.schema["embedding"] == pl.Array(pl.Float32, 384)
     assert parts["id"].to_list() == [f"doc-{i}" for i in range(N_TEXTS)]
     assert np.abs(parts["embedding"].to_numpy() - st_reference).max() < TOL
+
+
+@pytest.mark.parametrize(("pooling", "layer_mode"), [("cls", "concat"), ("mean", "mean")])
+def test_several_layers_match_transformers_hidden_states(tiny_bert, parity_texts, pooling, layer_mode):
+    """On the tiny BERT: layers -2,-1 from `output_hidden_states`, each text alone, no padding."""
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = parity_texts[:40]
+    config = resolve_config(EmbedConfig(model=str(tiny_bert), pooling=pooling, layers=(-2, -1),
+                                        layer_mode=layer_mode, normalize=False, max_length=64, device="cpu"))
+    assert config.dimension == (64 if layer_mode == "concat" else 32)
+    tokenizer, model = load_model(config.model_path, "cpu", "fp32")
+    encoder = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=64, batch_tokens=2048)
+    ours = encoder.embed(encoder.tokenize(texts), pooling=pooling, layers=(-2, -1), layer_mode=layer_mode)
+
+    hf_tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    hf = AutoModel.from_pretrained(str(tiny_bert)).eval()
+    expected = []
+    with torch.inference_mode():
+        for text in texts:
+            hs = hf(**hf_tok(text, truncation=True, max_length=64, return_tensors="pt"),
+                    output_hidden_states=True).hidden_states
+            if layer_mode == "concat":  # [CLS] of layer -2, then of layer -1
+                expected.append(torch.cat([hs[-2][0, 0], hs[-1][0, 0]]).numpy())
+            else:  # the two layers averaged, then averaged over the tokens
+                expected.append(((hs[-2][0] + hs[-1][0]) / 2).mean(0).numpy())
+    assert ours.shape == (40, config.dimension)
+    assert np.abs(ours - np.stack(expected)).max() < TOL
