@@ -95,6 +95,12 @@ class EmbedConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _first_last(self) -> EmbedConfig:
+        if self.pooling == "first_last_avg" and self.layers != (-1,):
+            raise ValueError("first_last_avg uses the first and last layers itself; drop --layers")
+        return self
+
+    @model_validator(mode="after")
     def _columns(self) -> EmbedConfig:
         if self.id_column == self.text_column:
             raise ValueError(f"id column and text column are both {self.id_column!r}")

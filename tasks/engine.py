@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from bertflow.tasks.batching import pad_batch, token_budget_batches
 from bertflow.tasks.config import Precision
-from bertflow.tasks.pooling import LayerMode, Pooling, combine_layers, normalize, pool
+from bertflow.tasks.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
 
 # Padded tokens per forward pass. On CPU larger batches stop paying off once the matmuls are
 # big enough to keep the cores busy; on a GPU they are limited by memory, not speed.
@@ -123,7 +123,7 @@ class Encoder:
         kwargs = {"input_ids": input_ids, "attention_mask": attention}
         if self.uses_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
-        need_all = tuple(layers) != (-1,)
+        need_all = tuple(layers) != (-1,) or pooling == "first_last_avg"
         autocast = (
             torch.autocast("cpu", dtype=torch.bfloat16)
             if self.device == "cpu" and self.precision == "bf16"
@@ -131,7 +131,9 @@ class Encoder:
         )
         with torch.inference_mode(), autocast:
             out = self.model(**kwargs, output_hidden_states=need_all)
-            if need_all:
+            if pooling == "first_last_avg":  # a layer choice of its own; --layers does not apply
+                h = first_last_layers(out.hidden_states).float()  # (B, T, H)
+            elif need_all:
                 h = combine_layers(out.hidden_states, layers, mode).float()  # (B, T, H')
             else:
                 h = out.last_hidden_state.float()  # (B, T, H)

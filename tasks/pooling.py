@@ -11,7 +11,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-Pooling = Literal["cls", "mean", "max", "mean_max"]
+Pooling = Literal["cls", "mean", "max", "mean_max", "mean_sqrt_len", "last_token", "first_last_avg"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 LayerMode = Literal["mean", "concat"]
 LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
@@ -65,7 +65,38 @@ def pool_mean_max(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([pool_mean(h, mask), pool_max(h, mask)], dim=-1)  # (B, 2H)
 
 
-_POOLERS = {"cls": pool_cls, "mean": pool_mean, "max": pool_max, "mean_max": pool_mean_max}
+def pool_mean_sqrt_len(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of the real tokens divided by the square root of their count (sentence-transformers)."""
+    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1.0).sqrt()  # (B, H)
+
+
+def pool_last_token(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The vector of the last real token of each row; an all-masked row gives zeros."""
+    real = mask.bool()  # (B, T)
+    positions = torch.arange(h.shape[1], device=h.device).expand_as(real)  # (B, T)
+    last = torch.where(real, positions, -1).amax(1)  # (B,)
+    out = h[torch.arange(h.shape[0], device=h.device), last.clamp(min=0)]  # (B, H)
+    return torch.where((last >= 0).unsqueeze(-1), out, torch.zeros_like(out))
+
+
+def first_last_layers(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Average of the first and the last transformer layer (hidden_states[1] and [-1]).
+
+    Index 0 is the embedding layer, not a transformer layer; SimCSE's `avg_first_last` made
+    the same choice after first using the embeddings by mistake.
+    """
+    if len(hidden_states) < 3:
+        raise ValueError("first_last_avg needs a model with at least two transformer layers")
+    return (hidden_states[1] + hidden_states[-1]) / 2  # (B, T, H)
+
+
+_POOLERS = {
+    "cls": pool_cls, "mean": pool_mean, "max": pool_max, "mean_max": pool_mean_max,
+    "mean_sqrt_len": pool_mean_sqrt_len, "last_token": pool_last_token,
+    # applied to first_last_layers(...) by the caller, which must ask the model for every layer
+    "first_last_avg": pool_mean,
+}
 
 
 def pool(
@@ -91,5 +122,5 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 def output_dim(hidden: int, pooling: Pooling, n_layers: int, mode: LayerMode) -> int:
     """Width of the pooled vector for a model of hidden size `hidden`."""
-    width = hidden * (n_layers if mode == "concat" else 1)
+    width = hidden * (n_layers if mode == "concat" and pooling != "first_last_avg" else 1)
     return width * (2 if pooling == "mean_max" else 1)

@@ -65,8 +65,9 @@ def test_results_do_not_depend_on_how_much_padding_follows():
 def test_unknown_pooling_names_every_valid_choice():
     with pytest.raises(ValueError) as e:
         pool(H, MASK, "sum")
-    assert str(e.value) == "unknown pooling 'sum'; choose one of cls, mean, max, mean_max"
-    assert POOLINGS == ("cls", "mean", "max", "mean_max")
+    valid = "cls, mean, max, mean_max, mean_sqrt_len, last_token, first_last_avg"
+    assert str(e.value) == f"unknown pooling 'sum'; choose one of {valid}"
+    assert POOLINGS == tuple(valid.split(", "))
 
 
 # Embedding output plus two layers, one sequence of one token: (B=1, T=1, H=2) each.
