@@ -212,17 +212,21 @@ def service(prefect_server, s3_server, tiny_bert, tmp_path_factory) -> Iterator[
         _SERVICE = None
 
 
-def write_day(day: str, rows: int, *, start: int = 0) -> str:
-    """SOURCE of one day: a JSONL file of `rows` short real-looking texts; returns its directory URI."""
+def write_docs(source: str, rows: int, prefix: str) -> str:
+    """SOURCE: one JSONL file of `rows` short texts with ids `{prefix}-{i}`; returns SOURCE."""
     import json
 
     from bertflow.tasks import storage
 
-    source = SOURCE_TEMPLATE.replace("{date}", day)
-    lines = "".join(json.dumps({"id": f"{day}-{i}", "text": f"Document {i} of {day}: the quick brown fox "
-                                "jumps over the lazy dog."}) + "\n" for i in range(start, start + rows))
+    lines = "".join(json.dumps({"id": f"{prefix}-{i}", "text": f"Document {i} of {prefix}: the quick brown fox "
+                                "jumps over the lazy dog."}) + "\n" for i in range(rows))
     storage.write_atomic(storage.join(source, "docs.jsonl"), lines.encode())
     return source
+
+
+def write_day(day: str, rows: int) -> str:
+    """SOURCE of one day of the nightly templates."""
+    return write_docs(SOURCE_TEMPLATE.replace("{date}", day), rows, day)
 
 
 def make_bucket() -> None:

@@ -1,0 +1,114 @@
+"""`bertflow embed --pool`: shards fanned out as embed-shard runs over two real workers, S3 via moto."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+
+from bertflow.tasks import parts, storage
+from tests.conftest import BERTFLOW
+from tests.deployments.service import POOL, make_bucket, service, stop_process, wait_for, write_docs  # noqa: F401
+
+SHARD = "embed-shard/embed-shard"
+
+
+def shard_runs(svc, dest: str) -> list:
+    return [r for r in svc.runs(SHARD) if r.parameters.get("dest") == dest]
+
+
+def parent_runs(svc, name: str) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with svc.client() as c:
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+
+
+def worker_of(svc, run) -> str:
+    """The worker that ran a shard, as the shard run logged it."""
+    for log in svc.logs(run.id):
+        if m := re.search(r"on host \S+, worker (\S+), pid \d+", log.message):
+            return m.group(1)
+    return "?"
+
+
+def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
+    make_bucket()
+    source, dest = write_docs("s3://lake/raw-fanned/", 60, "doc"), "s3://lake/fanned/"
+
+    r = service.cli("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL)
+    assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
+
+    [parent] = parent_runs(service, "embed-fanned")
+    assert parent.state.is_completed()
+    shards = shard_runs(service, dest)
+    assert sorted(s.name for s in shards) == sorted(f"shard-{i}-of-6" for i in range(6))
+    assert all(s.state.is_completed() for s in shards), [(s.name, s.state.name) for s in shards]
+    assert {worker_of(service, s) for s in shards} == {"w1", "w2"}, service.diagnostics()
+
+    v = service.cli("verify", dest, "--source", source)
+    assert v.returncode == 0, v.stdout + v.stderr
+    manifest = parts.read_manifest(dest)
+    assert manifest.status == "complete" and manifest.totals.rows == 60 and len(manifest.shards) == 6
+    assert not any(s.resumed for s in manifest.shards)
+
+
+def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, service):
+    make_bucket()
+    source, dest = write_docs("s3://lake/raw-killed/", 60, "doc"), "s3://lake/killed/"
+    args = [BERTFLOW, "embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL]
+    first = subprocess.Popen(args, env={**os.environ, **service.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    w1 = service.workers["w1"]
+
+    def w1_mid_shard():
+        pids = {str(p) for p in _children(w1.pid)}
+        return [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
+
+    try:
+        running = wait_for(w1_mid_shard, 120, "a shard running on worker w1", interval=0.2,
+                           diagnostics=service.diagnostics)
+        # The worker dies at once (SIGKILL: it reports nothing) and so do the shard runs it was
+        # executing (SIGTERM, as a host going down sends). Runs it had only begun to start go on alone.
+        os.kill(w1.pid, signal.SIGKILL)
+        w1.wait(10)
+        for run in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(run.infrastructure_pid), signal.SIGTERM)
+        out, errs = first.communicate(timeout=240)
+    finally:
+        stop_process(first)
+    assert first.returncode != 0, out + errs
+    lost = sorted(s.name for s in shard_runs(service, dest) if not s.state.is_completed())
+    assert lost, "the kill landed after every shard had finished"
+    assert "shards failed after retries" in errs and all(name in errs for name in lost), errs
+    survivors = {s.name for s in shard_runs(service, dest) if s.state.is_completed()}
+    written = {n: storage.info(storage.join(dest, n))["LastModified"] for n in parts.list_names(dest)
+               if n.startswith("part-")}
+    assert len(written) == len(survivors)
+
+    service.workers_ready()  # w1 back, as after a restart
+    before = {s.id for s in shard_runs(service, dest)}
+    time.sleep(1)  # S3 timestamps have one-second resolution
+    r = service.cli("embed", *args[2:])
+    assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
+
+    rerun = [s for s in shard_runs(service, dest) if s.id not in before]
+    assert sorted(s.name for s in rerun) == lost  # only the lost shards ran again
+    assert all(s.state.is_completed() for s in rerun)
+    for name, modified in written.items():  # parts written before the kill were not rewritten
+        assert storage.info(storage.join(dest, name))["LastModified"] == modified
+    v = service.cli("verify", dest, "--source", source)
+    assert v.returncode == 0, v.stdout + v.stderr
+    manifest = parts.read_manifest(dest)
+    assert sum(not s.resumed for s in manifest.shards) == len(lost)
+
+
+def _children(pid: int) -> list[int]:
+    from tests.deployments.service import _descendants
+
+    return _descendants(pid)
