@@ -81,7 +81,9 @@ def embed(
     source: Annotated[str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")],
     dest: Annotated[str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")],
     model: Annotated[str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")] = DEFAULT_MODEL,
-    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max or mean_max (default: the model's own)")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_max, or mean_lstm with --pooler (default: the model's own)")] = None,
+    pooler: Annotated[Optional[str], typer.Option(help="Head trained by `bertflow train-pooler`, for --pooling mean_lstm")] = None,
+    reduction: Annotated[Optional[str], typer.Option(help="PCA/whitening fitted by `bertflow fit-reduction`, applied before writing")] = None,
     layers: Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")] = "-1",
     layer_mode: Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")] = "mean",
     normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalize (default: the model's own)")] = None,
@@ -104,7 +106,7 @@ def embed(
             model=model, pooling=pooling, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
             max_length=max_length, id_column=id_column, text_column=text_column, keep=_csv(keep),
             shard_rows=shard_rows, batch_tokens=batch_tokens, device=device, precision=precision,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, pooler=pooler, reduction=reduction,
         )
     except ValidationError as e:
         fail(_validation_message(e))
@@ -183,6 +185,9 @@ def _summary(manifest, dest: str) -> None:
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+from bertflow import cli_extras  # noqa: E402,F401  (registers train-pooler/fit-reduction/search)
 
 
 from bertflow import cli_service  # noqa: E402,F401  (registers deploy/serve/backfill)

@@ -38,6 +38,8 @@ class Moments:
     @classmethod
     def of(cls, x: np.ndarray) -> Moments:
         x = np.asarray(x, dtype=np.float64)  # (N, D)
+        if len(x) == 0:
+            return cls.empty(x.shape[1])
         mean = x.mean(0)
         centered = x - mean
         return cls(len(x), mean, centered.T @ centered)

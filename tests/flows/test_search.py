@@ -1,0 +1,127 @@
+"""bertflow search: the query goes through DEST's own recorded settings; near duplicates come first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import s3fs
+import torch
+
+from bertflow.flows.embed import embed_dataset
+from bertflow.flows.fit_reduction import fit_reduction
+from bertflow.tasks import fitted
+from bertflow.tasks.config import EmbedConfig
+from bertflow.tasks.errors import InputError
+from bertflow.tasks.lstm_head import HeadConfig, LstmHead, head_to_bytes
+from bertflow.tasks.model import weights_sha256
+from bertflow.tasks.search import embed_query, query_config, read_searchable, search
+from tests.conftest import build_tiny_bert, run_cli, write_rows
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def corpus(sample_texts, n: int) -> list[dict]:
+    return [{"id": f"doc-{i}", "text": t, "title": t.split("\n")[0][:60]} for i, t in enumerate(sample_texts[:n])]
+
+
+def stored(dest) -> pl.DataFrame:
+    return pl.read_parquet(f"{dest}/part-*.parquet")
+
+
+def brute_force(table: pl.DataFrame, query: np.ndarray, k: int) -> list[str]:
+    e = table["embedding"].to_numpy()
+    scores = e @ query / (np.linalg.norm(e, axis=1) * np.linalg.norm(query))
+    return [table["id"][int(i)] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def near_duplicate(text: str) -> str:
+    """The same docstring as someone might paste it: lower case, one word swapped, the tail cut."""
+    words = text.lower().split()
+    words[min(3, len(words) - 1)] = "the"
+    return " ".join(words[: max(8, len(words) * 3 // 4)])
+
+
+def test_a_near_duplicate_ranks_first_with_the_bundled_model(tmp_path, sample_texts):
+    rows = corpus(sample_texts, 160)
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(keep=("title",), shard_rows=50))  # 4 parts
+    table = stored(tmp_path / "dest")
+    config = query_config(read_searchable(str(tmp_path / "dest")))
+    for i in (7, 64, 151):
+        query = near_duplicate(rows[i]["text"])
+        hits = search(str(tmp_path / "dest"), query, k=5)
+        assert hits[0].id == f"doc-{i}", (query, hits)
+        assert hits[0].score > hits[1].score
+        assert hits[0].snippet == " ".join(rows[i]["title"].split())  # the kept string column, on one line
+        assert [h.id for h in hits] == brute_force(table, embed_query(query, config), 5)  # merged across parts
+    result = run_cli("search", str(tmp_path / "dest"), near_duplicate(rows[64]["text"]), "-k", "3")
+    assert result.returncode == 0, result.stderr
+    first = next(line for line in result.stdout.splitlines() if "│ 1 " in line)
+    assert "doc-64" in first
+
+
+def test_a_cls_dest_is_searched_with_cls_pooling(tmp_path, tiny_bert, sample_texts):
+    rows = corpus(sample_texts, 60)
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    embed_dataset(str(source), str(tmp_path / "cls"), EmbedConfig(model=str(tiny_bert), pooling="cls", max_length=32))
+    embed_dataset(str(source), str(tmp_path / "mean"), EmbedConfig(model=str(tiny_bert), pooling="mean", max_length=32))
+    config = query_config(read_searchable(str(tmp_path / "cls")))
+    assert (config.pooling, config.max_length, config.normalize) == ("cls", 32, False)
+    cls_rows, mean_rows = stored(tmp_path / "cls"), stored(tmp_path / "mean")
+    query = embed_query(rows[20]["text"], config)
+    np.testing.assert_allclose(query, cls_rows["embedding"][20].to_numpy(), rtol=0, atol=1e-5)
+    assert not np.allclose(query, mean_rows["embedding"][20].to_numpy(), atol=1e-2)
+    hits = search(str(tmp_path / "cls"), rows[20]["text"], k=3)
+    assert hits[0].id == "doc-20" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_head_and_reduction_dests_are_queried_through_both(tmp_path, tiny_bert, sample_texts):
+    torch.manual_seed(0)
+    head = LstmHead(32, 6, True)
+    config = HeadConfig(input_size=32, hidden=6, bidirectional=True, model=str(tiny_bert),
+                        model_sha256=weights_sha256(tiny_bert), layers=(-1,), layer_mode="mean", max_length=32,
+                        labels=("a", "b"), seed=0)
+    fitted.save_head(str(tmp_path / "head"), *head_to_bytes(head, config), b"{}")
+    rows = corpus(sample_texts, 80)
+    source = str(write_rows(tmp_path / "in.jsonl", rows))
+    embed = EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=32,
+                        normalize=True)
+    embed_dataset(source, str(tmp_path / "lstm"), embed)
+    fit_reduction(str(tmp_path / "lstm"), str(tmp_path / "red"), "whiten", 20)
+    embed_dataset(source, str(tmp_path / "both"), embed.model_copy(update={"reduction": str(tmp_path / "red")}))
+    manifest = read_searchable(str(tmp_path / "both"))
+    assert manifest.pooler.uri == str(tmp_path / "head") and manifest.reduction.uri == str(tmp_path / "red")
+    query = embed_query(rows[33]["text"], query_config(manifest))
+    assert query.shape == (20,)
+    np.testing.assert_allclose(query, stored(tmp_path / "both")["embedding"][33].to_numpy(), rtol=0, atol=1e-5)
+    assert search(str(tmp_path / "both"), rows[33]["text"], k=1)[0].id == "doc-33"
+
+
+def test_a_dest_whose_model_changed_is_refused(tmp_path, tiny_bert, bundled_model, sample_texts):
+    model = shutil.copytree(tiny_bert, tmp_path / "model")
+    source = write_rows(tmp_path / "in.jsonl", corpus(sample_texts, 10))
+    embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(model=str(model), max_length=32))
+    build_tiny_bert(tmp_path / "model", bundled_model, seed=1)  # other weights under the same path
+    with pytest.raises(InputError, match="DEST was embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"):
+        search(str(tmp_path / "dest"), "anything")
+    with pytest.raises(InputError, match="has no _manifest.json"):
+        search(str(tmp_path / "nowhere"), "anything")
+
+
+def test_search_an_s3_dest(s3, tiny_bert, sample_texts, tmp_path):
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("emb")
+    rows = corpus(sample_texts, 90)
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    embed_dataset(str(source), "s3://emb/day/", EmbedConfig(model=str(tiny_bert), max_length=32, shard_rows=25,
+                                                           keep=("title",)))
+    assert json.loads(fs.cat_file("emb/day/_manifest.json"))["planned_shards"] == 4
+    hits = search("s3://emb/day/", rows[70]["text"], k=4)
+    assert hits[0].id == "doc-70" and hits[0].snippet == " ".join(rows[70]["title"].split())
+    table = pl.concat([pl.read_parquet(fs.open(p, "rb")) for p in sorted(fs.glob("emb/day/part-*.parquet"))])
+    query = embed_query(rows[70]["text"], query_config(read_searchable("s3://emb/day/")))
+    assert [h.id for h in hits] == brute_force(table, query, 4)
