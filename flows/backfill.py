@@ -5,8 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from bertflow.tasks import progress
-from bertflow.tasks.artifacts import one_line, tag_this_run
+from bertflow.tasks.artifacts import one_line, quiet_expected_errors, tag_this_run
 from bertflow.tasks.backfill import Day, plan_backfill, run_backfill
+
+quiet_expected_errors()
 
 
 @flow(name="backfill", flow_run_name="backfill-{deployment}-{start}-to-{end}", persist_result=False)

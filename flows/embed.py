@@ -13,13 +13,15 @@ from prefect.runtime import flow_run
 
 from bertflow.flows.shard import embed_shard
 from bertflow.tasks import parts, partitions
-from bertflow.tasks.artifacts import RunReport, run_tags, tag_this_run
+from bertflow.tasks.artifacts import RunReport, one_line, quiet_expected_errors, run_tags, tag_this_run
 from bertflow.tasks.config import EmbedConfig
 from bertflow.tasks.embed import fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config
 from bertflow.tasks.errors import BertflowError
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.manifest import Manifest
+
+quiet_expected_errors()
 
 # In this process a failing shard fails the run at once, as it always has; retries are for workers.
 _local_shard = embed_shard.with_options(retries=0)
@@ -35,11 +37,6 @@ def _run_name() -> str:
     except BertflowError:  # the run itself reports bad input; the name must not fail first
         dest, partition = p["dest"], p.get("partition")
     return partitions.run_name(dest, partition)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if isinstance(e, BertflowError) and text else f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 @flow(name="embed-dataset", flow_run_name=_run_name, persist_result=False)
@@ -91,7 +88,7 @@ def embed_dataset(
         report.finished(manifest)
         return manifest
     except Exception as e:
-        reason = _one_line(e)
+        reason = one_line(e)
         if report is not None:
             report.failed(reason)
         else:

@@ -8,11 +8,14 @@ import time
 
 from prefect import flow, get_run_logger
 
+from bertflow.tasks.artifacts import quiet_expected_errors
 from bertflow.tasks.config import ResolvedConfig
 from bertflow.tasks.embed import embed_tokens, read_shard, tokenize_texts, write_part
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot
 from bertflow.tasks.manifest import ShardResult, ShardSpec
+
+quiet_expected_errors()
 
 # A shard run on a worker that fails is run again by Prefect (transient faults inside already
 # retry per task); the parent runs shards in its own process with `retries=0`, as before.

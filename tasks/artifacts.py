@@ -8,6 +8,7 @@ summary and where the output is, or why the run failed).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from prefect import get_client, get_run_logger
@@ -21,8 +22,32 @@ from prefect.context import FlowRunContext
 
 from bertflow.tasks import parts, progress, storage
 from bertflow.tasks.config import ResolvedConfig
+from bertflow.tasks.errors import BertflowError
 from bertflow.tasks.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
 from bertflow.tasks.partitions import stable_key
+
+
+class _NoTracebackForBertflowErrors(logging.Filter):
+    """Tracebacks are for bugs: a bertflow error's one line says what is wrong and what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], BertflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_errors() -> None:
+    """Keep Prefect from logging a traceback under a run that failed on a bertflow error."""
+    logger = logging.getLogger("prefect.flow_runs")
+    if not any(isinstance(f, _NoTracebackForBertflowErrors) for f in logger.filters):
+        logger.addFilter(_NoTracebackForBertflowErrors())
+
+
+def one_line(e: BaseException) -> str:
+    """Why a run failed, in one line: a bertflow error as is, anything else with its type."""
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(e, BertflowError) and first else f"{type(e).__name__}: {first}".rstrip(": ")
 
 
 def artifact_keys(dest: str) -> dict[str, str]:
