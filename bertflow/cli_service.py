@@ -90,12 +90,10 @@ def backfill(
         plan = plan_backfill(deployment, start, end, every, overwrite)
     except BertflowError as e:
         fail(str(e))
-    table = Table(title=f"bertflow backfill {plan.deployment}", title_justify="left")
-    for col in ("partition", "source", "dest", "plan"):
-        table.add_column(col, overflow="fold")
+    out.print(f"backfill {plan.deployment}: {len(plan.days)} partitions", highlight=False)
     for day in plan.days:
-        table.add_row(day.partition, day.source, day.dest, f"{'will run' if day.action == 'run' else 'skip'}: {day.why}")
-    out.print(table)
+        action = "will run" if day.action == "run" else "skip"
+        out.print(f"{day.partition}  {action}: {day.why}  {day.source} -> {day.dest}", highlight=False, soft_wrap=True)
     if dry_run:
         out.print(f"dry run: {len(plan.to_run)} to run, {len(plan.days) - len(plan.to_run)} to skip; nothing started")
         return
@@ -114,9 +112,5 @@ def backfill(
                                     max_in_flight=max_in_flight, overwrite=overwrite)
     except BertflowError as e:
         fail(str(e), code=1)
-    done = Table(title="bertflow backfill: results", title_justify="left")
-    done.add_column("partition")
-    done.add_column("result")
     for partition, result in sorted(results.items()):
-        done.add_row(partition, result)
-    out.print(done)
+        out.print(f"{partition}  {result}", highlight=False, soft_wrap=True)
