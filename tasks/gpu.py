@@ -77,10 +77,14 @@ def gpu_slot(enabled: bool) -> Iterator[None]:
     name = host_limit_name()
     with get_client(sync_client=True) as client:
         ensure_host_limit(client, name)
-    get_run_logger().info("waiting for a GPU slot of %s", name)
+    logger = get_run_logger()
+    logger.info("waiting for a GPU slot of %s", name)
     with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True):
-        get_run_logger().info("holding a GPU slot of %s", name)
-        yield
+        logger.info("holding a GPU slot of %s", name)
+        try:
+            yield
+        finally:
+            logger.info("releasing a GPU slot of %s", name)
 
 
 def in_deployment_run() -> bool:

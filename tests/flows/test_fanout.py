@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from bertflow.tasks import parts, storage
+from bertflow.tasks.gpu import host_limit_name
 from tests.conftest import BERTFLOW
 from tests.deployments.service import POOL, make_bucket, service, stop_process, wait_for, write_docs  # noqa: F401
 
@@ -55,6 +56,23 @@ def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
     manifest = parts.read_manifest(dest)
     assert manifest.status == "complete" and manifest.totals.rows == 60 and len(manifest.shards) == 6
     assert not any(s.resumed for s in manifest.shards)
+
+    # GPU guard: up to four shard runs at once on this host (two workers, two runs each), but
+    # never more than two holding a slot of the host's limit (`--gpus-per-host 2`).
+    limit = host_limit_name()
+    events = []
+    for s in shards:
+        for log in service.logs(s.id):
+            if log.message in (f"holding a GPU slot of {limit}", f"releasing a GPU slot of {limit}"):
+                events.append((log.timestamp, +1 if log.message.startswith("holding") else -1))
+    assert sorted(e for _, e in events).count(+1) == 6 and len(events) == 12
+    held = [0]
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # at equal times, a release comes first
+        held.append(held[-1] + step)
+    assert max(held) <= 2 and held[-1] == 0
+    with service.client() as c:
+        lim = c.read_global_concurrency_limit_by_name(limit)
+    assert lim.limit == 2 and lim.active_slots == 0
 
 
 def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, service):
