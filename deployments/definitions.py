@@ -62,7 +62,10 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
         ),
     ]
     if not served:
+        # Started only by the parent, with values the flow validates itself: the server keeps no copy
+        # of the config schema that could go stale when bertflow is upgraded on the hosts.
         deployments.append(embed_shard.to_deployment(
-            SHARD, description="One shard of a fanned-out embedding run (started by embed-dataset).", **common,
+            SHARD, description="One shard of a fanned-out embedding run (started by embed-dataset).",
+            enforce_parameter_schema=False, **common,
         ))
     return deployments

@@ -86,6 +86,7 @@ def _same(existing, wanted: RunnerDeployment, pool: str | None) -> bool:
         and existing.parameter_openapi_schema == wanted._parameter_openapi_schema.model_dump(exclude_unset=True)
         and sorted(existing.tags) == sorted(wanted.tags)
         and existing.description == wanted.description
+        and existing.enforce_parameter_schema == wanted.enforce_parameter_schema
         and existing.version == wanted.version
         and not existing.paused
         and have_schedules == want_schedules
