@@ -8,6 +8,7 @@ import re
 from bertflow.tasks import parts, storage
 from bertflow.tasks.artifacts import artifact_keys
 from tests.deployments.service import POOL, make_bucket, service  # noqa: F401
+from tests.s3 import CREDENTIALS
 
 
 def runs_named(svc, name: str) -> list:
@@ -78,6 +79,13 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
     warnings = [m for level, m in messages if level == 30]
     assert "19 rows were longer than 8 tokens and were truncated" in warnings
     assert any(m.startswith("1 rows were not embedded") for m in warnings)
+
+    # Workers read credentials from their own environment: none in parameters, logs or artifacts.
+    seen = [json.dumps(r.parameters) for r in [parent, *shards]]
+    seen += [log.message for r in [parent, *shards] for log in service.logs(r.id)]
+    seen += [str(a.data) + str(a.description) for a in (progress, table, markdown)]
+    for secret in (CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]):
+        assert not any(secret in text for text in seen)
 
     # A rerun resumes everything; the same keys now hold two versions: the UI shows the history.
     again = service.cli(*args)
