@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from prefect import get_client, get_run_logger
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from bertflow.tasks.partitions import slug
@@ -89,7 +90,5 @@ def gpu_slot(enabled: bool) -> Iterator[None]:
 
 def in_deployment_run() -> bool:
     """Whether the current flow run came from a deployment (so it runs in a process of its own)."""
-    from prefect.context import FlowRunContext
-
     ctx = FlowRunContext.get()
     return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)

@@ -31,7 +31,7 @@ DEST_TEMPLATE = f"s3://{BUCKET}/embeddings/dt={{date}}/"
 WORKERS = ("w1", "w2")
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Child processes (recursively) of pid, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -60,13 +60,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
     """SIGTERM the process and its descendants (as `systemctl stop` does), SIGKILL what remains."""
     if proc.poll() is not None:
         return
-    tree = [proc.pid, *_descendants(proc.pid)]
+    tree = [proc.pid, *descendants(proc.pid)]
     _signal(tree, signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
         pass
-    _signal([proc.pid, *_descendants(proc.pid)], signal.SIGKILL)
+    _signal([proc.pid, *descendants(proc.pid)], signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
 

@@ -37,7 +37,7 @@ def snapshot(url: str) -> dict:
         limits = c.read_global_concurrency_limits(limit=100)
     return {
         "pools": [(p.name, p.type) for p in pools],
-        "deployments": sorted((f"{c_flow(url, d.flow_id)}/{d.name}", d.work_pool_name, d.entrypoint, str(d.updated))
+        "deployments": sorted((f"{flow_name(url, d.flow_id)}/{d.name}", d.work_pool_name, d.entrypoint, str(d.updated))
                               for d in deployments),
         "schedules": sorted((d.name, s.schedule.cron, s.schedule.timezone, str(s.id)) for d in deployments
                             for s in d.schedules),
@@ -45,7 +45,7 @@ def snapshot(url: str) -> dict:
     }
 
 
-def c_flow(url: str, flow_id) -> str:
+def flow_name(url: str, flow_id) -> str:
     with prefect_client(url) as c:
         return c.read_flow(flow_id).name
 

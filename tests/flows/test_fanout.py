@@ -11,8 +11,17 @@ import time
 
 from bertflow.tasks import parts, storage
 from bertflow.tasks.gpu import host_limit_name
+from bertflow.tasks.verify import verify_dest
 from tests.conftest import BERTFLOW
-from tests.deployments.service import POOL, make_bucket, service, stop_process, wait_for, write_docs  # noqa: F401
+from tests.deployments.service import (  # noqa: F401
+    POOL,
+    descendants,
+    make_bucket,
+    service,
+    stop_process,
+    wait_for,
+    write_docs,
+)
 
 SHARD = "embed-shard/embed-shard"
 
@@ -84,7 +93,7 @@ def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, serv
     w1 = service.workers["w1"]
 
     def w1_mid_shard():
-        pids = {str(p) for p in _children(w1.pid)}
+        pids = {str(p) for p in descendants(w1.pid)}
         return [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
 
     try:
@@ -120,13 +129,6 @@ def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, serv
     assert all(s.state.is_completed() for s in rerun)
     for name, modified in written.items():  # parts written before the kill were not rewritten
         assert storage.info(storage.join(dest, name))["LastModified"] == modified
-    v = service.cli("verify", dest, "--source", source)
-    assert v.returncode == 0, v.stdout + v.stderr
+    assert verify_dest(dest, source) == []  # what `bertflow verify DEST --source SOURCE` checks
     manifest = parts.read_manifest(dest)
     assert sum(not s.resumed for s in manifest.shards) == len(lost)
-
-
-def _children(pid: int) -> list[int]:
-    from tests.deployments.service import _descendants
-
-    return _descendants(pid)
