@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from bertflow.tasks import progress
-from bertflow.tasks.artifacts import one_line, quiet_expected_errors, tag_this_run
+from bertflow.tasks.artifacts import BACKFILL_TAG, one_line, quiet_expected_errors, tag_this_run
 from bertflow.tasks.backfill import Day, plan_backfill, run_backfill
 
 quiet_expected_errors()
@@ -25,7 +25,7 @@ def backfill(
         dry_run: log the plan and start nothing.
     """
     logger = get_run_logger()
-    tag_this_run(["backfill"])
+    tag_this_run([BACKFILL_TAG])
     try:
         return _backfill(start, end, deployment, every, max_in_flight, overwrite, dry_run)
     except Exception as e:

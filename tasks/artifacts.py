@@ -60,8 +60,12 @@ def run_tags(config: ResolvedConfig) -> list[str]:
     return [f"model:{model}", f"pooling:{config.pooling}"]
 
 
+BACKFILL_TAG = "backfill"
+
+
 def tag_this_run(tags: Sequence[str]) -> list[str]:
-    """Add tags to the current flow run (so the UI can filter by them); return all its tags."""
+    """Add tags to the current flow run (so the UI can filter by them); return the tags its child
+    runs carry: these, and `backfill` when this run is part of one."""
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return list(tags)
@@ -69,7 +73,7 @@ def tag_this_run(tags: Sequence[str]) -> list[str]:
     with get_client(sync_client=True) as client:
         client.update_flow_run(ctx.flow_run.id, tags=merged)
     ctx.flow_run.tags = merged
-    return merged
+    return [*tags, *([BACKFILL_TAG] if BACKFILL_TAG in merged and BACKFILL_TAG not in tags else [])]
 
 
 class RunReport:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bertflow.tasks import parts, partitions
+from bertflow.tasks.artifacts import BACKFILL_TAG
 from bertflow.tasks.config import EmbedConfig
 from bertflow.tasks.errors import BertflowError, InputError
 from bertflow.tasks.model import resolve_config
@@ -102,7 +103,7 @@ def run_backfill(
             deployment=plan.deployment,
             parameters={"partition": day.partition, "overwrite": overwrite},
             name=partitions.run_name(plan.dest_template, day.partition),
-            tags=("backfill",),
+            tags=(BACKFILL_TAG,),
         )
         by_key[job.key] = day
         jobs.append(job)
