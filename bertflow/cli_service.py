@@ -14,6 +14,15 @@ from bertflow.tasks.errors import BertflowError
 _TEMPLATE_HELP = "with {date} where the day goes"
 
 
+def _require_server(command: str) -> None:
+    """Deployments on Prefect's temporary server would vanish with this process."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        fail(f"bertflow {command} needs a Prefect server: start one (`prefect server start`) and "
+             "export PREFECT_API_URL=http://HOST:4200/api")
+
+
 @app.command()
 def deploy(
     pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = "bertflow",
@@ -24,6 +33,7 @@ def deploy(
     model: Annotated[Optional[str], typer.Option(help="Model of embed-nightly and embed-adhoc (default: the bundled one, or what is deployed)")] = None,
 ) -> None:
     """Create the work pool, the deployments (embed-nightly, embed-adhoc, embed-shard, backfill) and the GPU limit; idempotent."""
+    _require_server("deploy")
     from bertflow.deployments.service import deploy as deploy_all
 
     try:
@@ -50,6 +60,7 @@ def serve(
     """Serve embed-nightly, embed-adhoc and backfill from this process, no workers needed (Ctrl-C stops)."""
     from prefect import serve as prefect_serve
 
+    _require_server("serve")
     from bertflow.deployments.service import served_deployments
 
     try:
@@ -84,6 +95,7 @@ def backfill(
     dry_run: Annotated[bool, typer.Option(help="Print the plan and start nothing")] = False,
 ) -> None:
     """One run of DEPLOYMENT per day, skipping days already complete with the same config; rerun-safe."""
+    _require_server("backfill")
     from bertflow.tasks.backfill import plan_backfill
 
     try:

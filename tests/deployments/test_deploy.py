@@ -27,6 +27,12 @@ def deploy(url: str, *args: str):
     return run_cli("deploy", *args, env={"PREFECT_API_URL": url})
 
 
+def test_deploy_needs_a_server():
+    r = run_cli("deploy", "--pool", "gpu", env={"PREFECT_API_URL": ""})
+    assert r.returncode == 2 and "bertflow deploy needs a Prefect server" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def snapshot(url: str) -> dict:
     """Everything deploy makes, as the server reports it."""
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
