@@ -73,21 +73,15 @@ def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
     return found
 
 
-def run_all(
-    jobs: Sequence[Job], on_final: Callable[[Job, FlowRun], None], max_in_flight: int | None = None,
-    on_submit: Callable[[Job, FlowRun], None] | None = None, poll_seconds: float = POLL_SECONDS,
-) -> None:
+def run_all(jobs: Sequence[Job], on_final: Callable[[Job, FlowRun], None], max_in_flight: int | None = None) -> None:
     """Start every job (at most `max_in_flight` running at once) and wait until each has ended."""
     queue = list(jobs)
     in_flight: dict[UUID, Job] = {}
     while queue or in_flight:
         while queue and (max_in_flight is None or len(in_flight) < max_in_flight):
             job = queue.pop(0)
-            run = submit(job)
-            in_flight[run.id] = job
-            if on_submit is not None:
-                on_submit(job, run)
-        time.sleep(poll_seconds)
+            in_flight[submit(job).id] = job
+        time.sleep(POLL_SECONDS)
         for run in read_runs(in_flight):
             if run.state is not None and run.state.is_final():
                 on_final(in_flight.pop(run.id), run)
