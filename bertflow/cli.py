@@ -81,7 +81,12 @@ def embed(
     source: Annotated[str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")],
     dest: Annotated[str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")],
     model: Annotated[str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")] = DEFAULT_MODEL,
-    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_max, or mean_lstm with --pooler (default: the model's own)")] = None,
+    pooling: Annotated[Optional[str], typer.Option(help="cls, mean, max, mean_max, mean_sqrt_len, last_token, first_last_avg, several comma-separated (one pass, a column each), none (token-level), or mean_lstm with --pooler (default: the model's own)")] = None,
+    exclude_special: Annotated[bool, typer.Option(help="Leave special tokens ([CLS], [SEP]) out of mean and max pooling")] = False,
+    long_text: Annotated[str, typer.Option(help="Texts longer than the model's limit: 'truncate' or 'chunk' (a row per token window)")] = "truncate",
+    chunk_tokens: Annotated[Optional[int], typer.Option(help="Tokens per window with --long-text chunk, special tokens included (default: --max-length)")] = None,
+    stride: Annotated[int, typer.Option(help="Tokens shared by consecutive windows with --long-text chunk")] = 0,
+    aggregate: Annotated[str, typer.Option(help="With --long-text chunk: also write one row per document under documents/: none, mean (token-weighted) or max")] = "none",
     pooler: Annotated[Optional[str], typer.Option(help="Head trained by `bertflow train-pooler`, for --pooling mean_lstm")] = None,
     reduction: Annotated[Optional[str], typer.Option(help="PCA/whitening fitted by `bertflow fit-reduction`, applied before writing")] = None,
     layers: Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")] = "-1",
@@ -103,7 +108,8 @@ def embed(
     """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
     try:
         config = EmbedConfig(
-            model=model, pooling=pooling, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
+            model=model, pooling=pooling, exclude_special=exclude_special, long_text=long_text,
+            chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
             max_length=max_length, id_column=id_column, text_column=text_column, keep=_csv(keep),
             shard_rows=shard_rows, batch_tokens=batch_tokens, device=device, precision=precision,
             trust_remote_code=trust_remote_code, pooler=pooler, reduction=reduction,
@@ -172,7 +178,8 @@ def _summary(manifest, dest: str) -> None:
     rows = [
         ("rows embedded", f"{totals.rows:,}"),
         ("skipped (see _rejects.parquet)" if totals.skipped else "skipped", f"{totals.skipped:,}"),
-        ("dimension", str(manifest.model.dimension)),
+        ("dimension", ", ".join(f"{c} {w}" for c, w in manifest.embedding_columns.items())
+                      if len(manifest.embedding_columns or {}) > 1 else str(manifest.model.dimension)),
         ("tokens", f"{totals.tokens:,}"),
         ("truncated", f"{totals.truncated:,} (at {manifest.model.max_length} tokens)"),
         ("shards", f"{len(fresh)} embedded, {len(manifest.shards) - len(fresh)} resumed"),
@@ -180,6 +187,9 @@ def _summary(manifest, dest: str) -> None:
         ("seconds", f"{totals.seconds:,.1f}"),
         ("model", f"{manifest.model.name} ({manifest.pooling}, layers {','.join(map(str, manifest.layers))}, "
                   f"{'normalized' if manifest.normalize else 'not normalized'}, {manifest.precision}, {manifest.device})"),
+        ("columns", ", ".join(manifest.columns)),
+        ("long text", f"chunk: {manifest.chunk_tokens} tokens per window, stride {manifest.stride}, "
+                      f"aggregate {manifest.aggregate}" if manifest.long_text == "chunk" else "truncate"),
         ("output", dest),
     ]
     for k, v in rows:

@@ -9,8 +9,10 @@ import time
 from prefect import flow, get_run_logger
 
 from bertflow.tasks.artifacts import quiet_expected_errors
-from bertflow.tasks.config import ResolvedConfig
-from bertflow.tasks.embed import embed_tokens, read_shard, tokenize_texts, write_part
+from bertflow.tasks.config import TOKEN_LEVEL, ResolvedConfig
+from bertflow.tasks.embed import (
+    chunk_texts, embed_token_states, embed_tokens, read_shard, tokenize_texts, tokenize_tokens, write_part,
+)
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot
 from bertflow.tasks.manifest import ShardResult, ShardSpec
@@ -46,9 +48,18 @@ def embed_shard(
     # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
     with gpu_slot(on_worker):
         started = time.perf_counter()
-        tok = tokenize_texts(frame["text"].to_list(), config)
-        embeddings = embed_tokens(tok, config)
+        texts = frame["text"].to_list()
+        chunks = tokens = None
+        if config.long_text == "chunk":
+            chunks = chunk_texts(texts, config)
+            tok = chunks.tok
+        elif config.pooling == TOKEN_LEVEL:
+            tokens = tokenize_tokens(texts, config)
+            tok = tokens.tok
+        else:
+            tok = tokenize_texts(texts, config)
+        embeddings = embed_token_states(tok, config) if tokens is not None else embed_tokens(tok, config)
         return write_part(
             dest, spec, config, frame, tok, embeddings, rejects, fingerprint,
-            reading + time.perf_counter() - started,
+            reading + time.perf_counter() - started, chunks, tokens,
         )

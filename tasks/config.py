@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bertflow.tasks.pooling import HEAD_POOLINGS, LAYER_MODES, POOLINGS, HeadPooling, LayerMode, Pooling
+from bertflow.tasks.pooling import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -14,6 +14,22 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 DEVICES: tuple[str, ...] = get_args(Device)
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+LongText = Literal["truncate", "chunk"]
+LONG_TEXTS: tuple[str, ...] = get_args(LongText)
+Aggregate = Literal["none", "mean", "max"]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+# `--pooling none`: no pooling, one vector per token (token-level output)
+TOKEN_LEVEL = "none"
+
+
+def split_pooling(pooling: str) -> tuple[str, ...]:
+    """`mean,cls,max` -> ("mean", "cls", "max"): the strategies of one run, in column order."""
+    return tuple(p.strip() for p in pooling.split(","))
+
+
+def embedding_column(pooling: str, name: str) -> str:
+    """`embedding` for a single pooling, `embedding_<name>` for each of several."""
+    return "embedding" if len(split_pooling(pooling)) == 1 else f"embedding_{name}"
 
 
 def _one_of(kind: str, value: object, valid: tuple[str, ...]) -> str:
@@ -28,7 +44,12 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
-    pooling: Pooling | HeadPooling | None = None
+    pooling: str | None = None  # one strategy, several comma-separated (one pass), or "none"
+    exclude_special: bool = False
+    long_text: LongText = "truncate"
+    chunk_tokens: int | None = Field(default=None, gt=2)
+    stride: int = Field(default=0, ge=0)
+    aggregate: Aggregate = "none"
     layers: tuple[int, ...] = (-1,)
     layer_mode: LayerMode = "mean"
     normalize: bool | None = None
@@ -54,7 +75,42 @@ class EmbedConfig(BaseModel):
     @field_validator("pooling", mode="before")
     @classmethod
     def _pooling(cls, v: object) -> object:
-        return v if v is None else _one_of("pooling", v, POOLINGS + HEAD_POOLINGS)
+        if v is None:
+            return v
+        names = split_pooling(str(v))
+        if len(names) == 1:
+            return _one_of("pooling", names[0], POOLINGS + HEAD_POOLINGS + (TOKEN_LEVEL,))
+        for name in names:
+            _one_of("pooling", name, POOLINGS)
+        if len(set(names)) != len(names):
+            raise ValueError(f"pooling {v!r} repeats a strategy")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _long_text(self) -> EmbedConfig:
+        if self.long_text != "chunk":
+            if self.aggregate != "none":
+                raise ValueError("--aggregate needs --long-text chunk (there are no chunks to aggregate)")
+            if self.chunk_tokens is not None or self.stride:
+                raise ValueError("--chunk-tokens and --stride need --long-text chunk")
+        elif self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
+            raise ValueError(f"--stride {self.stride} must be less than --chunk-tokens {self.chunk_tokens}")
+        several = self.pooling is not None and len(split_pooling(self.pooling)) > 1
+        if (several or self.pooling == TOKEN_LEVEL) and (self.pooler or self.reduction):
+            raise ValueError("--pooler and --reduction work with one pooling strategy, not a list or none")
+        if self.pooling == TOKEN_LEVEL and self.long_text == "chunk":
+            raise ValueError("--pooling none writes every token already; drop --long-text chunk")
+        return self
+
+    @field_validator("long_text", mode="before")
+    @classmethod
+    def _long_text_name(cls, v: object) -> object:
+        return _one_of("long-text mode", v, LONG_TEXTS)
+
+    @field_validator("aggregate", mode="before")
+    @classmethod
+    def _aggregate_name(cls, v: object) -> object:
+        return _one_of("aggregate", v, AGGREGATES)
 
     @field_validator("layer_mode", mode="before")
     @classmethod
@@ -88,7 +144,8 @@ class EmbedConfig(BaseModel):
     @field_validator("keep")
     @classmethod
     def _keep(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        reserved = {"id", "embedding", "n_tokens", "truncated"}
+        reserved = {"id", "embedding", "n_tokens", "truncated", "chunk_index", "char_start", "char_end",
+                    "tokens", "offsets", "special", "token_embeddings"}
         clash = sorted(set(v) & reserved)
         if clash:
             raise ValueError(f"--keep {','.join(clash)} clashes with an output column; rename it")
@@ -96,7 +153,7 @@ class EmbedConfig(BaseModel):
 
     @model_validator(mode="after")
     def _first_last(self) -> EmbedConfig:
-        if self.pooling == "first_last_avg" and self.layers != (-1,):
+        if self.pooling and "first_last_avg" in split_pooling(self.pooling) and self.layers != (-1,):
             raise ValueError("first_last_avg uses the first and last layers itself; drop --layers")
         return self
 
@@ -119,7 +176,7 @@ class ResolvedConfig(BaseModel):
     model_path: str
     model_sha256: str
     dimension: int
-    pooling: Pooling | HeadPooling
+    pooling: str
     layers: tuple[int, ...]
     layer_mode: LayerMode
     normalize: bool
@@ -136,6 +193,37 @@ class ResolvedConfig(BaseModel):
     pooler_sha256: str | None = None
     reduction: str | None = None
     reduction_sha256: str | None = None
+    exclude_special: bool = False
+    long_text: LongText = "truncate"
+    chunk_tokens: int | None = None  # set when long_text is "chunk"
+    stride: int = 0
+    aggregate: Aggregate = "none"
+    dimensions: dict[str, int] = {}  # width of each pooling of a list
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return split_pooling(self.pooling)
+
+    def embedding_columns(self) -> dict[str, int]:
+        """Vector column name -> width, as written."""
+        if len(self.poolings) == 1:
+            return {"embedding": self.dimension}
+        return {embedding_column(self.pooling, p): self.dimensions[p] for p in self.poolings}
+
+    def columns(self) -> list[str]:
+        """The columns of a part, in order."""
+        if self.pooling == TOKEN_LEVEL:
+            vectors = ["tokens", "offsets", "special", "token_embeddings"]
+        else:
+            vectors = list(self.embedding_columns())
+        chunk = ["chunk_index", "char_start", "char_end"] if self.long_text == "chunk" else []
+        return ["id", *chunk, *vectors, "n_tokens", "truncated", *self.keep]
+
+    def document_columns(self) -> list[str]:
+        """The columns of a documents/ part (`--aggregate`), in order; empty without one."""
+        if self.aggregate == "none":
+            return []
+        return ["id", *self.embedding_columns(), "n_tokens", "n_chunks", *self.keep]
 
     def output_fingerprint(self) -> dict[str, object]:
         """The settings that change the embeddings written; a rerun must match them."""
@@ -154,4 +242,7 @@ class ResolvedConfig(BaseModel):
             # only when used, so DESTs made without them keep their fingerprints
             **({"pooler_sha256": self.pooler_sha256} if self.pooler_sha256 else {}),
             **({"reduction_sha256": self.reduction_sha256} if self.reduction_sha256 else {}),
+            **({"exclude_special": True} if self.exclude_special else {}),
+            **({"long_text": self.long_text, "chunk_tokens": self.chunk_tokens, "stride": self.stride,
+                "aggregate": self.aggregate} if self.long_text == "chunk" else {}),
         }

@@ -19,11 +19,13 @@ from prefect.tasks import exponential_backoff
 import bertflow
 from bertflow.tasks import fitted, parts, progress, sources, storage
 from bertflow.tasks.config import EmbedConfig, ResolvedConfig
-from bertflow.tasks.engine import Encoder, Tokenized
+from bertflow.tasks.engine import Chunks, Encoder, Tokenized, TokenText
 from bertflow.tasks.errors import InputError, TransientStorageError
 from bertflow.tasks.manifest import (
+    DOCUMENTS_DIR,
     MANIFEST_NAME,
     REJECTS_NAME,
+    DocumentsPart,
     FittedInfo,
     Manifest,
     ModelInfo,
@@ -35,6 +37,7 @@ from bertflow.tasks.manifest import (
     shard_fingerprint,
 )
 from bertflow.tasks.model import load_model, pick_device, resolve_config
+from bertflow.tasks.pooling import normalize
 
 
 def is_transient(task, task_run, state) -> bool:
@@ -82,7 +85,12 @@ def _manifest(source: str, config: ResolvedConfig, plan: list[ShardSpec], device
         pooling=config.pooling, layers=list(config.layers), layer_mode=config.layer_mode,
         normalize=config.normalize, precision=config.precision, device=device,
         id_column=config.id_column, text_column=config.text_column, keep=list(config.keep),
-        shard_rows=config.shard_rows, columns=["id", "embedding", "n_tokens", "truncated", *config.keep],
+        shard_rows=config.shard_rows, columns=config.columns(),
+        embedding_columns=None if config.pooling == "none" else config.embedding_columns(),
+        exclude_special=config.exclude_special, long_text=config.long_text,
+        **({"chunk_tokens": config.chunk_tokens, "stride": config.stride, "aggregate": config.aggregate}
+           if config.long_text == "chunk" else {}),
+        document_columns=config.document_columns(),
         fingerprint=config.output_fingerprint(), planned_shards=len(plan), **kw,
         pooler=FittedInfo(uri=config.pooler, sha256=config.pooler_sha256) if config.pooler else None,
         reduction=FittedInfo(uri=config.reduction, sha256=config.reduction_sha256) if config.reduction else None,
@@ -103,7 +111,7 @@ def prepare_dest(
     else:
         parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
     parts.remove_temporaries(dest)
-    done = parts.complete_parts(dest, plan, fingerprints(plan, config))
+    done = parts.complete_parts(dest, plan, fingerprints(plan, config), documents=config.aggregate != "none")
     manifest = _manifest(source, config, plan, None, status="running", created_at=datetime.now(timezone.utc))
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest))
     progress.start(sum(s.rows for s in plan), sum(s.rows for s in plan if s.name in done))
@@ -133,32 +141,92 @@ def tokenize_texts(texts: list[str], config: ResolvedConfig) -> Tokenized:
     return get_encoder(config).tokenize(texts)
 
 
+@task(name="chunk", **IN_MEMORY)
+def chunk_texts(texts: list[str], config: ResolvedConfig) -> Chunks:
+    """Cut texts into overlapping token windows with the model's fast tokenizer (CPU), nothing truncated."""
+    return get_encoder(config).tokenize_chunks(texts, config.chunk_tokens, config.stride)
+
+
+@task(name="tokenize_tokens", **IN_MEMORY)
+def tokenize_tokens(texts: list[str], config: ResolvedConfig) -> TokenText:
+    """Tokenize with the model's fast tokenizer (CPU), keeping token strings and char spans."""
+    return get_encoder(config).tokenize_tokens(texts)
+
+
+@task(name="embed_token_states", **IN_MEMORY, **RETRY)
+def embed_token_states(tok: Tokenized, config: ResolvedConfig) -> list[np.ndarray]:
+    """Forward passes on the device; every token's vector, (T_i, H) float32 per row."""
+    return get_encoder(config).token_states(
+        tok, layers=config.layers, layer_mode=config.layer_mode, normalize_output=config.normalize,
+        on_rows=progress.advance,
+    )
+
+
 @task(name="embed", **IN_MEMORY, **RETRY)
 def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
     """Forward passes and pooling per batch on the device; (N, D) float32 in input order."""
+    several = len(config.poolings) > 1
     vectors = get_encoder(config).embed(
-        tok, pooling=config.pooling, layers=config.layers, layer_mode=config.layer_mode,
-        normalize_output=config.normalize, on_rows=progress.advance,
+        tok, pooling=config.poolings if several else config.pooling, layers=config.layers,
+        layer_mode=config.layer_mode, normalize_output=config.normalize and not several,
+        on_rows=None if config.long_text == "chunk" else progress.advance,  # rows are windows there, not documents
+        exclude_special=config.exclude_special,
     )
-    vectors = fitted.reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
-    # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
-    return vectors.reshape(len(tok.ids), config.dimension)
+    if not several:
+        vectors = fitted.reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
+        # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
+        return vectors.reshape(len(tok.ids), config.dimension)
+    widths = list(config.embedding_columns().values())
+    vectors = vectors.reshape(len(tok.ids), sum(widths))  # (N, sum D): one block per strategy
+    if config.normalize:  # each strategy's vector on its own, as its single-pooling run would
+        at = 0
+        for w in widths:
+            vectors[:, at:at + w] = normalize(torch.from_numpy(vectors[:, at:at + w])).numpy()
+            at += w
+    return vectors
 
 
 @task(name="write_part", **IN_MEMORY, **RETRY)
 def write_part(
     dest: str, spec: ShardSpec, config: ResolvedConfig, frame: pl.DataFrame, tok: Tokenized,
-    embeddings: np.ndarray, rejects: list[Reject], fingerprint: str, seconds: float,
+    embeddings: np.ndarray | list[np.ndarray], rejects: list[Reject], fingerprint: str, seconds: float,
+    chunks: Chunks | None = None, tokens: TokenText | None = None,
 ) -> ShardResult:
-    """Write one finished part to DEST (storage) in a single atomic step."""
-    table = parts.part_frame(frame, embeddings, tok.n_tokens, tok.truncated, config.keep, spec.id_kind)
+    """Write one finished part (and its documents/ part under --aggregate) to DEST (storage), each atomically.
+
+    Args:
+        chunks: `--long-text chunk`: the windows `tok` came from; one row per window.
+        tokens: `--pooling none`: token strings and spans; `embeddings` is then one (T_i, H) array per row.
+    """
+    leading = []
+    if chunks is not None:
+        progress.advance(len(frame))  # the bar counts documents
+        frame = frame[chunks.doc]  # (C rows) each window's id and kept columns
+        leading = [pl.Series("chunk_index", chunks.chunk_index, dtype=pl.Int32),
+                   pl.Series("char_start", chunks.char_start, dtype=pl.Int64),
+                   pl.Series("char_end", chunks.char_end, dtype=pl.Int64)]
+    if tokens is not None:
+        table = parts.token_frame(frame, tokens.tokens, tokens.offsets, tokens.special, embeddings, tok.n_tokens,
+                                  tok.truncated, config.keep, spec.id_kind, config.dimension)
+    else:
+        table = parts.part_frame(frame, embeddings, tok.n_tokens, tok.truncated, config.keep, spec.id_kind,
+                                 config.embedding_columns(), leading)
     info = PartInfo(fingerprint=fingerprint, rows=len(table), tokens=int(tok.n_tokens.sum()),
                     truncated=int(tok.truncated.sum()), seconds=seconds, rejects=rejects)
+    documents = None
+    if config.aggregate != "none":  # written first: a main part on its own is not a finished shard
+        docs = parts.document_frame(table, config.embedding_columns(), config.keep, config.aggregate,
+                                    config.normalize)
+        docs_data = parts.serialize_part(docs, info.model_copy(update={"rows": len(docs)}))
+        storage.write_atomic(storage.join(dest, DOCUMENTS_DIR, spec.name), docs_data)
+        documents = DocumentsPart(name=f"{DOCUMENTS_DIR}/{spec.name}", rows=len(docs),
+                                  sha256=hashlib.sha256(docs_data).hexdigest())
     data = parts.serialize_part(table, info)
     storage.write_atomic(storage.join(dest, spec.name), data)
     result = ShardResult(
         name=spec.name, pieces=spec.pieces, rows=info.rows, rejected=len(rejects), tokens=info.tokens,
         truncated=info.truncated, seconds=seconds, sha256=hashlib.sha256(data).hexdigest(), rejects=rejects,
+        documents=documents,
     )
     get_run_logger().info(
         "%s: %d rows, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s)%s", spec.name, info.rows, info.tokens,
@@ -198,6 +266,7 @@ def finalize_dest(
     manifest = _manifest(
         source, config, plan, pick_device(config.device), status="complete", shards=ordered, totals=totals,
         rejects=REJECTS_NAME if rejects is not None else None, created_at=created_at,
+        documents=[r.documents for r in ordered if r.documents is not None],
         completed_at=datetime.now(timezone.utc),
     )
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest))

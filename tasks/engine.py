@@ -14,7 +14,9 @@ import torch
 from tokenizers import Tokenizer
 
 from bertflow.tasks.batching import pad_batch, token_budget_batches
+from bertflow.tasks.chunking import window_bounds
 from bertflow.tasks.config import Precision
+from bertflow.tasks.errors import InputError
 from bertflow.tasks.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
 
 # Padded tokens per forward pass. On CPU larger batches stop paying off once the matmuls are
@@ -29,6 +31,31 @@ class Tokenized:
     ids: list[list[int]]
     n_tokens: np.ndarray  # (N,) int32
     truncated: np.ndarray  # (N,) bool
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Token windows of long texts (`--long-text chunk`): one row per window, each wrapped in special tokens."""
+
+    tok: Tokenized  # the windows as fed to the model
+    doc: np.ndarray  # (C,) int64: the text each window comes from
+    chunk_index: np.ndarray  # (C,) int32: position of the window within its text
+    char_start: np.ndarray  # (C,) int64: offsets into the original text
+    char_end: np.ndarray  # (C,) int64
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """Tokenized texts with what token-level output (`--pooling none`) writes beside each vector."""
+
+    tok: Tokenized
+    tokens: list[list[str]]  # token strings, special tokens included
+    offsets: list[list[tuple[int, int]]]  # char spans in the original text ((0, 0) for special tokens)
+    special: list[list[bool]]
+
+
+# Strategies that average or take the max over tokens: `exclude_special` leaves [CLS]/[SEP] out of them.
+_CONTENT_POOLINGS = frozenset({"mean", "max", "mean_max", "mean_sqrt_len", "first_last_avg"})
 
 
 class Encoder:
@@ -57,6 +84,7 @@ class Encoder:
         self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length."""
@@ -65,6 +93,75 @@ class Encoder:
         n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
         return Tokenized(ids, n_tokens, truncated)
+
+    def tokenize_tokens(self, texts: Sequence[str]) -> TokenText:
+        """Like `tokenize`, keeping each token's string, char span and whether it is special."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = [e.ids for e in encodings]
+        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        return TokenText(Tokenized(ids, n_tokens, truncated), [e.tokens for e in encodings],
+                         [e.offsets for e in encodings], [[bool(m) for m in e.special_tokens_mask] for e in encodings])
+
+    def token_states(
+        self,
+        tok: Tokenized,
+        *,
+        layers: Sequence[int] = (-1,),
+        layer_mode: LayerMode = "mean",
+        normalize_output: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """Every token's vector, (T_i, H) float32 per row in input order, padding dropped."""
+        out: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(tok.ids)
+        for batch in token_budget_batches(tok.n_tokens, self.batch_tokens):
+            ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
+            input_ids, attention = self._to_device(ids), self._to_device(mask)
+            kwargs = {"input_ids": input_ids, "attention_mask": attention}
+            if self.uses_token_types:
+                kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+            need_all = tuple(layers) != (-1,)
+            with torch.inference_mode():
+                result = self.model(**kwargs, output_hidden_states=need_all)
+                h = combine_layers(result.hidden_states, layers, layer_mode) if need_all else result.last_hidden_state
+                h = h.float()  # (B, T, H)
+                if normalize_output:
+                    h = normalize(h)
+                h = h.cpu().numpy()
+            for row, i in enumerate(batch):
+                out[i] = h[row, : tok.n_tokens[i]]  # (T_i, H)
+            if on_rows is not None:
+                on_rows(len(batch))
+        return out
+
+    def tokenize_chunks(self, texts: Sequence[str], chunk_tokens: int, stride: int) -> Chunks:
+        """Cut each text on token boundaries into windows of `chunk_tokens` (special tokens included)
+        sharing `stride` tokens; nothing is truncated, however long the text."""
+        whole = Tokenizer.from_str(self._tokenizer.to_str())  # no truncation: every token of the text
+        whole.no_truncation()
+        probe = self._tokenizer.encode("a")  # the model's wrapping, e.g. [CLS] ... [SEP]
+        real = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1:]
+        content = chunk_tokens - len(prefix) - len(suffix)
+        if content <= stride:
+            raise InputError(
+                f"--chunk-tokens {chunk_tokens} leaves {content} text tokens per window besides the model's "
+                f"{len(prefix) + len(suffix)} special tokens, not more than --stride {stride}; raise --chunk-tokens"
+            )
+        ids: list[list[int]] = []
+        doc, index, start, end = [], [], [], []
+        for d, enc in enumerate(whole.encode_batch(list(texts), add_special_tokens=False)):
+            offsets = enc.offsets
+            for k, (s, e) in enumerate(window_bounds(len(enc.ids), content, stride)):
+                ids.append(prefix + enc.ids[s:e] + suffix)
+                doc.append(d)
+                index.append(k)
+                start.append(offsets[s][0] if e > s else 0)
+                end.append(offsets[e - 1][1] if e > s else 0)
+        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        tok = Tokenized(ids, n_tokens, np.zeros(len(ids), dtype=bool))
+        return Chunks(tok, np.array(doc, dtype=np.int64), np.array(index, dtype=np.int32),
+                      np.array(start, dtype=np.int64), np.array(end, dtype=np.int64))
 
     def embed(
         self,
@@ -75,11 +172,19 @@ class Encoder:
         layer_mode: LayerMode = "mean",
         normalize_output: bool = False,
         on_rows: Callable[[int], None] | None = None,
+        exclude_special: bool = False,
     ) -> np.ndarray:
-        """Pooled vectors (N, D) float32 in input order, batched by padded-token budget."""
+        """Pooled vectors (N, D) float32 in input order, batched by padded-token budget.
+
+        Args:
+            pooling: one strategy, or several pooled from the same forward pass and concatenated in order.
+            exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
+        """
         out: np.ndarray | None = None
         for batch in token_budget_batches(tok.n_tokens, self.batch_tokens):
             ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
+            if exclude_special:  # a third mask value: real but special, read by _forward
+                mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
             pooled = self._pooled(ids, mask, pooling, layers, layer_mode)  # (B, D)
             if normalize_output:
                 pooled = normalize(pooled)
@@ -106,7 +211,7 @@ class Encoder:
             half = len(ids) // 2
             parts = []
             for sl in (slice(0, half), slice(half, None)):
-                width = int(mask[sl].sum(1).max())  # trim padding the half no longer needs
+                width = int((mask[sl] > 0).sum(1).max())  # trim padding the half no longer needs
                 parts.append(self._pooled(ids[sl, :width], mask[sl, :width], pooling, layers, mode))
             return torch.cat(parts)
 
@@ -119,11 +224,14 @@ class Encoder:
     def _forward(
         self, ids: np.ndarray, mask: np.ndarray, pooling: Pooling, layers: Sequence[int], mode: LayerMode
     ) -> torch.Tensor:
-        input_ids, attention = self._to_device(ids), self._to_device(mask)
+        input_ids, marked = self._to_device(ids), self._to_device(mask)
+        attention = (marked > 0).to(marked.dtype)  # (B, T) real tokens
+        content = (marked == 1).to(marked.dtype)  # (B, T) real tokens minus special ones under exclude_special
+        poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
         kwargs = {"input_ids": input_ids, "attention_mask": attention}
         if self.uses_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
-        need_all = tuple(layers) != (-1,) or pooling == "first_last_avg"
+        need_all = tuple(layers) != (-1,) or "first_last_avg" in poolings
         autocast = (
             torch.autocast("cpu", dtype=torch.bfloat16)
             if self.device == "cpu" and self.precision == "bf16"
@@ -131,11 +239,14 @@ class Encoder:
         )
         with torch.inference_mode(), autocast:
             out = self.model(**kwargs, output_hidden_states=need_all)
-            if pooling == "first_last_avg":  # a layer choice of its own; --layers does not apply
-                h = first_last_layers(out.hidden_states).float()  # (B, T, H)
-            elif need_all:
-                h = combine_layers(out.hidden_states, layers, mode).float()  # (B, T, H')
-            else:
-                h = out.last_hidden_state.float()  # (B, T, H)
-            pooled = pool(h, attention, pooling, head=self.head)  # (B, D)
-        return pooled.float().cpu()
+            pooled = []
+            for p in poolings:
+                if p == "first_last_avg":  # a layer choice of its own; --layers does not apply
+                    h = first_last_layers(out.hidden_states).float()  # (B, T, H)
+                elif need_all:
+                    h = combine_layers(out.hidden_states, layers, mode).float()  # (B, T, H')
+                else:
+                    h = out.last_hidden_state.float()  # (B, T, H)
+                m = content if p in _CONTENT_POOLINGS else attention
+                pooled.append(pool(h, m, p, head=self.head))  # (B, D_p)
+        return torch.cat(pooled, dim=-1).float().cpu()  # (B, sum D_p)

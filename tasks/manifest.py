@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.parquet"
+# `--aggregate`: one document-level part per shard, same name, in this folder of DEST
+DOCUMENTS_DIR = "documents"
 # Key of the Parquet footer entry that makes each part self-describing (see `PartInfo`).
 PART_METADATA_KEY = "bertflow"
 
@@ -84,6 +86,14 @@ class PartInfo(BaseModel):
     rejects: list[Reject] = []
 
 
+class DocumentsPart(BaseModel):
+    """A shard's document-level part (`--aggregate`): DEST/documents/<name>."""
+
+    name: str
+    rows: int
+    sha256: str
+
+
 class ShardResult(BaseModel):
     """A finished shard, as the manifest records it."""
 
@@ -98,6 +108,8 @@ class ShardResult(BaseModel):
     resumed: bool = False
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
+    # Listed at the top of the manifest (`documents`), not per shard.
+    documents: DocumentsPart | None = Field(default=None, exclude=True)
 
 
 class Totals(BaseModel):
@@ -151,3 +163,11 @@ class Manifest(BaseModel):
     completed_at: datetime | None = None
     pooler: FittedInfo | None = None
     reduction: FittedInfo | None = None
+    embedding_columns: dict[str, int] | None = None  # vector column -> width; None in older manifests
+    exclude_special: bool = False
+    long_text: str = "truncate"
+    chunk_tokens: int | None = None
+    stride: int | None = None
+    aggregate: str | None = None
+    documents: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per id
+    document_columns: list[str] = []

@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertflow.tasks.config import DEFAULT_MODEL, Device, EmbedConfig, Precision, ResolvedConfig
+from bertflow.tasks.config import (
+    DEFAULT_MODEL, TOKEN_LEVEL, Device, EmbedConfig, Precision, ResolvedConfig, split_pooling,
+)
 from bertflow.tasks.errors import InputError, ModelError
 from bertflow.tasks.fitted import attach
 from bertflow.tasks.pooling import output_dim
@@ -139,6 +141,19 @@ def model_defaults(path: Path) -> ModelDefaults:
     return ModelDefaults(pooling, normalize, max_length, limit, hidden, layers)
 
 
+def special_tokens(path: Path) -> int:
+    """How many special tokens the model's tokenizer wraps one text in ([CLS] and [SEP] for BERT: 2)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tokenizer.no_padding()  # a tokenizer.json may pad every text to a fixed length
+        enc = tokenizer.encode("a")
+    except Exception:  # noqa: BLE001 - no fast tokenizer: load_model reports that in its own words
+        return 0
+    return sum(enc.special_tokens_mask)
+
+
 def check_custom_code(path: Path, trust_remote_code: bool) -> None:
     """Refuse a model that ships its own Python code unless the user said they trust it."""
     config = _read_json(path / "config.json")
@@ -167,15 +182,35 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
             f"(use -1 .. -{d.num_layers})"
         )
     pooling = config.pooling or d.pooling
+    names = split_pooling(pooling)
+    widths = {p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
+              for p in names}
+    chunk_tokens = None
+    if config.long_text == "chunk":
+        chunk_tokens = config.chunk_tokens or max_length
+        if chunk_tokens > d.position_limit:
+            raise InputError(f"--chunk-tokens {chunk_tokens} exceeds the model's limit of {d.position_limit} tokens; "
+                             f"use at most {d.position_limit}")
+        content = chunk_tokens - special_tokens(path)
+        if config.stride >= content:
+            raise InputError(f"--stride {config.stride} must be less than the {content} text tokens of a window "
+                             f"(--chunk-tokens {chunk_tokens} less the model's special tokens)")
     resolved = ResolvedConfig(
         model=config.model,
         model_path=str(path),
         model_sha256=sha,
-        dimension=output_dim(d.hidden_size, pooling, len(config.layers), config.layer_mode),
+        dimension=widths[names[0]],
+        dimensions=widths if len(names) > 1 else {},
+        exclude_special=config.exclude_special,
+        long_text=config.long_text,
+        chunk_tokens=chunk_tokens,
+        stride=config.stride,
+        aggregate=config.aggregate,
         pooling=pooling,
         layers=config.layers,
         layer_mode=config.layer_mode,
-        normalize=d.normalize if config.normalize is None else config.normalize,
+        # token-level output is the model's own states unless asked otherwise
+        normalize=(d.normalize and pooling != TOKEN_LEVEL) if config.normalize is None else config.normalize,
         max_length=max_length,
         id_column=config.id_column,
         text_column=config.text_column,
