@@ -59,7 +59,7 @@ def embed_dataset(
             check_pool(pool)
         report = RunReport(dest)
         resolved = resolve_embed_config(config)
-        run_tag_list = tag_this_run(run_tags(resolved))
+        child_tags = tag_this_run(run_tags(resolved))
         plan = plan_source(source, resolved)
         done = prepare_dest(source, dest, resolved, plan, overwrite)
         prints = fingerprints(plan, resolved)
@@ -67,7 +67,7 @@ def embed_dataset(
         pending = [s for s in plan if s.name not in done]
         results = list(done.values())
         if pool:
-            failed = fan_out(pending, resolved, dest, prints, run_tag_list, report.part_written)
+            failed = fan_out(pending, resolved, dest, prints, child_tags, report.part_written)
             # Results come back through DEST: each part's footer, read here.
             collected = parts.complete_parts(dest, pending, prints, documents=resolved.aggregate != "none")
             for s in pending:
@@ -79,7 +79,7 @@ def embed_dataset(
                 raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
         else:
             # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot throughout.
-            with gpu_slot(in_deployment_run()), tags(*run_tag_list):
+            with gpu_slot(in_deployment_run()), tags(*child_tags):
                 for spec in pending:
                     r = _local_shard(spec, resolved, dest, prints[spec.name])
                     report.shard_done(spec, r.rows, r.tokens, r.seconds, r.truncated, r.rejected)
