@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bertflow.flows.embed import embed_dataset
 from bertflow.tasks.config import EmbedConfig
+from bertflow.tasks.manifest import Manifest
 from tests.conftest import run_cli, write_rows
 
 TEXTS = ["Abstract Base Classes.", "", "Zürich – naïve café ☕ 東京",
@@ -29,6 +30,21 @@ def tiny_model(tiny_bert):
 
 def run(src: Path, dest: Path, model: Path, **options):
     return embed_dataset(str(src), str(dest), EmbedConfig(model=str(model), device="cpu", **options))
+
+
+def summary_text(manifest, dest: Path) -> str:
+    """The table `bertflow embed` prints at the end, as text."""
+    from rich.console import Console
+
+    from bertflow import cli
+
+    console, cli.out = cli.out, Console(width=400)
+    try:
+        with cli.out.capture() as captured:
+            cli._summary(manifest, str(dest))
+    finally:
+        cli.out = console
+    return captured.get()
 
 
 def read(dest: Path) -> pl.DataFrame:
@@ -48,6 +64,8 @@ def test_several_poolings_in_one_pass_equal_their_single_runs(prefect_harness, t
     assert manifest["columns"] == multi.columns
     assert manifest["embedding_columns"] == {"embedding_mean": 32, "embedding_cls": 32, "embedding_mean_max": 64}
     assert manifest["pooling"] == "mean,cls,mean_max"
+    summary = summary_text(Manifest.model_validate(manifest), tmp_path / "multi")
+    assert "embedding_mean 32, embedding_cls 32, embedding_mean_max 64" in summary
     for p in ("mean", "cls", "mean_max"):
         run(src, tmp_path / p, tiny_bert, pooling=p, normalize=True)
         single = read(tmp_path / p)
@@ -174,6 +192,9 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     assert m["fingerprint"]["long_text"] == "chunk" and m["fingerprint"]["aggregate"] == "mean"
     assert m["totals"]["rows"] == len(out) == manifest.totals.rows
     assert verify_dest(str(dest), str(src)) == []
+    summary = summary_text(manifest, dest)
+    assert "chunk: 128 tokens per window, stride 16, aggregate mean" in summary
+    assert "id, chunk_index, char_start, char_end, embedding, n_tokens, truncated, lang" in summary
 
     # resume: a shard is complete only with its documents/ part
     (dest / "documents" / "part-00001.parquet").unlink()
