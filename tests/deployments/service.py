@@ -171,13 +171,16 @@ class Service:
         )
         from prefect.client.schemas.sorting import FlowRunSort
 
+        found: list = []
         with self.client() as c:
             dep = c.read_deployment_by_name(deployment)
-            return c.read_flow_runs(
+            while batch := c.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags))) if tags else None,
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200,
-            )
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200, offset=len(found),
+            ):
+                found += batch
+        return found
 
     def logs(self, run_id: UUID) -> list:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

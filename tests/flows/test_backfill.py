@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 from bertflow.tasks import parts, partitions
@@ -19,10 +21,14 @@ NIGHTLY = "embed-dataset/embed-nightly"
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 
 
-def all_runs(svc) -> set:
-    """Ids of every flow run on the server but the scheduler's own."""
+def runs_since(svc, since: datetime) -> set:
+    """Ids of the flow runs created since `since` (the scheduler's own runs aside)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+
     with svc.client() as c:
-        return {r.id for r in c.read_flow_runs(limit=200) if "auto-scheduled" not in r.tags}
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=since)))
+    return {r.id for r in runs if "auto-scheduled" not in r.tags}
 
 
 def embed_day(svc, day: str) -> None:
@@ -44,12 +50,14 @@ def test_backfill_runs_only_missing_days_once(s3, service):
     embed_day(service, DAYS[1])
     embed_day(service, DAYS[3])
     before = {r.id for r in service.runs(NIGHTLY)}
+    since = datetime.now(timezone.utc)
 
     args = ("backfill", "--deployment", "embed-nightly", "--start", DAYS[0], "--end", DAYS[-1], "--max-in-flight", "2")
     r = service.cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
     runs = [run for run in service.runs(NIGHTLY) if run.id not in before]
     assert sorted(run.parameters["partition"] for run in runs) == [DAYS[0], DAYS[2], DAYS[4]]
+    assert {run.id for run in runs} <= runs_since(service, since)  # what the other tests count by
     for run in runs:
         day = run.parameters["partition"]
         assert run.state.is_completed(), (run.name, run.state)
@@ -88,7 +96,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(s3, service):
     for day in days:
         write_day(day, 5)
     embed_day(service, days[1])
-    before = all_runs(service)
+    since = datetime.now(timezone.utc)
 
     r = service.cli("backfill", "--start", days[0], "--end", days[-1], "--dry-run")
     assert r.returncode == 0, r.stderr
@@ -97,7 +105,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(s3, service):
     assert "skip: complete with the same" in lines[days[1]]
     assert f"s3://lake/raw/dt={days[0]}/" in r.stdout and f"s3://lake/embeddings/dt={days[0]}/" in r.stdout
     assert "dry run: 2 to run, 1 to skip; nothing started" in r.stdout
-    assert all_runs(service) == before
+    assert runs_since(service, since) == set()
     assert parts.read_manifest(partitions.render(DEST_TEMPLATE, days[0])) is None
 
 
@@ -129,8 +137,8 @@ def flat_deployment(service):
 )
 def test_bad_input_is_one_line_and_starts_nothing(s3, service, flat_deployment, args, message):
     args = tuple(flat_deployment if a == "FLAT" else a for a in args)
-    before = all_runs(service)
+    since = datetime.now(timezone.utc)
     r = service.cli("backfill", *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert all_runs(service) == before
+    assert runs_since(service, since) == set()
