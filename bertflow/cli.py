@@ -104,6 +104,7 @@ def embed(
     overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
     pool: Annotated[Optional[str], typer.Option(help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process")] = None,
     storage_option: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored")] = None,
+    storage_block: Annotated[Optional[str], typer.Option(help="Prefect Secret block whose JSON value holds the storage options (for workers and deployments)")] = None,
 ) -> None:
     """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
     try:
@@ -112,7 +113,7 @@ def embed(
             chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate, layers=_layers(layers), layer_mode=layer_mode, normalize=normalize,
             max_length=max_length, id_column=id_column, text_column=text_column, keep=_csv(keep),
             shard_rows=shard_rows, batch_tokens=batch_tokens, device=device, precision=precision,
-            trust_remote_code=trust_remote_code, pooler=pooler, reduction=reduction,
+            trust_remote_code=trust_remote_code, pooler=pooler, reduction=reduction, storage_block=storage_block,
         )
     except ValidationError as e:
         fail(_validation_message(e))

@@ -15,7 +15,9 @@ from bertflow.flows.shard import embed_shard
 from bertflow.tasks import parts, partitions
 from bertflow.tasks.artifacts import RunReport, one_line, quiet_expected_errors, run_tags, tag_this_run
 from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.embed import fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config
+from bertflow.tasks.embed import (
+    fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config, storage_from_block,
+)
 from bertflow.tasks.errors import BertflowError
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
@@ -52,45 +54,47 @@ def embed_dataset(
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
-    report = None
-    try:
-        source, dest, _ = partitions.resolve(source, dest, partition, lag_days, flow_run.scheduled_start_time)
-        if pool:
-            check_pool(pool)
-        report = RunReport(dest)
-        resolved = resolve_embed_config(config)
-        child_tags = tag_this_run(run_tags(resolved))
-        plan = plan_source(source, resolved)
-        done = prepare_dest(source, dest, resolved, plan, overwrite)
-        prints = fingerprints(plan, resolved)
-        report.planned(plan, sum(s.rows for s in plan if s.name in done))
-        pending = [s for s in plan if s.name not in done]
-        results = list(done.values())
-        if pool:
-            failed = fan_out(pending, resolved, dest, prints, child_tags, report.part_written)
-            # Results come back through DEST: each part's footer, read here.
-            collected = parts.complete_parts(dest, pending, prints, documents=resolved.aggregate != "none")
-            for s in pending:
-                if s.name not in collected and s.name not in failed:
-                    failed[s.name] = f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
-            results += [r.model_copy(update={"resumed": False}) for r in collected.values()]
-            if failed:
-                report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
-                raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
-        else:
-            # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot throughout.
-            with gpu_slot(in_deployment_run()), tags(*child_tags):
-                for spec in pending:
-                    r = _local_shard(spec, resolved, dest, prints[spec.name])
-                    report.shard_done(spec, r.rows, r.tokens, r.seconds, r.truncated, r.rejected)
-                    results.append(r)
-        manifest = finalize_dest(source, dest, resolved, plan, results, time.perf_counter() - started, created_at)
-        report.finished(manifest)
-        return manifest
-    except Exception as e:
-        reason = one_line(e)
-        if report is not None:
-            report.failed(reason)
-        else:
-            get_run_logger().error("run failed: %s", reason)
-        raise
+    # Storage credentials from a named block are loaded here, in this process, never passed along.
+    with storage_from_block(config.storage_block):
+        report = None
+        try:
+            source, dest, _ = partitions.resolve(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            if pool:
+                check_pool(pool)
+            report = RunReport(dest)
+            resolved = resolve_embed_config(config)
+            child_tags = tag_this_run(run_tags(resolved))
+            plan = plan_source(source, resolved)
+            done = prepare_dest(source, dest, resolved, plan, overwrite)
+            prints = fingerprints(plan, resolved)
+            report.planned(plan, sum(s.rows for s in plan if s.name in done))
+            pending = [s for s in plan if s.name not in done]
+            results = list(done.values())
+            if pool:
+                failed = fan_out(pending, resolved, dest, prints, child_tags, report.part_written)
+                # Results come back through DEST: each part's footer, read here.
+                collected = parts.complete_parts(dest, pending, prints, documents=resolved.aggregate != "none")
+                for s in pending:
+                    if s.name not in collected and s.name not in failed:
+                        failed[s.name] = f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
+                results += [r.model_copy(update={"resumed": False}) for r in collected.values()]
+                if failed:
+                    report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
+                    raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
+            else:
+                # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot throughout.
+                with gpu_slot(in_deployment_run()), tags(*child_tags):
+                    for spec in pending:
+                        r = _local_shard(spec, resolved, dest, prints[spec.name])
+                        report.shard_done(spec, r.rows, r.tokens, r.seconds, r.truncated, r.rejected)
+                        results.append(r)
+            manifest = finalize_dest(source, dest, resolved, plan, results, time.perf_counter() - started, created_at)
+            report.finished(manifest)
+            return manifest
+        except Exception as e:
+            reason = one_line(e)
+            if report is not None:
+                report.failed(reason)
+            else:
+                get_run_logger().error("run failed: %s", reason)
+            raise

@@ -11,7 +11,8 @@ from prefect import flow, get_run_logger
 from bertflow.tasks.artifacts import quiet_expected_errors
 from bertflow.tasks.config import TOKEN_LEVEL, ResolvedConfig
 from bertflow.tasks.embed import (
-    chunk_texts, embed_token_states, embed_tokens, read_shard, tokenize_texts, tokenize_tokens, write_part,
+    chunk_texts, embed_token_states, embed_tokens, read_shard, storage_from_block, tokenize_texts, tokenize_tokens,
+    write_part,
 )
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot
@@ -42,24 +43,25 @@ def embed_shard(
             os.environ.get("PREFECT__WORKER_NAME", "-"), os.getpid(),
         )
         config = localize_model(config)
-    frame, rejects = read_shard(spec, config)
-    reading = time.perf_counter() - started
-    # The model stays on the device until this process ends: hold the slot to the end. Time spent
-    # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
-    with gpu_slot(on_worker):
-        started = time.perf_counter()
-        texts = frame["text"].to_list()
-        chunks = tokens = None
-        if config.long_text == "chunk":
-            chunks = chunk_texts(texts, config)
-            tok = chunks.tok
-        elif config.pooling == TOKEN_LEVEL:
-            tokens = tokenize_tokens(texts, config)
-            tok = tokens.tok
-        else:
-            tok = tokenize_texts(texts, config)
-        embeddings = embed_token_states(tok, config) if tokens is not None else embed_tokens(tok, config)
-        return write_part(
-            dest, spec, config, frame, tok, embeddings, rejects, fingerprint,
-            reading + time.perf_counter() - started, chunks, tokens,
-        )
+    with storage_from_block(config.storage_block):  # credentials stay in this process
+        frame, rejects = read_shard(spec, config)
+        reading = time.perf_counter() - started
+        # The model stays on the device until this process ends: hold the slot to the end. Time spent
+        # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
+        with gpu_slot(on_worker):
+            started = time.perf_counter()
+            texts = frame["text"].to_list()
+            chunks = tokens = None
+            if config.long_text == "chunk":
+                chunks = chunk_texts(texts, config)
+                tok = chunks.tok
+            elif config.pooling == TOKEN_LEVEL:
+                tokens = tokenize_tokens(texts, config)
+                tok = tokens.tok
+            else:
+                tok = tokenize_texts(texts, config)
+            embeddings = embed_token_states(tok, config) if tokens is not None else embed_tokens(tok, config)
+            return write_part(
+                dest, spec, config, frame, tok, embeddings, rejects, fingerprint,
+                reading + time.perf_counter() - started, chunks, tokens,
+            )

@@ -64,6 +64,8 @@ class EmbedConfig(BaseModel):
     trust_remote_code: bool = False
     pooler: str | None = None  # a head from `bertflow train-pooler`, for pooling mean_lstm
     reduction: str | None = None  # a transform from `bertflow fit-reduction`
+    # Name of a Prefect Secret block holding storage options as JSON; each process loads it itself.
+    storage_block: str | None = None
 
     @model_validator(mode="after")
     def _pooler(self) -> EmbedConfig:
@@ -193,6 +195,7 @@ class ResolvedConfig(BaseModel):
     pooler_sha256: str | None = None
     reduction: str | None = None
     reduction_sha256: str | None = None
+    storage_block: str | None = None
     exclude_special: bool = False
     long_text: LongText = "truncate"
     chunk_tokens: int | None = None  # set when long_text is "chunk"

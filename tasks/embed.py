@@ -6,7 +6,9 @@ so large frames are never hashed or written anywhere but the final part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import numpy as np
@@ -38,6 +40,26 @@ from bertflow.tasks.manifest import (
 )
 from bertflow.tasks.model import load_model, pick_device, resolve_config
 from bertflow.tasks.pooling import normalize
+
+
+@contextlib.contextmanager
+def storage_from_block(name: str | None) -> Iterator[None]:
+    """Use the storage options kept in the Prefect Secret block `name` (JSON) in this process."""
+    if not name:
+        yield
+        return
+    from prefect.blocks.system import Secret
+
+    try:
+        options = Secret.load(name).get()
+    except ValueError:
+        raise InputError(f"no Prefect Secret block named {name!r}; create it (value: JSON of storage options) "
+                         "or drop --storage-block") from None
+    if not isinstance(options, dict):
+        raise InputError(f"Secret block {name!r} must hold a JSON object of storage options, e.g. "
+                         '{"key": "...", "secret": "...", "endpoint_url": "..."}')
+    with storage.storage_options({str(k): str(v) for k, v in options.items()}):
+        yield
 
 
 def is_transient(task, task_run, state) -> bool:

@@ -220,6 +220,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         device=config.device,
         precision=config.precision,
         trust_remote_code=config.trust_remote_code,
+        storage_block=config.storage_block,
     )
     return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
 

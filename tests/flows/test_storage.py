@@ -209,3 +209,26 @@ def test_verify_reports_a_tampered_part(tiny_bert, tmp_path):
     assert "part-00001.parquet: sha256 differs" in result.stderr
     assert "part-00001.parquet: 19 rows, manifest says 20" in result.stderr
     assert "1 source ids are in no part" in result.stderr
+
+
+def test_credentials_from_a_prefect_secret_block(s3, tiny_bert, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("blk")
+    put_jsonl(fs, "blk/in.jsonl", docs(20))
+    Secret(value={"key": s3.env["AWS_ACCESS_KEY_ID"], "secret": s3.env["AWS_SECRET_ACCESS_KEY"],
+                  "endpoint_url": s3.url}).save("lake-creds", overwrite=True)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+    config = EmbedConfig(model=str(tiny_bert), storage_block="lake-creds")
+    manifest = embed_dataset("s3://blk/in.jsonl", "s3://blk/out/", config)
+
+    assert manifest.totals.rows == 20
+    assert s3.env["AWS_SECRET_ACCESS_KEY"] not in config.model_dump_json()  # only the block's name travels
+    from bertflow.tasks.errors import InputError
+
+    with pytest.raises(InputError, match="no Prefect Secret block named 'missing'"):
+        embed_dataset("s3://blk/in.jsonl", "s3://blk/out2/", EmbedConfig(model=str(tiny_bert), storage_block="missing"))
