@@ -5,7 +5,10 @@ No Prefect and no storage here: the tasks in `embed.py` wrap this.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,11 +20,13 @@ from bertflow.tasks.batching import pad_batch, token_budget_batches
 from bertflow.tasks.chunking import window_bounds
 from bertflow.tasks.config import Precision
 from bertflow.tasks.errors import InputError
+from bertflow.tasks.fused import fused_encoder
 from bertflow.tasks.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
 
-# Padded tokens per forward pass. On CPU larger batches stop paying off once the matmuls are
-# big enough to keep the cores busy; on a GPU they are limited by memory, not speed.
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "mps": 16384, "cuda": 65536}
+# Padded tokens per forward pass. On CPU a batch's activations should stay in the cache: past
+# ~2k tokens (MiniLM: 2k x 1536 floats = 12 MB for the FFN) every elementwise pass goes to DRAM
+# and throughput drops (8k tokens: -20% on a 2-core EPYC). On a GPU batches are limited by memory.
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "mps": 16384, "cuda": 65536}
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,13 @@ class Encoder:
         max_length: int,
         batch_tokens: int | None = None,
         head: torch.nn.Module | None = None,
+        fused: bool | None = None,
     ) -> None:
+        """
+        Args:
+            fused: on CPU, run BERT-family models through `fused.FusedEncoder` (None: whenever it
+                supports the model and agrees with transformers' forward; False: never).
+        """
         self.model = model
         self.device = device
         self.precision = precision
@@ -85,6 +96,14 @@ class Encoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
         self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self._fused = None
+        if device == "cpu":
+            use_cpu_threads()
+            if fused is not False and precision in ("fp32", "bf16"):
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                self._fused = fused_encoder(model, dtype, self.uses_token_types)
+            if fused and self._fused is None:
+                raise ValueError(f"no fused CPU forward for this model ({type(model).__name__}, {precision})")
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length."""
@@ -181,10 +200,7 @@ class Encoder:
             exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
         """
         out: np.ndarray | None = None
-        for batch in token_budget_batches(tok.n_tokens, self.batch_tokens):
-            ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
-            if exclude_special:  # a third mask value: real but special, read by _forward
-                mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
+        for batch, ids, mask in self._batches(tok, exclude_special):
             pooled = self._pooled(ids, mask, pooling, layers, layer_mode)  # (B, D)
             if normalize_output:
                 pooled = normalize(pooled)
@@ -196,6 +212,24 @@ class Encoder:
         if out is None:
             return np.empty((0, 0), dtype=np.float32)
         return out
+
+    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude_special: bool) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
+        if exclude_special:  # a third mask value: real but special, read by _forward
+            mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
+        return ids, mask
+
+    def _batches(self, tok: Tokenized, exclude_special: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(row indices, ids, mask) per token-budget batch; a thread pads the next while the model runs."""
+        batches = token_budget_batches(tok.n_tokens, self.batch_tokens)
+        with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
+            ahead = [pool.submit(self._padded, tok, b, exclude_special) for b in batches[:2]]
+            for k, batch in enumerate(batches):
+                ids, mask = ahead[k].result()
+                if k + 2 < len(batches):
+                    ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude_special))
+                ahead[k] = None  # let the arrays go once used
+                yield batch, ids, mask
 
     def _pooled(
         self, ids: np.ndarray, mask: np.ndarray, pooling: Pooling, layers: Sequence[int], mode: LayerMode
@@ -215,6 +249,23 @@ class Encoder:
                 parts.append(self._pooled(ids[sl, :width], mask[sl, :width], pooling, layers, mode))
             return torch.cat(parts)
 
+    def _hidden_states(self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool) -> tuple[torch.Tensor, ...]:
+        """(embeddings, layer 1, ..., last layer) if `need_all`, else (last layer,); each (B, T, H)."""
+        types = torch.zeros_like(input_ids) if self.uses_token_types else None
+        if self._fused is not None:
+            return self._fused(input_ids, attention, types, all_layers=need_all)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention}
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.device == "cpu" and self.precision == "bf16"
+            else nullcontext()
+        )
+        with autocast:
+            out = self.model(**kwargs, output_hidden_states=need_all)
+        return tuple(out.hidden_states) if need_all else (out.last_hidden_state,)
+
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
         if self.device == "cuda":
@@ -228,25 +279,53 @@ class Encoder:
         attention = (marked > 0).to(marked.dtype)  # (B, T) real tokens
         content = (marked == 1).to(marked.dtype)  # (B, T) real tokens minus special ones under exclude_special
         poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
-        kwargs = {"input_ids": input_ids, "attention_mask": attention}
-        if self.uses_token_types:
-            kwargs["token_type_ids"] = torch.zeros_like(input_ids)
         need_all = tuple(layers) != (-1,) or "first_last_avg" in poolings
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if self.device == "cpu" and self.precision == "bf16"
-            else nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            out = self.model(**kwargs, output_hidden_states=need_all)
+        with torch.inference_mode():
+            states = self._hidden_states(input_ids, attention, need_all)
             pooled = []
             for p in poolings:
                 if p == "first_last_avg":  # a layer choice of its own; --layers does not apply
-                    h = first_last_layers(out.hidden_states).float()  # (B, T, H)
+                    h = first_last_layers(states).float()  # (B, T, H)
                 elif need_all:
-                    h = combine_layers(out.hidden_states, layers, mode).float()  # (B, T, H')
+                    h = combine_layers(states, layers, mode).float()  # (B, T, H')
                 else:
-                    h = out.last_hidden_state.float()  # (B, T, H)
+                    h = states[-1].float()  # (B, T, H)
                 m = content if p in _CONTENT_POOLINGS else attention
                 pooled.append(pool(h, m, p, head=self.head))  # (B, D_p)
         return torch.cat(pooled, dim=-1).float().cpu()  # (B, sum D_p)
+
+
+def cpu_threads() -> int:
+    """Physical cores this process may use: its CPU affinity, one per core, within a cgroup quota."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:  # hyperthreads of one core share its FMA units: count the core once
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f:
+                core = f.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as f:
+                cores.add((f.read().strip(), core))
+        except OSError:
+            cores.add(("", str(cpu)))
+    n = len(cores)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(n, 1)
+
+
+def use_cpu_threads() -> None:
+    """One torch thread per physical core given to this process (unless OMP_NUM_THREADS says otherwise).
+
+    More threads than cores makes OpenMP workers wait on each other at every op; torch's own
+    default counts every CPU of the machine, not the ones a container or `taskset` grants.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    n = cpu_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
