@@ -102,26 +102,28 @@ class CpuMeter:
         self.psutil = psutil
         self.ours = [psutil.Process()] + [psutil.Process(p) for p in extra_pids]
 
-    def _sample(self) -> tuple[float, float]:
+    def _sample(self) -> tuple[float, list[float]]:
         t = self.psutil.cpu_times()
         busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
-        mine = 0.0
+        ours = []
         for p in self.ours:
             try:
                 c = p.cpu_times()
-                mine += c.user + c.system + (c.children_user + c.children_system if p is self.ours[0] else 0)
+                ours.append(c.user + c.system)
             except self.psutil.Error:
-                pass
-        return busy, mine
+                ours.append(0.0)
+        return busy, ours
 
     def __enter__(self) -> CpuMeter:
-        self.t0, (self.busy0, self.mine0) = time.perf_counter(), self._sample()
+        self.t0, (self.busy0, self.ours0) = time.perf_counter(), self._sample()
         return self
 
     def __exit__(self, *exc) -> None:
-        busy, mine = self._sample()
+        busy, ours = self._sample()
         self.seconds = time.perf_counter() - self.t0
-        self.others_cores = max(0.0, (busy - self.busy0) - (mine - self.mine0)) / self.seconds
+        used = [b - a for a, b in zip(self.ours0, ours)]
+        self.self_cpu, self.helpers_cpu = used[0], used[1:]  # seconds of CPU: this process, each helper
+        self.others_cores = max(0.0, (busy - self.busy0) - sum(used)) / self.seconds
 
 
 def matmul_peak(dtype, hidden: int, intermediate: int) -> float:
@@ -352,9 +354,13 @@ def main() -> None:
         frame = read_back()
         by_id = dict(zip(frame["id"].to_list(), range(len(frame))))
         emb = frame["embedding"].to_numpy()[[by_id[r["id"]] for r in rows_in]]
+        helpers = dict(zip(["prefect_server_cpu_s", "moto_server_cpu_s"], m.helpers_cpu))
         record(Row(name, "fp32", m.seconds, manifest.totals.rows, manifest.totals.tokens, m.others_cores, flops,
                    peak["fp32"], float(np.abs(emb - outputs["fp32"]).max()), top10_overlap(emb, outputs["fp32"]),
-                   "engine fp32", {"shards": len(manifest.shards), "manifest_seconds": manifest.totals.seconds}))
+                   "engine fp32", {"shards": len(manifest.shards), "shard_seconds": sum(s.seconds for s in manifest.shards),
+                                   "flow_cpu_s": m.self_cpu, **helpers}))
+        say(f"    shards took {results[-1].extra['shard_seconds']:.1f}s of {m.seconds:.1f}s; CPU seconds: this process "
+            f"{m.self_cpu:.1f}, " + ", ".join(f"{k.removesuffix('_cpu_s').replace('_', ' ')} {v:.1f}" for k, v in helpers.items()))
 
     pids = [server.server_process.pid]
     flow_row("bertflow embed flow, local JSONL -> local Parquet", str(src), str(work / "out"),

@@ -136,13 +136,10 @@ class Encoder:
         for batch in token_budget_batches(tok.n_tokens, self.batch_tokens):
             ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
             input_ids, attention = self._to_device(ids), self._to_device(mask)
-            kwargs = {"input_ids": input_ids, "attention_mask": attention}
-            if self.uses_token_types:
-                kwargs["token_type_ids"] = torch.zeros_like(input_ids)
             need_all = tuple(layers) != (-1,)
             with torch.inference_mode():
-                result = self.model(**kwargs, output_hidden_states=need_all)
-                h = combine_layers(result.hidden_states, layers, layer_mode) if need_all else result.last_hidden_state
+                states = self._hidden_states(input_ids, attention, need_all)
+                h = combine_layers(states, layers, layer_mode) if need_all else states[-1]
                 h = h.float()  # (B, T, H)
                 if normalize_output:
                     h = normalize(h)
@@ -213,13 +210,17 @@ class Encoder:
             return np.empty((0, 0), dtype=np.float32)
         return out
 
-    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude_special: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's (ids, mask) on the host, in pinned memory for a GPU's asynchronous copy."""
         ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
         if exclude_special:  # a third mask value: real but special, read by _forward
             mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
-        return ids, mask
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        if self.device == "cuda":
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        return ids_t, mask_t
 
-    def _batches(self, tok: Tokenized, exclude_special: bool) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _batches(self, tok: Tokenized, exclude_special: bool) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """(row indices, ids, mask) per token-budget batch; a thread pads the next while the model runs."""
         batches = token_budget_batches(tok.n_tokens, self.batch_tokens)
         with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
@@ -232,7 +233,7 @@ class Encoder:
                 yield batch, ids, mask
 
     def _pooled(
-        self, ids: np.ndarray, mask: np.ndarray, pooling: Pooling, layers: Sequence[int], mode: LayerMode
+        self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
     ) -> torch.Tensor:
         """Forward + pooling for one batch; on device OOM, split in half and retry."""
         try:
@@ -266,14 +267,14 @@ class Encoder:
             out = self.model(**kwargs, output_hidden_states=need_all)
         return tuple(out.hidden_states) if need_all else (out.last_hidden_state,)
 
-    def _to_device(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if self.device == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
+    def _to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+        if self.device == "cuda":  # from pinned memory the copy overlaps the GPU's work
+            return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
         return t.to(self.device)
 
     def _forward(
-        self, ids: np.ndarray, mask: np.ndarray, pooling: Pooling, layers: Sequence[int], mode: LayerMode
+        self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
     ) -> torch.Tensor:
         input_ids, marked = self._to_device(ids), self._to_device(mask)
         attention = (marked > 0).to(marked.dtype)  # (B, T) real tokens

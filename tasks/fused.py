@@ -96,10 +96,11 @@ class FusedEncoder(torch.nn.Module):
             up = linear(a, p["up_w"], p["up_b"], self.act, [], self.act_algo)  # (B*T, I)
             y = linear.binary(up, a, p["down_w"], p["down_b"], "add")
             return F.layer_norm(y, (h,), p["ln2_w"], p["ln2_b"], self.eps)
-        a = linear(ctx, p["out_w"], p["out_b"], "none", [], "").float() + x  # residual in fp32
+        # The residual stream stays fp32: fp32 + bf16 adds in one pass, promoting as it goes.
+        a = x + linear(ctx, p["out_w"], p["out_b"], "none", [], "")
         a = F.layer_norm(a, (h,), p["ln1_w"], p["ln1_b"], self.eps)
         up = linear(a.to(self.dtype), p["up_w"], p["up_b"], self.act, [], self.act_algo)
-        y = linear(up, p["down_w"], p["down_b"], "none", [], "").float() + a
+        y = a + linear(up, p["down_w"], p["down_b"], "none", [], "")
         return F.layer_norm(y, (h,), p["ln2_w"], p["ln2_b"], self.eps)
 
 
@@ -112,7 +113,7 @@ def fusable(model: torch.nn.Module, dtype: torch.dtype) -> bool:
         return False
     if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
         return False
-    if not isinstance(config.hidden_act, str) or config.hidden_act not in _ACTIVATIONS:
+    if getattr(config, "hidden_act", None) not in _ACTIVATIONS:
         return False
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return False
