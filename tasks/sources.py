@@ -167,7 +167,9 @@ def _scan_lines(uri: str, fmt: Format, id_column: str, text_column: str, keep: S
     if fmt == "jsonl" and ids:
         _missing_columns(uri, sorted(columns), [id_column, text_column, *keep],
                          {id_column: "--id-column", text_column: "--text-column"})
-    all_ids = pl.concat(ids, how="vertical_relaxed") if ids else pl.Series("id", [], dtype=pl.Int64)
+    # Series only concat "vertical"; relax dtypes across blocks (Int64 + Null, ...) as frames.
+    all_ids = (pl.concat([s.to_frame() for s in ids], how="vertical_relaxed").to_series() if ids
+               else pl.Series("id", [], dtype=pl.Int64))
     return FileScan(uri, fmt, all_ids, np.concatenate(starts or [np.zeros(0, np.int64)]),
                     np.concatenate(ends or [np.zeros(0, np.int64)]), id_prefix)
 
