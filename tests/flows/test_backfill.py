@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+import s3fs
 
 from bertflow.tasks import parts, partitions
 from bertflow.tasks.verify import verify_dest
@@ -68,6 +69,7 @@ def test_backfill_runs_only_missing_days_once(s3, service):
     # Never more than two days in flight: at each start, count the runs already going.
     spans = [(run.start_time, run.end_time) for run in runs]
     assert max(sum(s <= start < e for s, e in spans) for start, _ in spans) <= 2
+    s3fs.S3FileSystem.clear_instance_cache()  # workers wrote DEST: no listing cached by this process
     for day in DAYS:
         source, dest = partitions.render(SOURCE_TEMPLATE, day), partitions.render(DEST_TEMPLATE, day)
         assert verify_dest(dest, source) == []  # what `bertflow verify DEST --source SOURCE` checks

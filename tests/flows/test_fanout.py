@@ -7,7 +7,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
+
+import s3fs
 
 from bertflow.tasks import parts, storage
 from bertflow.tasks.gpu import host_limit_name
@@ -84,34 +87,75 @@ def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
     assert lim.limit == 2 and lim.active_slots == 0
 
 
+@contextlib.contextmanager
+def gpu_slots_taken(svc, slots: int):
+    """Hold every GPU slot of this host, so shard runs wait for one (Running, mid-shard) until released."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from bertflow.tasks.gpu import ensure_host_limit
+
+    with svc.client() as c:
+        ensure_host_limit(c, host_limit_name())
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with temporary_settings(updates={PREFECT_API_URL: svc.url}):
+            with concurrency(host_limit_name(), occupy=slots, lease_duration=300, strict=True):
+                held.set()
+                release.wait(300)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(60), "could not take the GPU slots"
+    try:
+        yield release
+    finally:
+        release.set()
+        holder.join(60)
+
+
 def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, service):
     make_bucket()
     source, dest = write_docs("s3://lake/raw-killed/", 60, "doc"), "s3://lake/killed/"
     args = [BERTFLOW, "embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL]
-    first = subprocess.Popen(args, env={**os.environ, **service.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
     w1 = service.workers["w1"]
 
-    def w1_mid_shard():
+    def w1_busy():
+        """w1 at its limit (two runs, so it is starting no other), both inside the shard, waiting for a GPU slot."""
         pids = {str(p) for p in descendants(w1.pid)}
-        return [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
+        running = [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
+        waiting = [s for s in running if any(log.message.startswith("waiting for a GPU slot")
+                                             for log in service.logs(s.id))]
+        return waiting if len(waiting) == 2 else None
 
-    try:
-        running = wait_for(w1_mid_shard, 120, "a shard running on worker w1", interval=0.2,
-                           diagnostics=service.diagnostics)
-        # The worker dies at once (SIGKILL: it reports nothing) and so do the shard runs it was
-        # executing (SIGTERM, as a host going down sends). Runs it had only begun to start go on alone.
-        os.kill(w1.pid, signal.SIGKILL)
-        w1.wait(10)
-        for run in running:
-            with contextlib.suppress(ProcessLookupError):
+    def ended(ids):
+        return lambda: all(s.state.is_final() for s in shard_runs(service, dest) if s.id in ids)
+
+    with gpu_slots_taken(service, 2) as release:
+        first = subprocess.Popen(args, env={**os.environ, **service.env}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            running = wait_for(w1_busy, 180, "two shards running on worker w1", interval=0.2,
+                               diagnostics=service.diagnostics)
+            # Worker w1 goes down mid-shard: frozen first (it takes no other run), its two shard runs
+            # are terminated (SIGTERM, as a host shutting down sends; Prefect records them Crashed),
+            # then the worker itself is killed (SIGKILL: it reports nothing).
+            os.kill(w1.pid, signal.SIGSTOP)
+            for run in running:
                 os.kill(int(run.infrastructure_pid), signal.SIGTERM)
-        out, errs = first.communicate(timeout=240)
-    finally:
-        stop_process(first)
+            wait_for(ended({r.id for r in running}), 90, "the killed shard runs to end",
+                     diagnostics=service.diagnostics)
+            os.kill(w1.pid, signal.SIGKILL)
+            w1.wait(10)
+            release.set()  # the GPU is free again: w2 finishes the other shards
+            out, errs = first.communicate(timeout=240)
+        finally:
+            stop_process(first)
     assert first.returncode != 0, out + errs
     lost = sorted(s.name for s in shard_runs(service, dest) if not s.state.is_completed())
-    assert lost, "the kill landed after every shard had finished"
+    assert lost == sorted(s.name for s in running)
+    assert all(s.state.is_crashed() for s in shard_runs(service, dest) if s.name in lost)
     assert "shards failed after retries" in errs and all(name in errs for name in lost), errs
     survivors = {s.name for s in shard_runs(service, dest) if s.state.is_completed()}
     written = {n: storage.info(storage.join(dest, n))["LastModified"] for n in parts.list_names(dest)
@@ -124,6 +168,8 @@ def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, serv
     r = service.cli("embed", *args[2:])
     assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
 
+    # Other processes wrote DEST since this one listed it: drop s3fs's cached listing.
+    s3fs.S3FileSystem.clear_instance_cache()
     rerun = [s for s in shard_runs(service, dest) if s.id not in before]
     assert sorted(s.name for s in rerun) == lost  # only the lost shards ran again
     assert all(s.state.is_completed() for s in rerun)
