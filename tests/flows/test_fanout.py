@@ -117,7 +117,7 @@ def gpu_slots_taken(svc, slots: int):
 
 def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, service):
     make_bucket()
-    source, dest = write_docs("s3://lake/raw-killed/", 60, "doc"), "s3://lake/killed/"
+    source, dest = write_docs("s3://lake/raw-killed/", 40, "doc"), "s3://lake/killed/"
     args = [BERTFLOW, "embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL]
     w1 = service.workers["w1"]
 
