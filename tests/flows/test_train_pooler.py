@@ -34,31 +34,38 @@ def labelled(tmp_path_factory) -> str:
 CONFIG = TrainConfig(label_column="package", max_length=64, epochs=6, hidden=32, seed=0)
 
 
-def test_head_beats_the_majority_class_is_reproducible_and_embeds(tmp_path, labelled, tiny_bert):
-    first = train_pooler(labelled, str(tmp_path / "a"), CONFIG)
-    acc = first.test_accuracy
-    assert first.classes == {"decimal": 101, "logging": 97, "ssl": 44, "typing": 89}
-    assert first.rows == {"train": 232, "validation": 33, "test": 66, "skipped": 0}  # 20% and 10% per class
+def test_head_beats_the_majority_class_and_embeds(tmp_path, labelled, tiny_bert):
+    report = train_pooler(labelled, str(tmp_path / "head"), CONFIG)
+    acc = report.test_accuracy
+    assert report.classes == {"decimal": 101, "logging": 97, "ssl": 44, "typing": 89}
+    assert report.rows == {"train": 232, "validation": 33, "test": 66, "skipped": 0}  # 20% and 10% per class
     assert acc["majority"] == pytest.approx(20 / 66, abs=1e-4)  # decimal's share of the test rows
     assert acc["mean_lstm"] >= acc["majority"] + 0.4
     assert acc["mean"] >= acc["majority"] + 0.4
-    assert 1 <= first.best_epoch <= first.epochs_run <= 6
+    assert 1 <= report.best_epoch <= report.epochs_run <= 6
+    head = json.loads((tmp_path / "head" / "pooler.json").read_text())
+    assert head["model_sha256"] == report.model_sha256 and head["max_length"] == 64 and head["layers"] == [-1]
+    assert head["labels"] == sorted(CLASSES)
+    assert json.loads((tmp_path / "head" / "report.json").read_text()) == report.model_dump(mode="json")
 
-    again = train_pooler(labelled, str(tmp_path / "b"), CONFIG)  # same seed: same split, weights, report
+    manifest = embed_dataset(labelled, str(tmp_path / "dest"), EmbedConfig(
+        pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64, keep=("package",)))
+    assert manifest.model.dimension == 384 + 32 and manifest.totals.rows == 331
+    assert manifest.pooler.sha256 == report.pooler_sha256 == manifest.fingerprint["pooler_sha256"]
+    with pytest.raises(InputError, match="was trained on the encoder sentence-transformers/all-MiniLM-L6-v2"):
+        embed_dataset(labelled, str(tmp_path / "other"), EmbedConfig(
+            model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64))
+
+
+def test_the_same_seed_trains_the_same_head(tmp_path, labelled, tiny_bert):
+    config = CONFIG.model_copy(update={"model": str(tiny_bert), "epochs": 3, "hidden": 8})
+    first = train_pooler(labelled, str(tmp_path / "a"), config)
+    again = train_pooler(labelled, str(tmp_path / "b"), config)
     assert again == first
     for name in ("pooler.safetensors", "pooler.json", "report.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    head = json.loads((tmp_path / "a" / "pooler.json").read_text())
-    assert head["model_sha256"] == first.model_sha256 and head["max_length"] == 64 and head["layers"] == [-1]
-    assert head["labels"] == sorted(CLASSES)
-
-    manifest = embed_dataset(labelled, str(tmp_path / "dest"), EmbedConfig(
-        pooling="mean_lstm", pooler=str(tmp_path / "a"), max_length=64, keep=("package",)))
-    assert manifest.model.dimension == 384 + 32 and manifest.totals.rows == 331
-    assert manifest.pooler.sha256 == first.pooler_sha256 == manifest.fingerprint["pooler_sha256"]
-    with pytest.raises(InputError, match="was trained on the encoder sentence-transformers/all-MiniLM-L6-v2"):
-        embed_dataset(labelled, str(tmp_path / "other"), EmbedConfig(
-            model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "a"), max_length=64))
+    other = train_pooler(labelled, str(tmp_path / "c"), config.model_copy(update={"seed": 1}))
+    assert other.pooler_sha256 != first.pooler_sha256
 
 
 def test_labels_that_cannot_train_are_refused(tmp_path, labelled):
