@@ -5,8 +5,11 @@ No Prefect and no storage here: the tasks in `embed.py` wrap this.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -23,10 +26,11 @@ from bertflow.tasks.errors import InputError
 from bertflow.tasks.fused import fused_encoder
 from bertflow.tasks.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
 
-# Padded tokens per forward pass. On CPU a batch's activations should stay in the cache: past
-# ~2k tokens (MiniLM: 2k x 1536 floats = 12 MB for the FFN) every elementwise pass goes to DRAM
-# and throughput drops (8k tokens: -20% on a 2-core EPYC). On a GPU batches are limited by memory.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "mps": 16384, "cuda": 65536}
+# Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
+# activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
+# core; at 8k every elementwise pass goes to DRAM (-20 to -30% on a 2-core EPYC, fp32). On a GPU
+# batches are limited by memory, not cache.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "mps": 16384, "cuda": 65536}
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,8 @@ class Encoder:
             exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
         """
         out: np.ndarray | None = None
-        for batch, ids, mask in self._batches(tok, exclude_special):
-            pooled = self._pooled(ids, mask, pooling, layers, layer_mode)  # (B, D)
+        run = functools.partial(self._pooled, pooling=pooling, layers=layers, mode=layer_mode)
+        for batch, pooled in self._run_batches(tok, exclude_special, run):  # (B, D) each
             if normalize_output:
                 pooled = normalize(pooled)
             if out is None:
@@ -220,17 +224,45 @@ class Encoder:
             ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
         return ids_t, mask_t
 
-    def _batches(self, tok: Tokenized, exclude_special: bool) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """(row indices, ids, mask) per token-budget batch; a thread pads the next while the model runs."""
+    def _run_batches(
+        self, tok: Tokenized, exclude_special: bool, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(row indices, run(ids, mask)) per token-budget batch, in batch order.
+
+        On a GPU one stream: a thread pads (and pins) the next batch while the model runs this one.
+        On CPU one single-threaded stream per core, each taking the next batch when it is done:
+        no core ever waits for another inside an op, which on 2-4 cores beats splitting every op
+        across them (up to 3x in bf16 when the machine is shared; see benchmarks/throughput.py).
+        """
         batches = token_budget_batches(tok.n_tokens, self.batch_tokens)
-        with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
-            ahead = [pool.submit(self._padded, tok, b, exclude_special) for b in batches[:2]]
-            for k, batch in enumerate(batches):
-                ids, mask = ahead[k].result()
-                if k + 2 < len(batches):
-                    ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude_special))
-                ahead[k] = None  # let the arrays go once used
-                yield batch, ids, mask
+        streams = min(torch.get_num_threads(), len(batches)) if self.device == "cpu" else 1
+        if streams <= 1:
+            with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
+                ahead = deque(pool.submit(self._padded, tok, b, exclude_special) for b in batches[:2])
+                for k, batch in enumerate(batches):
+                    ids, mask = ahead.popleft().result()
+                    if k + 2 < len(batches):
+                        ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude_special))
+                    yield batch, run(ids, mask)
+            return
+
+        def work(batch: np.ndarray) -> torch.Tensor:
+            return run(*self._padded(tok, batch, exclude_special))
+
+        threads = torch.get_num_threads()
+        pool = ThreadPoolExecutor(streams, thread_name_prefix="bertflow-stream",
+                                  initializer=torch.set_num_threads, initargs=(1,))
+        try:
+            todo = iter(batches)
+            running = deque((b, pool.submit(work, b)) for b in itertools.islice(todo, 2 * streams))
+            while running:
+                batch, result = running.popleft()
+                for b in itertools.islice(todo, 1):
+                    running.append((b, pool.submit(work, b)))
+                yield batch, result.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)  # the streams set the process-wide count to 1
 
     def _pooled(
         self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
