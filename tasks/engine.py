@@ -273,14 +273,17 @@ class Encoder:
         except torch.OutOfMemoryError:
             if len(ids) == 1:
                 raise
-            if self.device == "cuda":
-                torch.cuda.empty_cache()
-            half = len(ids) // 2
-            parts = []
-            for sl in (slice(0, half), slice(half, None)):
-                width = int((mask[sl] > 0).sum(1).max())  # trim padding the half no longer needs
-                parts.append(self._pooled(ids[sl, :width], mask[sl, :width], pooling, layers, mode))
-            return torch.cat(parts)
+        # Retry outside the `except` block: while it runs, the error's traceback keeps the failed
+        # pass's frames, and with them its activations, alive on the device, so every half would
+        # run out of memory too (seen on an H100: the split went down to one row and failed).
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        half = len(ids) // 2
+        parts = []
+        for sl in (slice(0, half), slice(half, None)):
+            width = int((mask[sl] > 0).sum(1).max())  # trim padding the half no longer needs
+            parts.append(self._pooled(ids[sl, :width], mask[sl, :width], pooling, layers, mode))
+        return torch.cat(parts)
 
     def _hidden_states(self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool) -> tuple[torch.Tensor, ...]:
         """(embeddings, layer 1, ..., last layer) if `need_all`, else (last layer,); each (B, T, H)."""
