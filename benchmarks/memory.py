@@ -231,32 +231,39 @@ def write_source(path: Path, rows: int, pool: list[str], seed: int = 0) -> dict:
 # --------------------------------------------------------------------------- analysis
 
 
-def growth(timeline: list[tuple[float, int, int, int]], shards: int) -> dict:
-    """How the bertflow process's RSS moves once embedding runs: after the first part vs the end.
-
-    A least-squares slope of process RSS against parts written, over the samples taken while
-    parts were being written (first part seen .. last part seen), says how much memory each
-    shard leaves behind.
-    """
-    during = [s for s in timeline if 1 <= s[3] < shards]
-    if len(during) < 3:
-        return {}
-    xs = [s[3] for s in during]
-    ys = [s[1] for s in during]
+def _slope(xs: list[int], ys: list[int]) -> float:
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
-    first = [s for s in during if s[3] == xs[0]]
-    last = [s for s in during if s[3] == xs[-1]]
-    trees = [s[2] for s in during]
-    return {
-        "process_rss_at_first_part": max(s[1] for s in first),
-        "process_rss_at_last_part": max(s[1] for s in last),
-        "process_rss_slope_per_shard": slope,
-        "tree_rss_at_first_part": max(s[2] for s in first),
-        "tree_rss_at_last_part": max(s[2] for s in last),
-        "tree_peak_while_embedding": max(trees),
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+
+
+def growth(timeline: list[tuple[float, int, int, int]], shards: int) -> dict:
+    """How RSS moves while parts are written: at the first part, at the last, and per shard.
+
+    Takes the peak RSS while n parts exist, for n = 1 .. shards - 1; the slope is a least-squares
+    fit over the second half of those shards, once allocators and caches have warmed up: what each
+    further shard leaves behind. A bounded run has a slope near zero.
+    """
+    peaks: dict[int, tuple[int, int]] = {}
+    for _, own, tree, n in timeline:
+        if 1 <= n < shards:
+            p, t = peaks.get(n, (0, 0))
+            peaks[n] = (max(p, own), max(t, tree))
+    if len(peaks) < 2:
+        return {}
+    ns = sorted(peaks)
+    tail = [n for n in ns if n >= shards // 2]
+    out = {
+        "process_rss_at_first_part": peaks[ns[0]][0],
+        "process_rss_at_last_part": peaks[ns[-1]][0],
+        "tree_rss_at_first_part": peaks[ns[0]][1],
+        "tree_rss_at_last_part": peaks[ns[-1]][1],
+        "tree_peak_while_embedding": max(t for _, t in peaks.values()),
+        "peaks_by_parts_written": [[n, *peaks[n]] for n in ns],  # n, process, tree
     }
+    if len(tail) >= 3:
+        out["process_rss_slope_per_shard_second_half"] = _slope(tail, [peaks[n][0] for n in tail])
+    return out
 
 
 def planning_peak(timeline: list[tuple[float, int, int, int]]) -> int:
@@ -269,7 +276,7 @@ def mib(n: float) -> str:
     return f"{n / MB:,.0f} MiB"
 
 
-def downsample(timeline: list, keep: int = 400) -> list:
+def downsample(timeline: list, keep: int = 1500) -> list:
     step = max(1, len(timeline) // keep)
     out = timeline[::step]
     if timeline and out[-1] is not timeline[-1]:
@@ -302,7 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep model, sources and outputs here (default: a temporary directory, removed)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where memory.md and memory.json go")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-read RESULTS/memory.json (its timelines), recompute the analysis, rewrite memory.md")
     args = ap.parse_args(argv)
+    if args.render_only:
+        report = json.loads((args.results / "memory.json").read_text())
+        for r in report["runs"]:
+            r["embedding_phase"] = growth([tuple(t) for t in r["timeline"]], r["shards"])
+        (args.results / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.results / "memory.md").write_text(md := render(report))
+        print(md)
+        return 0
     sizes = [10_000, 100_000] if args.quick else args.rows
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bertflow-memory-"))
@@ -451,15 +468,17 @@ def render(report: dict) -> str:
         lines += [
             "While parts are written (first part to last part):",
             "",
-            "| rows | process RSS at first part | at last part | slope per shard | tree at first part | at last part |",
+            "| rows | process RSS at first part | at last part | process RSS per shard, second half | "
+            "tree at first part | at last part |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
         for r in runs:
             g = r.get("embedding_phase") or {}
             if g:
+                slope = g.get("process_rss_slope_per_shard_second_half")
                 lines.append(
                     f"| {r['rows']:,} | {mib(g['process_rss_at_first_part'])} | {mib(g['process_rss_at_last_part'])} | "
-                    f"{g['process_rss_slope_per_shard'] / MB:+.2f} MiB | {mib(g['tree_rss_at_first_part'])} | "
+                    f"{'-' if slope is None else f'{slope / MB:+.2f} MiB'} | {mib(g['tree_rss_at_first_part'])} | "
                     f"{mib(g['tree_rss_at_last_part'])} |"
                 )
         lines.append("")
