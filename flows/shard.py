@@ -7,6 +7,8 @@ import socket
 import time
 
 from prefect import flow, get_run_logger
+from prefect.context import TagsContext
+from prefect.utilities.annotations import quote
 
 from bertflow.tasks.artifacts import quiet_expected_errors
 from bertflow.tasks.config import TOKEN_LEVEL, ResolvedConfig
@@ -43,14 +45,18 @@ def embed_shard(
             os.environ.get("PREFECT__WORKER_NAME", "-"), os.getpid(),
         )
         config = localize_model(config)
-    with storage_from_block(config.storage_block):  # credentials stay in this process
+    # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
+    # takes a tag concurrency slot, with a lease, for every tagged task (~0.5 s each here).
+    with storage_from_block(config.storage_block), TagsContext(current_tags=set()):  # credentials stay here
         frame, rejects = read_shard(spec, config)
         reading = time.perf_counter() - started
         # The model stays on the device until this process ends: hold the slot to the end. Time spent
         # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
         with gpu_slot(on_worker):
             started = time.perf_counter()
-            texts = frame["text"].to_list()
+            # Shard-sized data goes to the tasks `quote`d: Prefect would otherwise walk every element
+            # (every token id) looking for futures, seconds per task on a 10k-row shard.
+            texts = quote(frame["text"].to_list())
             chunks = tokens = None
             if config.long_text == "chunk":
                 chunks = chunk_texts(texts, config)
@@ -60,8 +66,9 @@ def embed_shard(
                 tok = tokens.tok
             else:
                 tok = tokenize_texts(texts, config)
-            embeddings = embed_token_states(tok, config) if tokens is not None else embed_tokens(tok, config)
+            embeddings = (embed_token_states(quote(tok), config) if tokens is not None
+                          else embed_tokens(quote(tok), config))
             return write_part(
-                dest, spec, config, frame, tok, embeddings, rejects, fingerprint,
-                reading + time.perf_counter() - started, chunks, tokens,
+                dest, spec, config, quote(frame), quote(tok), quote(embeddings), quote(rejects), fingerprint,
+                reading + time.perf_counter() - started, quote(chunks), quote(tokens),
             )
