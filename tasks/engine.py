@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bertflow.tasks.batching import pad_batch, token_budget_batches
 from bertflow.tasks.chunking import window_bounds
@@ -62,6 +63,11 @@ class TokenText:
     offsets: list[list[tuple[int, int]]]  # char spans in the original text ((0, 0) for special tokens)
     special: list[list[bool]]
 
+
+# Attention kernels on CUDA: all of PyTorch's but cuDNN's, which builds an execution plan for each new
+# (batch, length) shape. Token-budget batches of each night's texts are nearly all new shapes: on an
+# H100, fp16/bf16 ran 3x slower with it (0.08-0.12 s against 0.03-0.04 s per 500 fresh docstrings).
+_CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Strategies that average or take the max over tokens: `exclude_special` leaves [CLS]/[SEP] out of them.
 _CONTENT_POOLINGS = frozenset({"mean", "max", "mean_max", "mean_sqrt_len", "first_last_avg"})
@@ -293,12 +299,13 @@ class Encoder:
         kwargs = {"input_ids": input_ids, "attention_mask": attention}
         if types is not None:
             kwargs["token_type_ids"] = types
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if self.device == "cpu" and self.precision == "bf16"
-            else nullcontext()
-        )
-        with autocast:
+        if self.device == "cuda":
+            kernels = sdpa_kernel(_CUDA_ATTENTION)
+        elif self.device == "cpu" and self.precision == "bf16":
+            kernels = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            kernels = nullcontext()
+        with kernels:
             out = self.model(**kwargs, output_hidden_states=need_all)
         return tuple(out.hidden_states) if need_all else (out.last_hidden_state,)
 
