@@ -1,6 +1,7 @@
 """Throughput of bertflow against sentence-transformers, in one run, on one corpus and thread count.
 
     .venv/bin/python benchmarks/throughput.py [--docs N] [--quick] [--threads T]
+    python benchmarks/throughput.py --device cuda --engine-only --model PATH   # on a GPU host
 
 Builds its own corpus (docstrings of installed packages, parsed with `ast`, nothing imported),
 then measures on the same texts, model, max length and torch thread count:
@@ -15,6 +16,9 @@ sentence-transformers, the fraction of the matmul peak measured on the spot, and
 the max abs difference and top-10-neighbour overlap against fp32. The Prefect temporary server's
 start and stop are timed on a line of their own, outside the flow rows. The CPU time that other
 processes took during each row is recorded: on a shared machine it explains slow rows.
+
+With `--device cuda` the same rows run on the GPU, with fp16 beside bf16 and sentence-transformers
+in fp16 as well as fp32; `--engine-only` leaves out the flow rows (no Prefect, polars or S3 needed).
 """
 
 from __future__ import annotations
@@ -126,10 +130,13 @@ class CpuMeter:
         self.others_cores = max(0.0, (busy - self.busy0) - sum(used)) / self.seconds
 
 
-def matmul_peak(dtype, hidden: int, intermediate: int) -> float:
-    """Best GFLOP/s of torch matmuls (MKL and oneDNN) on this model's own shapes, 2048 rows."""
+def matmul_peak(dtype, hidden: int, intermediate: int, device: str = "cpu") -> float:
+    """Best GFLOP/s of torch matmuls (MKL and oneDNN on CPU) on this model's own shapes, 2048 rows
+    (on a GPU 65,536 rows, the default token budget there)."""
     import torch
 
+    if device == "cuda":
+        return cuda_matmul_peak(dtype, hidden, intermediate)
     best = 0.0
     with torch.inference_mode():
         for k, n in ((hidden, 3 * hidden), (hidden, intermediate), (intermediate, hidden)):
@@ -143,6 +150,27 @@ def matmul_peak(dtype, hidden: int, intermediate: int) -> float:
                     fn()
                     reps += 1
                 best = max(best, 2 * 2048 * k * n * reps / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def cuda_matmul_peak(dtype, hidden: int, intermediate: int, rows: int = 65536) -> float:
+    import torch
+
+    best = 0.0
+    with torch.inference_mode():
+        for k, n in ((hidden, 3 * hidden), (hidden, intermediate), (intermediate, hidden)):
+            x = torch.randn(rows, k, device="cuda").to(dtype)
+            w = (torch.randn(n, k, device="cuda") * 0.05).to(dtype)
+            for _ in range(3):
+                x @ w.t()
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(50):
+                x @ w.t()
+            end.record()
+            torch.cuda.synchronize()
+            best = max(best, 2 * rows * k * n * 50 / (start.elapsed_time(end) / 1e3) / 1e9)
     return best
 
 
@@ -236,7 +264,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores given)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--model", default=None, help="model name or path (default: bertflow's default model)")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="only sentence-transformers and the engine: no flow rows, so no Prefect, polars or S3")
     args = ap.parse_args()
+    device = args.device
     n_docs = 300 if args.quick and "--docs" not in sys.argv else args.docs
 
     work = Path(tempfile.mkdtemp(prefix="bertflow-bench-"))
@@ -272,19 +305,22 @@ def main() -> None:
     src.parent.mkdir(parents=True)
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_in))
 
-    config = resolve_config(EmbedConfig(model=DEFAULT_MODEL, device="cpu", max_length=args.max_length))
-    tokenizer, model = load_model(config.model_path, "cpu", "fp32")
+    config = resolve_config(EmbedConfig(model=args.model or DEFAULT_MODEL, device=device, max_length=args.max_length))
+    tokenizer, model = load_model(config.model_path, device, "fp32")
     mcfg = model.config
-    probe = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=args.max_length)
+    probe = Encoder(tokenizer, model, device=device, precision="fp32", max_length=args.max_length)
     tok = probe.tokenize(texts)
     n_tokens = int(tok.n_tokens.sum())
     flops = model_flops(tok.n_tokens, mcfg)
     say(f"tokens: {n_tokens} ({n_tokens / len(texts):.1f}/doc, {tok.truncated.mean():.1%} truncated at "
         f"{args.max_length}); torch threads: {torch.get_num_threads()}")
 
-    peak = {"fp32": matmul_peak(torch.float32, mcfg.hidden_size, mcfg.intermediate_size)}
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        peak["bf16"] = matmul_peak(torch.bfloat16, mcfg.hidden_size, mcfg.intermediate_size)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device == "cuda":
+        dtypes["fp16"] = torch.float16
+    elif not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        del dtypes["bf16"]
+    peak = {p: matmul_peak(d, mcfg.hidden_size, mcfg.intermediate_size, device) for p, d in dtypes.items()}
     flops_per_token = flops / n_tokens
     for p, g in peak.items():
         say(f"matmul peak {p}: {g:.0f} GFLOP/s = {g * 1e9 / flops_per_token:,.0f} tokens/s of this model on this corpus")
@@ -303,15 +339,31 @@ def main() -> None:
     # on a shared machine slows all of them alike and the ratios hold.
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(config.model_path, device="cpu")
+    # dtype given: left alone, transformers loads weights in the dtype they were saved in.
+    st = SentenceTransformer(config.model_path, device=device, model_kwargs={"dtype": torch.float32})
     st.max_seq_length = args.max_length
     runners = {"st": lambda xs: st.encode(xs, batch_size=32, convert_to_numpy=True)}
+    if device == "cuda":  # on a GPU, sentence-transformers in half precision too: the fair peer of fp16
+        st16 = SentenceTransformer(config.model_path, device=device, model_kwargs={"dtype": torch.float16})
+        st16.max_seq_length = args.max_length
+        runners["st16"] = lambda xs: st16.encode(xs, batch_size=32, convert_to_numpy=True)
+        from torch.nn.attention import sdpa_kernel
+
+        from bertflow.tasks.engine import _CUDA_ATTENTION
+
+        def st16_no_cudnn(xs):  # the attention kernels bertflow picks on CUDA, for a like-for-like row
+            with sdpa_kernel(_CUDA_ATTENTION):
+                return st16.encode(xs, batch_size=32, convert_to_numpy=True)
+
+        runners["st16_no_cudnn"] = st16_no_cudnn
     encoders = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "fp16"):
         if precision not in peak:
-            say(f"engine {precision}: skipped, this CPU has no bf16 matmul support")
+            if precision == "bf16":
+                say(f"engine {precision}: skipped, this CPU has no bf16 matmul support")
             continue
-        enc = Encoder(tokenizer, model, device="cpu", precision=precision, max_length=args.max_length)
+        weights = model if device == "cpu" or precision == "fp32" else load_model(config.model_path, device, precision)[1]
+        enc = Encoder(tokenizer, weights, device=device, precision=precision, max_length=args.max_length)
         encoders[precision] = enc
         runners[precision] = lambda xs, enc=enc: enc.embed(enc.tokenize(xs), pooling=config.pooling,
                                                            normalize_output=config.normalize)
@@ -321,7 +373,7 @@ def main() -> None:
     slices = np.array_split(order, max(1, round(len(texts) / 1000)))
     outputs = {k: np.empty((len(texts), mcfg.hidden_size), dtype=np.float32) for k in runners}
     spent = {k: [0.0, 0.0] for k in runners}  # seconds, other processes' CPU seconds
-    say(f"sentence-transformers and engine (fp32, bf16) in turns on {len(slices)} slices ...")
+    say(f"sentence-transformers and engine ({', '.join(encoders)}) in turns on {len(slices)} slices ...")
     for k, rows in enumerate(slices):
         part = [texts[i] for i in rows]
         names = list(runners)
@@ -334,6 +386,13 @@ def main() -> None:
     ref = outputs["st"]
     record(Row("sentence-transformers encode (batch 32)", "fp32", spent["st"][0], len(texts), n_tokens,
                spent["st"][1] / spent["st"][0], flops, peak["fp32"]))
+    for key, name in (("st16", "sentence-transformers encode (batch 32)"),
+                      ("st16_no_cudnn", "sentence-transformers encode (batch 32), cuDNN attention off as in bertflow")):
+        if key in outputs:
+            secs, others = spent[key]
+            record(Row(name, "fp16", secs, len(texts), n_tokens, others / secs, flops, peak["fp16"],
+                       float(np.abs(outputs[key] - ref).max()), top10_overlap(outputs[key], ref),
+                       "sentence-transformers fp32"))
     for precision, enc in encoders.items():
         out = outputs[precision]
         base, against = (ref, "sentence-transformers") if precision == "fp32" else (outputs["fp32"], "engine fp32")
@@ -341,6 +400,44 @@ def main() -> None:
         record(Row("bertflow engine (tokenize + embed)", precision, secs, len(texts), n_tokens, others / secs,
                    flops, peak[precision], float(np.abs(out - base).max()), top10_overlap(out, base), against,
                    {"fused": enc._fused is not None, "batch_tokens": enc.batch_tokens, "slices": len(slices)}))
+
+    prefect_server = None
+    if not args.engine_only:
+        prefect_server = flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders,
+                                   outputs, ref, record, say, results)
+    machine = {"cpu": cpu_model(), "cores_given": cpu_threads(), "torch_threads": threads,
+               "torch": torch.__version__, "transformers": transformers.__version__,
+               "python": platform.python_version(), "load_before": os.getloadavg()}
+    if device == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+    report = {
+        "machine": machine,
+        "device": device,
+        "corpus": {"docs": len(texts), "tokens": n_tokens, "tokens_per_doc": n_tokens / len(texts),
+                   "truncated": float(tok.truncated.mean()), "max_length": args.max_length,
+                   "packages": list(PACKAGES)},
+        "model": {"name": config.model, "pooling": config.pooling, "normalize": config.normalize,
+                  "flops_per_token": flops_per_token},
+        "peak_gflops": peak,
+        "prefect_server": prefect_server,
+        "rows": [{**asdict(r), "docs_s": r.docs_s, "tokens_s": r.tokens_s, "vs_st": r.tokens_s / results[0].tokens_s,
+                  "peak_fraction": r.peak_fraction} for r in results],
+    }
+    report["targets"] = targets(results) if device == "cpu" else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "throughput" if device == "cpu" else f"throughput-{device}"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report)
+    (args.out / f"{name}.md").write_text(md)
+    print("\n" + md)
+
+
+def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders, outputs, ref, record, say,
+              results) -> dict:
+    """Rows 3 and 4: the flows, with the engine on the whole corpus between them; returns the server's timings."""
+    import numpy as np
+
+    from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig
 
     # 3 and 4. the whole flow, local and S3, on Prefect's temporary server started beforehand;
     # between them the engine on the whole corpus at once, as the flow's one shard sees it.
@@ -358,11 +455,13 @@ def main() -> None:
     warm = work / "warm.jsonl"
     warm.write_text("".join(json.dumps(r) + "\n" for r in rows_in[:32]))
     t = time.perf_counter()
-    embed_dataset(str(warm), str(work / "warm-out"), EmbedConfig(device="cpu", max_length=args.max_length))
+    embed_dataset(str(warm), str(work / "warm-out"), EmbedConfig(model=args.model or DEFAULT_MODEL, device=args.device,
+                                                                     max_length=args.max_length))
     first_flow = time.perf_counter() - t
     say(f"Prefect temporary server started in {server_start:.1f}s; a first 32-row flow took {first_flow:.1f}s")
 
-    flow_config = EmbedConfig(device="cpu", precision="fp32", max_length=args.max_length)
+    flow_config = EmbedConfig(model=args.model or DEFAULT_MODEL, device=args.device, precision="fp32",
+                              max_length=args.max_length)
 
     def flow_row(name: str, source: str, dest: str, read_back, server_pids: list[int]) -> None:
         say(f"{name} ...")
@@ -416,26 +515,7 @@ def main() -> None:
     server.stop()
     server_stop = time.perf_counter() - t
 
-    report = {
-        "machine": {"cpu": cpu_model(), "cores_given": cpu_threads(), "torch_threads": threads,
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "python": platform.python_version(), "load_before": os.getloadavg()},
-        "corpus": {"docs": len(texts), "tokens": n_tokens, "tokens_per_doc": n_tokens / len(texts),
-                   "truncated": float(tok.truncated.mean()), "max_length": args.max_length,
-                   "packages": list(PACKAGES)},
-        "model": {"name": config.model, "pooling": config.pooling, "normalize": config.normalize,
-                  "flops_per_token": flops_per_token},
-        "peak_gflops": peak,
-        "prefect_server": {"start_s": server_start, "first_flow_s": first_flow, "stop_s": server_stop},
-        "rows": [{**asdict(r), "docs_s": r.docs_s, "tokens_s": r.tokens_s, "vs_st": r.tokens_s / results[0].tokens_s,
-                  "peak_fraction": r.peak_fraction} for r in results],
-    }
-    report["targets"] = targets(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    (args.out / "throughput.md").write_text(md)
-    print("\n" + md)
+    return {"start_s": server_start, "first_flow_s": first_flow, "stop_s": server_stop}
 
 
 def targets(rows: list[Row]) -> dict:
@@ -461,8 +541,9 @@ def targets(rows: list[Row]) -> dict:
 
 def markdown(report: dict) -> str:
     m, c, p = report["machine"], report["corpus"], report["prefect_server"]
+    gpu = f"GPU: {m['gpu']}; host " if m.get("gpu") else ""
     lines = [
-        f"Machine: {m['cpu']}, {m['cores_given']} cores given, {m['torch_threads']} torch threads; "
+        f"Machine: {gpu}{m['cpu']}, {m['cores_given']} cores given, {m['torch_threads']} torch threads; "
         f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}.",
         f"Corpus: {c['docs']:,} docstrings of installed packages, {c['tokens']:,} tokens "
         f"({c['tokens_per_doc']:.0f}/doc, {c['truncated']:.0%} truncated at {c['max_length']}); "
@@ -481,16 +562,14 @@ def markdown(report: dict) -> str:
         vs = f" (vs {r['against']})" if r["against"] else ""
         lines.append(f"| {r['name']} | {r['precision']} | {r['docs_s']:,.1f} | {r['tokens_s']:,.0f} | "
                      f"{r['vs_st']:.2f}x | {r['peak_fraction']:.0%} | {diff}{vs} | {ov} | {r['others_cores']:.2f} cores |")
-    lines += [
-        "",
-        f"Prefect's temporary server (not in the flow rows): start {p['start_s']:.1f}s, first 32-row flow "
-        f"{p['first_flow_s']:.1f}s, stop {p['stop_s']:.1f}s.",
-        "\"other load\": CPU time other processes on the machine used during the row, in cores.",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'no'} |" for k, v in report["targets"].items()]
+    lines.append("")
+    if p:
+        lines.append(f"Prefect's temporary server (not in the flow rows): start {p['start_s']:.1f}s, first 32-row flow "
+                     f"{p['first_flow_s']:.1f}s, stop {p['stop_s']:.1f}s.")
+    lines.append("\"other load\": CPU time other processes on the machine used during the row, in cores.")
+    if report["targets"]:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'no'} |" for k, v in report["targets"].items()]
     return "\n".join(lines) + "\n"
 
 
