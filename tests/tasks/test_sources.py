@@ -117,3 +117,22 @@ def test_duplicate_ids_across_files_are_refused(tmp_path):
     write_rows(tmp_path / "b.parquet", [{"id": "y", "text": "3"}])
     with pytest.raises(InputError, match=r"^1 ids occur more than once in column 'id' \(e.g. 'y'\); ids must be unique$"):
         plan(tmp_path)
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".txt"])
+def test_line_files_larger_than_one_read_block_plan_every_row_once(tmp_path, monkeypatch, ext):
+    """Line files are planned block by block (64 MiB in production); here blocks of 97 bytes, so a
+    file of 300 rows spans dozens of blocks, and rows cross block boundaries."""
+    import functools
+
+    from bertflow.tasks import storage
+
+    monkeypatch.setattr(storage, "iter_line_blocks", functools.partial(storage.iter_line_blocks, block_size=97))
+    rows = [{"id": i, "text": f"row {i} " + "word " * (i % 7)} for i in range(300)]
+    src = write_rows(tmp_path / f"docs{ext}", rows)
+    shards = plan(src, shard_rows=64)
+    assert [s.rows for s in shards] == [64, 64, 64, 64, 44]
+    got = read_all(shards)
+    expected_ids = [r["id"] for r in rows] if ext == ".jsonl" else list(range(1, 301))  # .txt: line numbers
+    assert got["id"].to_list() == expected_ids
+    assert got["text"].to_list() == [r["text"] for r in rows]
