@@ -141,21 +141,16 @@ class Encoder:
         normalize_output: bool = False,
         on_rows: Callable[[int], None] | None = None,
     ) -> list[np.ndarray]:
-        """Every token's vector, (T_i, H) float32 per row in input order, padding dropped."""
+        """Every token's vector, (T_i, H) float32 per row in input order, padding dropped.
+
+        Batched, streamed and split on out-of-memory like `embed`.
+        """
         out: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(tok.ids)
-        for batch in token_budget_batches(tok.n_tokens, self.batch_tokens):
-            ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
-            input_ids, attention = self._to_device(ids), self._to_device(mask)
-            need_all = tuple(layers) != (-1,)
-            with torch.inference_mode():
-                states = self._hidden_states(input_ids, attention, need_all)
-                h = combine_layers(states, layers, layer_mode) if need_all else states[-1]
-                h = h.float()  # (B, T, H)
-                if normalize_output:
-                    h = normalize(h)
-                h = h.cpu().numpy()
-            for row, i in enumerate(batch):
-                out[i] = h[row, : tok.n_tokens[i]]  # (T_i, H)
+        forward = functools.partial(self._states, layers=layers, mode=layer_mode, normalize_output=normalize_output)
+        run = functools.partial(self._split_on_oom, forward, join=lambda halves: [*halves[0], *halves[1]])
+        for batch, rows in self._run_batches(tok, False, run):
+            for i, h in zip(batch, rows):
+                out[i] = h  # (T_i, H)
             if on_rows is not None:
                 on_rows(len(batch))
         return out
@@ -207,7 +202,8 @@ class Encoder:
             exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
         """
         out: np.ndarray | None = None
-        run = functools.partial(self._pooled, pooling=pooling, layers=layers, mode=layer_mode)
+        forward = functools.partial(self._forward, pooling=pooling, layers=layers, mode=layer_mode)
+        run = functools.partial(self._split_on_oom, forward, join=torch.cat)
         for batch, pooled in self._run_batches(tok, exclude_special, run):  # (B, D) each
             if normalize_output:
                 pooled = normalize(pooled)
@@ -270,12 +266,14 @@ class Encoder:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)  # the streams set the process-wide count to 1
 
-    def _pooled(
-        self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
-    ) -> torch.Tensor:
-        """Forward + pooling for one batch; on device OOM, split in half and retry."""
+    def _split_on_oom(self, forward: Callable, ids: torch.Tensor, mask: torch.Tensor, *, join: Callable):
+        """forward(ids, mask) for one batch; on device out-of-memory, each half alone, joined.
+
+        Halves are split again as needed; a single row that does not fit is raised, for the
+        task's retry. Each half drops the padding it no longer needs.
+        """
         try:
-            return self._forward(ids, mask, pooling, layers, mode)
+            return forward(ids, mask)
         except torch.OutOfMemoryError:
             if len(ids) == 1:
                 raise
@@ -287,9 +285,9 @@ class Encoder:
         half = len(ids) // 2
         parts = []
         for sl in (slice(0, half), slice(half, None)):
-            width = int((mask[sl] > 0).sum(1).max())  # trim padding the half no longer needs
-            parts.append(self._pooled(ids[sl, :width], mask[sl, :width], pooling, layers, mode))
-        return torch.cat(parts)
+            width = int((mask[sl] > 0).sum(1).max())
+            parts.append(self._split_on_oom(forward, ids[sl, :width], mask[sl, :width], join=join))
+        return join(parts)
 
     def _hidden_states(self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool) -> tuple[torch.Tensor, ...]:
         """(embeddings, layer 1, ..., last layer) if `need_all`, else (last layer,); each (B, T, H)."""
@@ -314,6 +312,21 @@ class Encoder:
         if self.device == "cuda":  # from pinned memory the copy overlaps the GPU's work
             return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
         return t.to(self.device)
+
+    def _states(
+        self, ids: torch.Tensor, mask: torch.Tensor, layers: Sequence[int], mode: LayerMode, normalize_output: bool
+    ) -> list[np.ndarray]:
+        """Token vectors of one batch, (T_i, H) float32 per row, padding dropped."""
+        input_ids, attention = self._to_device(ids), self._to_device(mask)
+        need_all = tuple(layers) != (-1,)
+        with torch.inference_mode():
+            states = self._hidden_states(input_ids, attention, need_all)
+            h = combine_layers(states, layers, mode) if need_all else states[-1]
+            h = h.float()  # (B, T, H)
+            if normalize_output:
+                h = normalize(h)
+            h = h.cpu().numpy()
+        return [h[row, :n] for row, n in enumerate((mask > 0).sum(1).tolist())]
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode

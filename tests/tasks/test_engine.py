@@ -111,6 +111,21 @@ def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(tiny, monkeyp
     assert np.abs(split - clean).max() < 1e-6
 
 
+@pytest.mark.parametrize("fused", [None, False])
+def test_out_of_memory_splits_token_level_batches_and_gives_the_same_token_vectors(tiny, monkeypatch, fused):
+    """`--pooling none`: every token's vector, split like pooled batches."""
+    enc = encoder(tiny, batch_tokens=1 << 20, fused=fused)
+    tok = enc.tokenize(TEXTS)
+    clean = enc.token_states(tok, layers=(-2, -1), layer_mode="concat")
+
+    seen = wrap_forward(monkeypatch, enc, max_rows=3)
+    split = enc.token_states(tok, layers=(-2, -1), layer_mode="concat")
+
+    assert len(seen.refused) >= 3 and max(rows for rows, _ in seen.shapes) <= 3
+    assert [a.shape for a in split] == [(n, 64) for n in tok.n_tokens]  # two layers of 32, concatenated
+    assert max(np.abs(a - b).max() for a, b in zip(split, clean)) < 1e-6
+
+
 def test_out_of_memory_on_a_single_row_is_raised_for_the_task_to_retry(tiny, monkeypatch):
     enc = encoder(tiny, batch_tokens=1 << 20)
     wrap_forward(monkeypatch, enc, max_rows=0)

@@ -123,3 +123,16 @@ def test_a_real_out_of_memory_splits_the_batch_and_gives_the_same_vectors(model_
         assert torch.cuda.memory_stats()["num_ooms"] > ooms  # the device really refused the whole batch
     assert got.shape == reference.shape
     assert np.abs(got - reference).max() < 1e-5
+
+
+def test_a_real_out_of_memory_splits_token_level_batches_too(model_path, texts):
+    long_texts = [t * 20 for t in texts[:300]]
+    enc = encoder(model_path, "cuda", "fp32")
+    reference = enc.token_states(enc.tokenize(long_texts))
+    huge = encoder(model_path, "cuda", "fp32", batch_tokens=1 << 24)
+    with gpu_memory_limit(768 << 20):
+        ooms = torch.cuda.memory_stats().get("num_ooms", 0)
+        got = huge.token_states(huge.tokenize(long_texts))
+        assert torch.cuda.memory_stats()["num_ooms"] > ooms
+    assert [a.shape for a in got] == [a.shape for a in reference]
+    assert max(np.abs(a - b).max() for a, b in zip(got, reference)) < 1e-5
