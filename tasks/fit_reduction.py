@@ -20,6 +20,12 @@ def read_embedded(dest: str) -> Manifest:
         raise InputError(f"DEST {dest} has no _manifest.json; fit on a DEST written by `bertflow embed`")
     if manifest.status != "complete":
         raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); finish its embed run first")
+    if manifest.pooling == "none":
+        raise InputError(f"DEST {dest} holds every token's vector (--pooling none); "
+                         "fit on a DEST embedded with one pooling")
+    if manifest.embedding_columns and len(manifest.embedding_columns) > 1:
+        raise InputError(f"DEST {dest} has several vector columns ({', '.join(manifest.embedding_columns)}); "
+                         "a reduction applies to one pooling: fit on a DEST embedded with one")
     if manifest.reduction is not None:
         raise InputError(f"DEST {dest} was already reduced with {manifest.reduction.uri}; "
                          "fit on a DEST embedded without --reduction")

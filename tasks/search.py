@@ -3,6 +3,10 @@
 An interactive look-up, so no flow. Storage only through `storage`; parts are read one at a
 time and only the best k rows of each are kept, so memory follows the largest part, not DEST.
 Scores are cosine similarities (the dot product when DEST is normalized).
+
+A chunked DEST (`--long-text chunk`) is searched window by window: each hit names its chunk and
+character span. A DEST with several vector columns (`--pooling mean,cls`) is searched in one of
+them (`--column`, by default the first). Token-level DESTs (`--pooling none`) are refused.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from bertflow.tasks.manifest import Manifest
 SNIPPET_CHARS = 160
 # The recorded settings a query must be embedded with, as the manifest's fingerprint names them.
 QUERY_SETTINGS = ("model_sha256", "pooling", "layers", "layer_mode", "normalize", "max_length", "pooler_sha256",
-                  "reduction_sha256")
+                  "reduction_sha256", "exclude_special")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Hit:
     id: int | str
     score: float
     snippet: str | None
+    chunk: tuple[int, int, int] | None = None  # chunked DESTs: (chunk_index, char_start, char_end)
 
 
 def read_searchable(dest: str) -> Manifest:
@@ -37,7 +42,25 @@ def read_searchable(dest: str) -> Manifest:
         raise InputError(f"DEST {dest} has no _manifest.json; search a DEST written by `bertflow embed`")
     if manifest.status != "complete":
         raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it")
+    if manifest.pooling == "none":
+        raise InputError(f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
+                         "search a DEST embedded with a pooling")
     return manifest
+
+
+def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
+    """The column to search and where its block lies in the query's vector (several poolings are
+    embedded together, in the manifest's column order)."""
+    columns = manifest.embedding_columns or {"embedding": manifest.model.dimension}
+    name = column or next(iter(columns))
+    if name not in columns:
+        raise InputError(f"--column {name}: DEST's vector columns are {', '.join(columns)}")
+    start = 0
+    for other, width in columns.items():
+        if other == name:
+            return name, slice(start, start + width)
+        start += width
+    raise AssertionError("unreachable")
 
 
 def query_config(manifest: Manifest) -> ResolvedConfig:
@@ -52,6 +75,7 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
     resolved = resolve_config(EmbedConfig(
         model=model, pooling=manifest.pooling, layers=tuple(manifest.layers), layer_mode=manifest.layer_mode,
         normalize=manifest.normalize, max_length=manifest.model.max_length, precision=precision,
+        exclude_special=manifest.exclude_special,
         pooler=manifest.pooler.uri if manifest.pooler else None,
         reduction=manifest.reduction.uri if manifest.reduction else None,
     ))
@@ -87,24 +111,31 @@ def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.divide(vectors @ query, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
 
 
-def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int) -> list[Hit]:
-    """The k rows of DEST nearest the query, best first (ties keep DEST's order)."""
+CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")
+
+
+def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding") -> list[Hit]:
+    """The k rows of DEST nearest the query in column `vectors`, best first (ties keep DEST's order)."""
     column = _snippet_column(manifest, dest)
-    scores, ids, snippets = np.empty(0, np.float32), [], []
+    chunked = manifest.long_text == "chunk"
+    extra = [*(CHUNK_COLUMNS if chunked else ()), *([column] if column else [])]
+    scores, rows = np.empty(0, np.float32), []  # rows: (id, snippet, chunk) of each score
     for shard in manifest.shards:
         uri = storage.join(dest, shard.name)
         with storage.translated(uri), storage.open_input(uri) as src:
-            frame = pl.read_parquet(src, columns=["id", "embedding", *([column] if column else [])])
+            frame = pl.read_parquet(src, columns=["id", vectors, *extra])
         if frame.is_empty():
             continue
-        part = _cosine(frame["embedding"].to_numpy(), query)  # (N,)
+        part = _cosine(frame[vectors].to_numpy(), query)  # (N,)
         top = np.sort(np.argpartition(-part, min(k, len(part)) - 1)[:k])  # this part's best k, in row order
+        best = frame[top]
+        snippets = best[column].to_list() if column else [None] * len(best)
+        chunks = list(best.select(CHUNK_COLUMNS).iter_rows()) if chunked else [None] * len(best)
         scores = np.concatenate([scores, part[top]])
-        ids += frame["id"].gather(top).to_list()
-        snippets += frame[column].gather(top).to_list() if column else [None] * len(top)
+        rows += zip(best["id"].to_list(), snippets, chunks)
         keep = np.argsort(-scores, kind="stable")[:k]
-        scores, ids, snippets = scores[keep], [ids[i] for i in keep], [snippets[i] for i in keep]
-    return [Hit(i, float(s), _short(t)) for i, s, t in zip(ids, scores, snippets)]
+        scores, rows = scores[keep], [rows[i] for i in keep]
+    return [Hit(i, float(s), _short(t), c) for s, (i, t, c) in zip(scores, rows)]
 
 
 def _short(text: str | None) -> str | None:
@@ -114,10 +145,15 @@ def _short(text: str | None) -> str | None:
     return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
 
 
-def search(dest: str, query: str, k: int = 10) -> list[Hit]:
-    """Top-k rows of DEST for the query text, embedded with DEST's recorded settings."""
+def search(dest: str, query: str, k: int = 10, column: str | None = None) -> list[Hit]:
+    """Top-k rows of DEST for the query text, embedded with DEST's recorded settings.
+
+    Args:
+        column: the vector column of a DEST with several (`--pooling mean,cls`); default the first.
+    """
     if k < 1:
         raise InputError(f"-k {k}: ask for at least one result")
     manifest = read_searchable(dest)
+    name, block = vector_column(manifest, column)
     config = query_config(manifest)
-    return scan(dest, manifest, embed_query(query, config), k)
+    return scan(dest, manifest, embed_query(query, config)[block], k, name)

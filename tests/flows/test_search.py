@@ -125,3 +125,56 @@ def test_search_an_s3_dest(s3, tiny_bert, sample_texts, tmp_path):
     table = pl.concat([pl.read_parquet(fs.open(p, "rb")) for p in sorted(fs.glob("emb/day/part-*.parquet"))])
     query = embed_query(rows[70]["text"], query_config(read_searchable("s3://emb/day/")))
     assert [h.id for h in hits] == brute_force(table, query, 4)
+
+
+def test_a_chunked_dest_is_searched_window_by_window(tmp_path, tiny_bert, sample_texts):
+    """Long texts cut into windows: the hit is the window the query comes from, with its span."""
+    rows = [{"id": f"doc-{i}", "text": " ".join(sample_texts[3 * i: 3 * i + 3]), "title": f"t{i}"} for i in range(20)]
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(
+        model=str(tiny_bert), max_length=64, long_text="chunk", chunk_tokens=32, stride=4, keep=("title",)))
+    table = stored(tmp_path / "dest")
+    assert table.height > 2 * len(rows)  # most texts span several windows
+    target = table.filter((pl.col("id") == "doc-9") & (pl.col("chunk_index") == 2)).row(0, named=True)
+    window = rows[9]["text"][target["char_start"]:target["char_end"]]
+    hits = search(str(tmp_path / "dest"), window, k=3)
+    assert (hits[0].id, hits[0].chunk) == ("doc-9", (2, target["char_start"], target["char_end"]))
+    assert hits[0].snippet == "t9"
+    result = run_cli("search", str(tmp_path / "dest"), window, "-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert "chunk" in result.stdout and f"{target['char_start']}-{target['char_end']}" in result.stdout
+
+
+def test_a_dest_with_several_poolings_is_searched_in_the_column_asked_for(tmp_path, tiny_bert, sample_texts):
+    rows = corpus(sample_texts, 40)
+    source = write_rows(tmp_path / "in.jsonl", rows)
+    embed_dataset(str(source), str(tmp_path / "both"), EmbedConfig(model=str(tiny_bert), pooling="mean,cls",
+                                                                   max_length=32))
+    embed_dataset(str(source), str(tmp_path / "cls"), EmbedConfig(model=str(tiny_bert), pooling="cls", max_length=32))
+    both, cls_only = stored(tmp_path / "both"), stored(tmp_path / "cls")
+    columns = [c for c in both.columns if c.startswith("embedding")]
+    assert len(columns) == 2
+    cls_column = next(c for c in columns if "cls" in c)
+    query = rows[12]["text"]
+    # The cls column of the two-pooling DEST ranks exactly as the cls-only DEST does.
+    assert [h.id for h in search(str(tmp_path / "both"), query, k=5, column=cls_column)] == \
+        [h.id for h in search(str(tmp_path / "cls"), query, k=5)]
+    np.testing.assert_allclose(both[cls_column].to_numpy(), cls_only["embedding"].to_numpy(), atol=1e-5)
+    assert search(str(tmp_path / "both"), query, k=1)[0].id == "doc-12"  # default: the first column
+    result = run_cli("search", str(tmp_path / "both"), query, "--column", "nope")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--column nope: DEST's vector columns are {', '.join(columns)}" in " ".join(result.stderr.split())
+    with pytest.raises(InputError, match="has several vector columns .*a reduction applies to one pooling"):
+        fit_reduction(str(tmp_path / "both"), str(tmp_path / "red"), "pca", 4)
+    assert not (tmp_path / "red").exists()
+
+
+def test_token_level_dests_are_refused_by_search_and_fit_reduction(tmp_path, tiny_bert, sample_texts):
+    source = write_rows(tmp_path / "in.jsonl", corpus(sample_texts, 10))
+    embed_dataset(str(source), str(tmp_path / "tokens"), EmbedConfig(model=str(tiny_bert), pooling="none", max_length=32))
+    for args in (("search", str(tmp_path / "tokens"), "anything"),
+                 ("fit-reduction", str(tmp_path / "tokens"), str(tmp_path / "red"), "--method", "pca", "--dim", "4")):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "--pooling none" in result.stderr
+    assert not (tmp_path / "red").exists()
