@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bertflow.tasks.pooling import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
 
@@ -30,6 +30,14 @@ def split_pooling(pooling: str) -> tuple[str, ...]:
 def embedding_column(pooling: str, name: str) -> str:
     """`embedding` for a single pooling, `embedding_<name>` for each of several."""
     return "embedding" if len(split_pooling(pooling)) == 1 else f"embedding_{name}"
+
+
+CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")  # leading columns of a chunked part
+# Fields whose value must be one of a fixed set: field -> (name in messages, valid values).
+_CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "long_text": ("long-text mode", LONG_TEXTS), "aggregate": ("aggregate", AGGREGATES),
+    "layer_mode": ("layer mode", LAYER_MODES), "device": ("device", DEVICES), "precision": ("precision", PRECISIONS),
+}
 
 
 def _one_of(kind: str, value: object, valid: tuple[str, ...]) -> str:
@@ -104,30 +112,11 @@ class EmbedConfig(BaseModel):
             raise ValueError("--pooling none writes every token already; drop --long-text chunk")
         return self
 
-    @field_validator("long_text", mode="before")
+    @field_validator(*_CHOICES, mode="before")
     @classmethod
-    def _long_text_name(cls, v: object) -> object:
-        return _one_of("long-text mode", v, LONG_TEXTS)
-
-    @field_validator("aggregate", mode="before")
-    @classmethod
-    def _aggregate_name(cls, v: object) -> object:
-        return _one_of("aggregate", v, AGGREGATES)
-
-    @field_validator("layer_mode", mode="before")
-    @classmethod
-    def _layer_mode(cls, v: object) -> object:
-        return _one_of("layer mode", v, LAYER_MODES)
-
-    @field_validator("device", mode="before")
-    @classmethod
-    def _device(cls, v: object) -> object:
-        return _one_of("device", v, DEVICES)
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision(cls, v: object) -> object:
-        return _one_of("precision", v, PRECISIONS)
+    def _choice(cls, v: object, info: ValidationInfo) -> object:
+        kind, valid = _CHOICES[info.field_name]
+        return _one_of(kind, v, valid)
 
     @field_validator("layers")
     @classmethod
@@ -146,7 +135,7 @@ class EmbedConfig(BaseModel):
     @field_validator("keep")
     @classmethod
     def _keep(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        reserved = {"id", "embedding", "n_tokens", "truncated", "chunk_index", "char_start", "char_end",
+        reserved = {"id", "embedding", "n_tokens", "truncated", *CHUNK_COLUMNS,
                     "tokens", "offsets", "special", "token_embeddings"}
         clash = sorted(set(v) & reserved)
         if clash:
@@ -219,7 +208,7 @@ class ResolvedConfig(BaseModel):
             vectors = ["tokens", "offsets", "special", "token_embeddings"]
         else:
             vectors = list(self.embedding_columns())
-        chunk = ["chunk_index", "char_start", "char_end"] if self.long_text == "chunk" else []
+        chunk = list(CHUNK_COLUMNS) if self.long_text == "chunk" else []
         return ["id", *chunk, *vectors, "n_tokens", "truncated", *self.keep]
 
     def document_columns(self) -> list[str]:

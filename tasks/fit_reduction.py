@@ -6,6 +6,7 @@ import polars as pl
 from prefect import task
 
 from bertflow.tasks import fitted, parts, storage
+from bertflow.tasks.config import TOKEN_LEVEL
 from bertflow.tasks.embed import IN_MEMORY, RETRY
 from bertflow.tasks.errors import InputError
 from bertflow.tasks.manifest import Manifest
@@ -20,7 +21,7 @@ def read_embedded(dest: str) -> Manifest:
         raise InputError(f"DEST {dest} has no _manifest.json; fit on a DEST written by `bertflow embed`")
     if manifest.status != "complete":
         raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); finish its embed run first")
-    if manifest.pooling == "none":
+    if manifest.pooling == TOKEN_LEVEL:
         raise InputError(f"DEST {dest} holds every token's vector (--pooling none); "
                          "fit on a DEST embedded with one pooling")
     if manifest.embedding_columns and len(manifest.embedding_columns) > 1:

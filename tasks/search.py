@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from bertflow.tasks import parts, storage
-from bertflow.tasks.config import EmbedConfig, ResolvedConfig
+from bertflow.tasks.config import CHUNK_COLUMNS, TOKEN_LEVEL, EmbedConfig, ResolvedConfig
 from bertflow.tasks.errors import InputError
 from bertflow.tasks.manifest import Manifest
 
@@ -42,7 +42,7 @@ def read_searchable(dest: str) -> Manifest:
         raise InputError(f"DEST {dest} has no _manifest.json; search a DEST written by `bertflow embed`")
     if manifest.status != "complete":
         raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it")
-    if manifest.pooling == "none":
+    if manifest.pooling == TOKEN_LEVEL:
         raise InputError(f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
                          "search a DEST embedded with a pooling")
     return manifest
@@ -52,15 +52,12 @@ def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
     """The column to search and where its block lies in the query's vector (several poolings are
     embedded together, in the manifest's column order)."""
     columns = manifest.embedding_columns or {"embedding": manifest.model.dimension}
-    name = column or next(iter(columns))
+    names, widths = list(columns), list(columns.values())
+    name = column or names[0]
     if name not in columns:
-        raise InputError(f"--column {name}: DEST's vector columns are {', '.join(columns)}")
-    start = 0
-    for other, width in columns.items():
-        if other == name:
-            return name, slice(start, start + width)
-        start += width
-    raise AssertionError("unreachable")
+        raise InputError(f"--column {name}: DEST's vector columns are {', '.join(names)}")
+    start = sum(widths[: names.index(name)])
+    return name, slice(start, start + columns[name])
 
 
 def query_config(manifest: Manifest) -> ResolvedConfig:
@@ -109,9 +106,6 @@ def _snippet_column(manifest: Manifest, dest: str) -> str | None:
 def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)  # (N,)
     return np.divide(vectors @ query, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
-
-
-CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")
 
 
 def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding") -> list[Hit]:
