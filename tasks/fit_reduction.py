@@ -6,7 +6,6 @@ import polars as pl
 from prefect import task
 
 from bertflow.tasks import fitted, parts, storage
-from bertflow.tasks.config import TOKEN_LEVEL
 from bertflow.tasks.embed import IN_MEMORY, RETRY
 from bertflow.tasks.errors import InputError
 from bertflow.tasks.manifest import Manifest
@@ -16,14 +15,7 @@ from bertflow.tasks.reduction import Method, Moments, ReductionConfig, fit, redu
 @task(name="read_manifest", **IN_MEMORY, **RETRY)
 def read_embedded(dest: str) -> Manifest:
     """DEST's manifest (storage); it must be complete and not reduced already."""
-    manifest = parts.read_manifest(dest)
-    if manifest is None:
-        raise InputError(f"DEST {dest} has no _manifest.json; fit on a DEST written by `bertflow embed`")
-    if manifest.status != "complete":
-        raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); finish its embed run first")
-    if manifest.pooling == TOKEN_LEVEL:
-        raise InputError(f"DEST {dest} holds every token's vector (--pooling none); "
-                         "fit on a DEST embedded with one pooling")
+    manifest = parts.read_pooled(dest, "fit on")
     if manifest.embedding_columns and len(manifest.embedding_columns) > 1:
         raise InputError(f"DEST {dest} has several vector columns ({', '.join(manifest.embedding_columns)}); "
                          "a reduction applies to one pooling: fit on a DEST embedded with one")

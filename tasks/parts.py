@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from bertflow.tasks import storage
+from bertflow.tasks.config import TOKEN_LEVEL
 from bertflow.tasks.errors import DestMismatchError, InputError
 from bertflow.tasks.chunking import aggregate
 from bertflow.tasks.manifest import (
@@ -187,6 +188,20 @@ def read_manifest(dest: str) -> Manifest | None:
         return Manifest.model_validate_json(storage.read_bytes(uri))
     except ValueError:
         raise InputError(f"{uri} is not a bertflow manifest; choose another DEST or pass --overwrite") from None
+
+
+def read_pooled(dest: str, verb: str) -> Manifest:
+    """DEST's manifest, for a command that reads its vectors (`verb` it: "search", "fit on"): DEST
+    must be complete and hold one vector per row, not every token's."""
+    manifest = read_manifest(dest)
+    if manifest is None:
+        raise InputError(f"DEST {dest} has no _manifest.json; {verb} a DEST written by `bertflow embed`")
+    if manifest.status != "complete":
+        raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it")
+    if manifest.pooling == TOKEN_LEVEL:
+        raise InputError(f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
+                         f"{verb} a DEST embedded with a pooling")
+    return manifest
 
 
 def check_compatible(dest: str, existing: Manifest | None, fingerprint: dict[str, object]) -> None:

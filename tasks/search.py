@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from bertflow.tasks import parts, storage
-from bertflow.tasks.config import CHUNK_COLUMNS, TOKEN_LEVEL, EmbedConfig, ResolvedConfig
+from bertflow.tasks.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig
 from bertflow.tasks.errors import InputError
 from bertflow.tasks.manifest import Manifest
 
@@ -37,15 +37,7 @@ class Hit:
 
 
 def read_searchable(dest: str) -> Manifest:
-    manifest = parts.read_manifest(dest)
-    if manifest is None:
-        raise InputError(f"DEST {dest} has no _manifest.json; search a DEST written by `bertflow embed`")
-    if manifest.status != "complete":
-        raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it")
-    if manifest.pooling == TOKEN_LEVEL:
-        raise InputError(f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
-                         "search a DEST embedded with a pooling")
-    return manifest
+    return parts.read_pooled(dest, "search")
 
 
 def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
