@@ -279,7 +279,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from bertflow.tasks.engine import cpu_threads
+    from bertflow.model.encoder import cpu_threads
 
     threads = args.threads or cpu_threads()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the engine leaves torch's count alone when this is set
@@ -290,9 +290,9 @@ def main() -> None:
     torch.set_num_threads(threads)
     import transformers
 
-    from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig
-    from bertflow.tasks.engine import Encoder
-    from bertflow.tasks.model import load_model, resolve_config
+    from bertflow.config import DEFAULT_MODEL, EmbedConfig
+    from bertflow.model.encoder import Encoder
+    from bertflow.model.loading import load_model, resolve_config
 
     def say(msg: str) -> None:
         print(msg, flush=True)
@@ -349,7 +349,7 @@ def main() -> None:
         runners["st16"] = lambda xs: st16.encode(xs, batch_size=32, convert_to_numpy=True)
         from torch.nn.attention import sdpa_kernel
 
-        from bertflow.tasks.engine import _CUDA_ATTENTION
+        from bertflow.model.encoder import _CUDA_ATTENTION
 
         def st16_no_cudnn(xs):  # the attention kernels bertflow picks on CUDA, for a like-for-like row
             with sdpa_kernel(_CUDA_ATTENTION):
@@ -437,7 +437,7 @@ def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, en
     """Rows 3 and 4: the flows, with the engine on the whole corpus between them; returns the server's timings."""
     import numpy as np
 
-    from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig
+    from bertflow.config import DEFAULT_MODEL, EmbedConfig
 
     # 3 and 4. the whole flow, local and S3, on Prefect's temporary server started beforehand;
     # between them the engine on the whole corpus at once, as the flow's one shard sees it.

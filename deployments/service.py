@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from bertflow.deployments.definitions import DEFAULT_CRON, NIGHTLY, ServiceSettings, definitions
 from bertflow.flows.embed import embed_dataset
-from bertflow.tasks import partitions
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.errors import InputError
+from bertflow import partitions
+from bertflow.config import EmbedConfig
+from bertflow.errors import InputError
 from bertflow.tasks.gpu import GPU_LIMIT, set_slots_per_host, slots_per_host
 
 Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged")

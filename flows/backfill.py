@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from bertflow.tasks import progress
+from bertflow import progress
 from bertflow.tasks.artifacts import BACKFILL_TAG, one_line, quiet_expected_errors, tag_this_run
 from bertflow.tasks.backfill import Day, plan_backfill, run_backfill
 

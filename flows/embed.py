@@ -12,16 +12,17 @@ from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
 from bertflow.flows.shard import embed_shard
-from bertflow.tasks import parts, partitions
+from bertflow.io import parts
+from bertflow import partitions
 from bertflow.tasks.artifacts import RunReport, one_line, quiet_expected_errors, run_tags, tag_this_run
-from bertflow.tasks.config import EmbedConfig
+from bertflow.config import EmbedConfig
 from bertflow.tasks.embed import (
     fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config, storage_from_block,
 )
-from bertflow.tasks.errors import BertflowError
+from bertflow.errors import BertflowError
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
-from bertflow.tasks.manifest import Manifest
+from bertflow.io.manifest import Manifest
 
 quiet_expected_errors()
 

@@ -11,14 +11,14 @@ from prefect.context import TagsContext
 from prefect.utilities.annotations import quote
 
 from bertflow.tasks.artifacts import quiet_expected_errors
-from bertflow.tasks.config import TOKEN_LEVEL, ResolvedConfig
+from bertflow.config import TOKEN_LEVEL, ResolvedConfig
 from bertflow.tasks.embed import (
     chunk_texts, embed_token_states, embed_tokens, read_shard, storage_from_block, tokenize_texts, tokenize_tokens,
     write_part,
 )
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot
-from bertflow.tasks.manifest import ShardResult, ShardSpec
+from bertflow.io.manifest import ShardResult, ShardSpec
 
 quiet_expected_errors()
 

@@ -20,11 +20,13 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext
 
-from bertflow.tasks import parts, progress, storage
-from bertflow.tasks.config import ResolvedConfig
-from bertflow.tasks.errors import BertflowError
-from bertflow.tasks.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
-from bertflow.tasks.partitions import stable_key
+from bertflow.io import parts, storage
+
+from bertflow import progress
+from bertflow.config import ResolvedConfig
+from bertflow.errors import BertflowError
+from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
+from bertflow.partitions import stable_key
 
 
 class _NoTracebackForBertflowErrors(logging.Filter):

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from bertflow.tasks import parts, partitions
+from bertflow.io import parts
+
+from bertflow import partitions
 from bertflow.tasks.artifacts import BACKFILL_TAG
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.errors import BertflowError, InputError
-from bertflow.tasks.model import resolve_config
+from bertflow.config import EmbedConfig
+from bertflow.errors import BertflowError, InputError
+from bertflow.model.loading import resolve_config
 from bertflow.tasks.runs import Job, describe, read_deployment, run_all
 
 PARENT_FLOW = "embed-dataset"

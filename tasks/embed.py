@@ -19,11 +19,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 import bertflow
-from bertflow.tasks import fitted, parts, progress, sources, storage
-from bertflow.tasks.config import EmbedConfig, ResolvedConfig
-from bertflow.tasks.engine import Chunks, Encoder, Tokenized, TokenText
-from bertflow.tasks.errors import InputError, TransientStorageError
-from bertflow.tasks.manifest import (
+from bertflow.model import fitted
+from bertflow.io import parts, sources, storage
+from bertflow import progress
+from bertflow.config import EmbedConfig, ResolvedConfig
+from bertflow.model.encoder import Chunks, Encoder, Tokenized, TokenText
+from bertflow.errors import InputError, TransientStorageError
+from bertflow.io.manifest import (
     DOCUMENTS_DIR,
     MANIFEST_NAME,
     REJECTS_NAME,
@@ -38,8 +40,8 @@ from bertflow.tasks.manifest import (
     Totals,
     shard_fingerprint,
 )
-from bertflow.tasks.model import load_model, pick_device, resolve_config
-from bertflow.tasks.pooling import normalize
+from bertflow.model.loading import load_model, pick_device, resolve_config
+from bertflow.model.pooling import normalize
 
 
 @contextlib.contextmanager

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bertflow.tasks import storage
-from bertflow.tasks.config import ResolvedConfig
-from bertflow.tasks.errors import BertflowError, InputError, ModelError
-from bertflow.tasks.manifest import ShardSpec
-from bertflow.tasks.model import resolve_model_path, weights_sha256
-from bertflow.tasks.partitions import stable_key
+from bertflow.io import storage
+from bertflow.config import ResolvedConfig
+from bertflow.errors import BertflowError, InputError, ModelError
+from bertflow.io.manifest import ShardSpec
+from bertflow.model.loading import resolve_model_path, weights_sha256
+from bertflow.partitions import stable_key
 from bertflow.tasks.runs import Job, describe, read_deployment, run_all
 
 SHARD_DEPLOYMENT = "embed-shard/embed-shard"

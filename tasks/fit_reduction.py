@@ -5,11 +5,13 @@ from __future__ import annotations
 import polars as pl
 from prefect import task
 
-from bertflow.tasks import fitted, parts, storage
+from bertflow.model import fitted
+
+from bertflow.io import parts, storage
 from bertflow.tasks.embed import IN_MEMORY, RETRY
-from bertflow.tasks.errors import InputError
-from bertflow.tasks.manifest import Manifest
-from bertflow.tasks.reduction import Method, Moments, ReductionConfig, fit, reduction_to_bytes
+from bertflow.errors import InputError
+from bertflow.io.manifest import Manifest
+from bertflow.model.reduction import Method, Moments, ReductionConfig, fit, reduction_to_bytes
 
 
 @task(name="read_manifest", **IN_MEMORY, **RETRY)

@@ -18,7 +18,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from bertflow.tasks.partitions import slug
+from bertflow.partitions import slug
 
 GPU_LIMIT = "bertflow-gpu"
 # A slot held by a process that died (power loss, SIGKILL) comes back when its lease runs out;

@@ -21,7 +21,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from bertflow.tasks.errors import InputError
+from bertflow.errors import InputError
 
 POLL_SECONDS = 2.0
 MAX_ATTEMPTS = 1000

@@ -16,14 +16,18 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bertflow.tasks import fitted, progress, sources
-from bertflow.tasks.batching import pad_batch, token_budget_batches
-from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig, ResolvedConfig
+from bertflow.model import fitted
+
+from bertflow import progress
+
+from bertflow.io import sources
+from bertflow.text.batching import pad_batch, token_budget_batches
+from bertflow.config import DEFAULT_MODEL, EmbedConfig, ResolvedConfig
 from bertflow.tasks.embed import IN_MEMORY, RETRY, get_encoder
-from bertflow.tasks.errors import InputError
-from bertflow.tasks.lstm_head import HeadConfig, LstmHead, head_to_bytes
-from bertflow.tasks.pooling import LayerMode, combine_layers
-from bertflow.tasks.training import (
+from bertflow.errors import InputError
+from bertflow.model.heads import HeadConfig, LstmHead, head_to_bytes
+from bertflow.model.pooling import LayerMode, combine_layers
+from bertflow.model.training import (
     Split,
     TrainResult,
     TrainSettings,
@@ -102,7 +106,7 @@ class PoolerReport(BaseModel):
 @task(name="resolve_encoder", **IN_MEMORY)
 def resolve_encoder(config: TrainConfig) -> ResolvedConfig:
     """Read the encoder's files (not its weights into memory): defaults, fingerprint."""
-    from bertflow.tasks.model import resolve_config
+    from bertflow.model.loading import resolve_config
 
     return resolve_config(EmbedConfig(
         model=config.model, pooling="mean", layers=config.layers, layer_mode=config.layer_mode, normalize=False,

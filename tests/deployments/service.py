@@ -219,7 +219,7 @@ def write_docs(source: str, rows: int, prefix: str) -> str:
     """SOURCE: one JSONL file of `rows` short texts with ids `{prefix}-{i}`; returns SOURCE."""
     import json
 
-    from bertflow.tasks import storage
+    from bertflow.io import storage
 
     lines = "".join(json.dumps({"id": f"{prefix}-{i}", "text": f"Document {i} of {prefix}: the quick brown fox "
                                 "jumps over the lazy dog."}) + "\n" for i in range(rows))
@@ -233,7 +233,7 @@ def write_day(day: str, rows: int) -> str:
 
 
 def make_bucket() -> None:
-    from bertflow.tasks import storage
+    from bertflow.io import storage
 
     fs, _ = storage.filesystem(f"s3://{BUCKET}/")
     if not fs.exists(BUCKET):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from bertflow.tasks import partitions
+from bertflow import partitions
 from tests.deployments.service import prefect_client, start_server, stop_process, wait_for
 from tests.conftest import run_cli
 

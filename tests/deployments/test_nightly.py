@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bertflow.tasks import parts, partitions
+from bertflow.io import parts
+
+from bertflow import partitions
 from tests.deployments.service import (  # noqa: F401
     DEST_TEMPLATE,
     SOURCE_TEMPLATE,

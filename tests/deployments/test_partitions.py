@@ -7,8 +7,8 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from bertflow.tasks import partitions as p
-from bertflow.tasks.errors import InputError
+from bertflow import partitions as p
+from bertflow.errors import InputError
 
 SRC, DST = "s3://b/raw/dt={date}/", "s3://b/embeddings/dt={date}/"
 

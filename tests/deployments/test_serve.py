@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from bertflow.tasks import parts
+from bertflow.io import parts
 from bertflow.tasks.gpu import host_limit_name
 from tests.conftest import BERTFLOW, write_rows
 from tests.deployments.service import prefect_client, start_server, stop_process, wait_for

@@ -7,8 +7,10 @@ from datetime import datetime, timezone
 import pytest
 import s3fs
 
-from bertflow.tasks import parts, partitions
-from bertflow.tasks.verify import verify_dest
+from bertflow.io import parts
+
+from bertflow import partitions
+from bertflow.io.verify import verify_dest
 from tests.deployments.service import (  # noqa: F401
     DEST_TEMPLATE,
     POOL,
@@ -37,7 +39,7 @@ def embed_day(svc, day: str) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from bertflow.flows.embed import embed_dataset
-    from bertflow.tasks.config import EmbedConfig
+    from bertflow.config import EmbedConfig
 
     with temporary_settings(updates={PREFECT_API_URL: svc.url}):
         manifest = embed_dataset(SOURCE_TEMPLATE, DEST_TEMPLATE, EmbedConfig(model=str(svc.model)), partition=day)

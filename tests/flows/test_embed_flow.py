@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertflow.flows.embed import embed_dataset
-from bertflow.tasks.config import DEFAULT_MODEL, EmbedConfig
+from bertflow.config import DEFAULT_MODEL, EmbedConfig
 from tests.conftest import write_rows
 
 MAX_LEN = 16  # the tiny BERT's runs truncate here, so ordinary sentences get cut

@@ -13,8 +13,8 @@ import torch
 from pydantic import ValidationError
 
 from bertflow.flows.embed import embed_dataset
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.manifest import Manifest
+from bertflow.config import EmbedConfig
+from bertflow.io.manifest import Manifest
 from tests.conftest import run_cli, write_rows
 
 TEXTS = ["Abstract Base Classes.", "", "Zürich – naïve café ☕ 東京",
@@ -133,7 +133,7 @@ WORDS = "the cat sat on a mat and dog ran far away house tree river blue green".
 def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_text(
     prefect_harness, tmp_path, tiny_bert, tiny_model
 ):
-    from bertflow.tasks.verify import verify_dest
+    from bertflow.io.verify import verify_dest
 
     tokenizer, model = tiny_model
     long = " ".join(np.random.default_rng(0).choice(WORDS, 3000))
@@ -224,7 +224,7 @@ def test_token_level_vectors_equal_last_hidden_state_and_tokens_match_the_tokeni
 ):
     from transformers import AutoModel, AutoTokenizer
 
-    from bertflow.tasks.verify import verify_dest
+    from bertflow.io.verify import verify_dest
 
     texts = ["The quick brown fox jumps over the lazy dog.", "Zürich – naïve café ☕ 東京", sample_texts[2], ""]
     src = write_rows(tmp_path / "docs.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])

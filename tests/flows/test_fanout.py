@@ -12,9 +12,9 @@ import time
 
 import s3fs
 
-from bertflow.tasks import parts, storage
+from bertflow.io import parts, storage
 from bertflow.tasks.gpu import host_limit_name
-from bertflow.tasks.verify import verify_dest
+from bertflow.io.verify import verify_dest
 from tests.conftest import BERTFLOW
 from tests.deployments.service import (  # noqa: F401
     POOL,

@@ -10,9 +10,9 @@ import pytest
 
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.fit_reduction import fit_reduction
-from bertflow.tasks import fitted
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.errors import DestMismatchError, InputError
+from bertflow.model import fitted
+from bertflow.config import EmbedConfig
+from bertflow.errors import DestMismatchError, InputError
 from tests.conftest import run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

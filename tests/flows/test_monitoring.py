@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from bertflow.tasks import parts, storage
+from bertflow.io import parts, storage
 from bertflow.tasks.artifacts import artifact_keys
 from tests.deployments.service import POOL, make_bucket, service  # noqa: F401
 from tests.s3 import CREDENTIALS

@@ -13,12 +13,12 @@ import torch
 
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.fit_reduction import fit_reduction
-from bertflow.tasks import fitted
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.errors import InputError
-from bertflow.tasks.lstm_head import HeadConfig, LstmHead, head_to_bytes
-from bertflow.tasks.model import weights_sha256
-from bertflow.tasks.search import embed_query, query_config, read_searchable, search
+from bertflow.model import fitted
+from bertflow.config import EmbedConfig
+from bertflow.errors import InputError
+from bertflow.model.heads import HeadConfig, LstmHead, head_to_bytes
+from bertflow.model.loading import weights_sha256
+from bertflow.pipeline.search import embed_query, query_config, read_searchable, search
 from tests.conftest import build_tiny_bert, run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -14,7 +14,7 @@ import pytest
 import s3fs
 
 from bertflow.flows.embed import embed_dataset
-from bertflow.tasks.config import EmbedConfig
+from bertflow.config import EmbedConfig
 from tests.conftest import BERTFLOW, run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -228,7 +228,7 @@ def test_credentials_from_a_prefect_secret_block(s3, tiny_bert, monkeypatch):
 
     assert manifest.totals.rows == 20
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in config.model_dump_json()  # only the block's name travels
-    from bertflow.tasks.errors import InputError
+    from bertflow.errors import InputError
 
     with pytest.raises(InputError, match="no Prefect Secret block named 'missing'"):
         embed_dataset("s3://blk/in.jsonl", "s3://blk/out2/", EmbedConfig(model=str(tiny_bert), storage_block="missing"))

@@ -9,8 +9,8 @@ import pytest
 
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.train_pooler import train_pooler
-from bertflow.tasks.config import EmbedConfig
-from bertflow.tasks.errors import InputError
+from bertflow.config import EmbedConfig
+from bertflow.errors import InputError
 from bertflow.tasks.train_pooler import TrainConfig
 from tests.conftest import REPO, run_cli, write_rows
 

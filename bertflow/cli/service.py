@@ -1,0 +1,128 @@
+"""`bertflow deploy`, `bertflow serve`, `bertflow backfill`: bertflow as a service on a Prefect server."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from bertflow.cli import app, err, fail, out
+from bertflow.errors import BertflowError
+
+_TEMPLATE_HELP = "with {date} where the day goes"
+
+
+def _require_server(command: str) -> None:
+    """Deployments on Prefect's temporary server would vanish with this process."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        fail(f"bertflow {command} needs a Prefect server: start one (`prefect server start`) and "
+             "export PREFECT_API_URL=http://HOST:4200/api")
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = "bertflow",
+    gpus_per_host: Annotated[Optional[int], typer.Option(help="Models on the devices of one host at once (default 1, or what is deployed)")] = None,
+    cron: Annotated[Optional[str], typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")] = None,
+    source_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}, e.g. s3://bucket/raw/dt={{date}}/")] = None,
+    dest_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}, e.g. s3://bucket/embeddings/dt={{date}}/")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model of embed-nightly and embed-adhoc (default: the bundled one, or what is deployed)")] = None,
+) -> None:
+    """Create the work pool, the deployments (embed-nightly, embed-adhoc, embed-shard, backfill) and the GPU limit; idempotent."""
+    _require_server("deploy")
+    from bertflow.deployments.service import deploy as deploy_all
+
+    try:
+        changes = deploy_all(pool, gpus_per_host, cron, source_template, dest_template, model)
+    except BertflowError as e:
+        fail(str(e))
+    table = Table(title="bertflow deploy", title_justify="left")
+    for col in ("kind", "name", "change"):
+        table.add_column(col)
+    for kind, name, change in changes:
+        table.add_row(kind, name, change)
+    out.print(table)
+    out.print(f"Start a worker on each GPU host: [bold]prefect worker start --pool {pool}[/]", highlight=False)
+
+
+@app.command()
+def serve(
+    cron: Annotated[Optional[str], typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")] = None,
+    source_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}")] = None,
+    dest_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model of embed-nightly and embed-adhoc")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many runs at once (default: no limit)")] = None,
+) -> None:
+    """Serve embed-nightly, embed-adhoc and backfill from this process, no workers needed (Ctrl-C stops)."""
+    from prefect import serve as prefect_serve
+
+    _require_server("serve")
+    from bertflow.deployments.service import served_deployments
+
+    try:
+        deployments = served_deployments(cron, source_template, dest_template, model)
+    except BertflowError as e:
+        fail(str(e))
+    prefect_serve(*deployments, limit=limit)
+
+
+class _Partitions:
+    """Partitions-done bar fed by the backfill flow through `bertflow.progress`."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.task = progress, None
+
+    def start(self, total_rows: int, done_rows: int) -> None:
+        self.task = self.progress.add_task("backfill", total=total_rows, completed=done_rows)
+
+    def advance(self, rows: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, rows)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD (included)")],
+    deployment: Annotated[str, typer.Option(help="Partitioned deployment to run per day")] = "embed-nightly",
+    every: Annotated[str, typer.Option(help="Days between partitions: 1d, 7d")] = "1d",
+    max_in_flight: Annotated[int, typer.Option(min=1, help="At most this many days' runs at once")] = 4,
+    overwrite: Annotated[bool, typer.Option(help="Redo days whose DEST is already complete")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and start nothing")] = False,
+) -> None:
+    """One run of DEPLOYMENT per day, skipping days already complete with the same config; rerun-safe."""
+    _require_server("backfill")
+    from bertflow.tasks.backfill import plan_backfill
+
+    try:
+        plan = plan_backfill(deployment, start, end, every, overwrite)
+    except BertflowError as e:
+        fail(str(e))
+    out.print(f"backfill {plan.deployment}: {len(plan.days)} partitions", highlight=False)
+    for day in plan.days:
+        action = "will run" if day.action == "run" else "skip"
+        out.print(f"{day.partition}  {action}: {day.why}  {day.source} -> {day.dest}", highlight=False, soft_wrap=True)
+    if dry_run:
+        out.print(f"dry run: {len(plan.to_run)} to run, {len(plan.days) - len(plan.to_run)} to skip; nothing started")
+        return
+    if not plan.to_run:
+        out.print("nothing to run: every partition is complete")
+        return
+
+    from bertflow.flows.backfill import backfill as backfill_flow
+    from bertflow.progress import reporting_to
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("partitions"),
+                   console=err, transient=True, disable=not err.is_terminal)
+    try:
+        with bar, reporting_to(_Partitions(bar)):
+            results = backfill_flow(start=start, end=end, deployment=deployment, every=every,
+                                    max_in_flight=max_in_flight, overwrite=overwrite)
+    except BertflowError as e:
+        fail(str(e), code=1)
+    for partition, result in sorted(results.items()):
+        out.print(f"{partition}  {result}", highlight=False, soft_wrap=True)

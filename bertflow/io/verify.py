@@ -1,0 +1,132 @@
+"""Check a DEST against its manifest (and optionally its SOURCE): every row exactly once."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from bertflow.io import parts, sources, storage
+from bertflow.io.manifest import DOCUMENTS_DIR, REJECTS_NAME, Manifest
+
+
+def _keys(uri: str, chunked: bool) -> pl.DataFrame:
+    """`id` as text, and `chunk_index` in chunk mode, where an id has one row per window."""
+    with storage.translated(uri), storage.open_input(uri) as src:
+        cols = ["id", "chunk_index"] if chunked else ["id"]
+        return pl.scan_parquet(src).select(pl.col("id").cast(pl.String), *cols[1:]).collect()
+
+
+def _check_part(
+    dest: str, name: str, sha256: str, want_rows: int, columns: list[str], vectors: dict[str, int],
+    problems: list[str], chunked: bool = False,
+) -> pl.DataFrame | None:
+    uri = storage.join(dest, name)
+    if not storage.exists(uri):
+        problems.append(f"{name}: listed in the manifest but missing")
+        return None
+    if storage.sha256(uri) != sha256:
+        problems.append(f"{name}: sha256 differs from the manifest (file changed after the run)")
+    with storage.translated(uri), storage.open_input(uri) as src:
+        frame = pl.scan_parquet(src)
+        schema = frame.collect_schema()
+        rows = frame.select(pl.len()).collect().item()
+    if schema.names() != columns:
+        problems.append(f"{name}: columns {schema.names()} differ from the manifest's {columns}")
+    for column, width in vectors.items():
+        expected = pl.Array(pl.Float32, width)
+        if schema.get(column) != expected:
+            problems.append(f"{name}: {column} is {schema.get(column)}, expected {expected}")
+    if rows != want_rows:
+        problems.append(f"{name}: {rows} rows, manifest says {want_rows}")
+    if "id" not in schema or (chunked and "chunk_index" not in schema):
+        return None
+    return _keys(uri, chunked)
+
+
+def verify_dest(dest: str, source: str | None = None) -> list[str]:
+    """Problems found in DEST (empty when everything holds).
+
+    In chunk mode (`--long-text chunk`) an id has a row per window: (id, chunk_index) is unique, and
+    each id in `documents/` (`--aggregate`) once.
+    """
+    manifest = parts.read_manifest(dest)
+    if manifest is None:
+        return [f"{dest} has no _manifest.json: the run never started or DEST is wrong"]
+    problems: list[str] = []
+    if manifest.status != "complete":
+        problems.append(f"manifest status is {manifest.status!r}: the run has not finished; rerun it to resume")
+    listed = {s.name for s in manifest.shards}
+    for name in parts.list_names(dest):
+        if name.startswith("part-") and name.endswith(".parquet") and name not in listed:
+            problems.append(f"{name}: in DEST but not in the manifest")
+    if manifest.status == "complete" and len(manifest.shards) != manifest.planned_shards:
+        problems.append(f"manifest lists {len(manifest.shards)} shards of {manifest.planned_shards} planned")
+
+    chunked = manifest.long_text == "chunk"
+    vectors = {} if "token_embeddings" in manifest.columns else (
+        manifest.embedding_columns or {"embedding": manifest.model.dimension})
+    found = [k for s in manifest.shards
+             if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, problems, chunked))
+             is not None]
+    embedded = sum(len(k) for k in found)
+    keys = pl.concat(found) if found else pl.DataFrame(schema={"id": pl.String} | (
+        {"chunk_index": pl.Int32} if chunked else {}))
+    part_ids = keys["id"].unique(maintain_order=True)
+    if chunked:
+        dup = keys.filter(keys.is_duplicated())
+        if len(dup):
+            problems.append(f"{len(dup)} (id, chunk_index) pairs occur more than once, e.g. {dup.head(5).rows()}")
+    if manifest.aggregate and manifest.aggregate != "none":
+        _check_documents(dest, manifest, vectors, part_ids, problems)
+
+    rejected: list[pl.Series] = []
+    rejects_uri = storage.join(dest, REJECTS_NAME)
+    if manifest.rejects:
+        if storage.exists(rejects_uri):
+            rejected.append(_keys(rejects_uri, False)["id"])
+        else:
+            problems.append(f"{REJECTS_NAME}: listed in the manifest but missing")
+    elif storage.exists(rejects_uri):
+        problems.append(f"{REJECTS_NAME}: in DEST but not in the manifest")
+    if manifest.totals is not None:
+        if manifest.totals.rows != embedded:
+            problems.append(f"totals.rows is {manifest.totals.rows} but the parts hold {embedded} rows")
+        n_rejected = sum(len(i) for i in rejected)
+        if manifest.rejects and manifest.totals.skipped != n_rejected:
+            problems.append(f"totals.skipped is {manifest.totals.skipped} but {REJECTS_NAME} holds {n_rejected} rows")
+
+    all_ids = pl.concat([part_ids if chunked else keys["id"], *rejected])
+    dup = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)
+    if len(dup):
+        problems.append(f"{len(dup)} ids occur more than once across parts and rejects, e.g. {dup.head(5).to_list()}")
+
+    if source is not None:
+        scans = sources.scan_source(
+            source, id_column=manifest.id_column, text_column=manifest.text_column, keep=manifest.keep
+        )
+        want = pl.concat([s.ids.cast(pl.String) for s in scans])
+        missing = want.filter(~want.is_in(all_ids.implode()))
+        extra = all_ids.filter(~all_ids.is_in(want.implode()))
+        if len(missing):
+            problems.append(f"{len(missing)} source ids are in no part and not in rejects, e.g. {missing.head(5).to_list()}")
+        if len(extra):
+            problems.append(f"{len(extra)} ids in DEST are not in SOURCE, e.g. {extra.head(5).to_list()}")
+    return problems
+
+
+def _check_documents(
+    dest: str, manifest: Manifest, vectors: dict[str, int], part_ids: pl.Series, problems: list[str]
+) -> None:
+    """documents/ (`--aggregate`): every listed part intact, each id of the chunk parts exactly once."""
+    listed = {d.name for d in manifest.documents}
+    for name in parts.list_names(storage.join(dest, DOCUMENTS_DIR)):
+        if name.startswith("part-") and name.endswith(".parquet") and f"{DOCUMENTS_DIR}/{name}" not in listed:
+            problems.append(f"{DOCUMENTS_DIR}/{name}: in DEST but not in the manifest")
+    if manifest.status == "complete" and len(manifest.documents) != len(manifest.shards):
+        problems.append(f"manifest lists {len(manifest.documents)} document parts for {len(manifest.shards)} shards")
+    found = [k for d in manifest.documents
+             if (k := _check_part(dest, d.name, d.sha256, d.rows, manifest.document_columns, vectors, problems))
+             is not None]
+    ids = pl.concat([k["id"] for k in found]) if found else pl.Series("id", [], pl.String)
+    if len(ids) != len(part_ids) or not ids.sort().equals(part_ids.sort()):
+        problems.append(f"{DOCUMENTS_DIR}/ holds {len(ids)} rows for {len(part_ids)} ids of the chunk parts; "
+                        "each id must have exactly one")

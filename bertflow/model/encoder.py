@@ -1,0 +1,387 @@
+"""The embedding engine: texts -> token ids -> forward passes -> pooled float32 vectors.
+
+No Prefect and no storage here: the tasks in `embed.py` wrap this.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bertflow.text.batching import pad_batch, token_budget_batches
+from bertflow.text.chunking import window_bounds
+from bertflow.config import Precision
+from bertflow.errors import InputError
+from bertflow.model.fused import fused_encoder
+from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
+
+# Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
+# activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
+# core; at 8k every elementwise pass goes to DRAM (-20 to -30% on a 2-core EPYC, fp32). On a GPU
+# batches are limited by memory, not cache.
+DEFAULT_BATCH_TOKENS = {"cpu": 1024, "mps": 16384, "cuda": 65536}
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Token ids per row, as fed to the model (after truncation, with special tokens)."""
+
+    ids: list[list[int]]
+    n_tokens: np.ndarray  # (N,) int32
+    truncated: np.ndarray  # (N,) bool
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Token windows of long texts (`--long-text chunk`): one row per window, each wrapped in special tokens."""
+
+    tok: Tokenized  # the windows as fed to the model
+    doc: np.ndarray  # (C,) int64: the text each window comes from
+    chunk_index: np.ndarray  # (C,) int32: position of the window within its text
+    char_start: np.ndarray  # (C,) int64: offsets into the original text
+    char_end: np.ndarray  # (C,) int64
+
+
+@dataclass(frozen=True)
+class TokenText:
+    """Tokenized texts with what token-level output (`--pooling none`) writes beside each vector."""
+
+    tok: Tokenized
+    tokens: list[list[str]]  # token strings, special tokens included
+    offsets: list[list[tuple[int, int]]]  # char spans in the original text ((0, 0) for special tokens)
+    special: list[list[bool]]
+
+
+# Attention kernels on CUDA: all of PyTorch's but cuDNN's, which builds an execution plan for each new
+# (batch, length) shape. Token-budget batches of each night's texts are nearly all new shapes: on an
+# H100, fp16/bf16 ran 3x slower with it (0.08-0.12 s against 0.03-0.04 s per 500 fresh docstrings).
+_CUDA_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+# Strategies that average or take the max over tokens: `exclude_special` leaves [CLS]/[SEP] out of them.
+_CONTENT_POOLINGS = frozenset({"mean", "max", "mean_max", "mean_sqrt_len", "first_last_avg"})
+
+
+class Encoder:
+    """A loaded model plus how to feed it: device, precision, length limit, batch budget."""
+
+    def __init__(
+        self,
+        tokenizer,
+        model: torch.nn.Module,
+        *,
+        device: str,
+        precision: Precision,
+        max_length: int,
+        batch_tokens: int | None = None,
+        head: torch.nn.Module | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        """
+        Args:
+            fused: on CPU, run BERT-family models through `fused.FusedEncoder` (None: whenever it
+                supports the model and agrees with transformers' forward; False: never).
+        """
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 8192)
+        self.head = head.to(device) if head is not None else None  # trained head of pooling mean_lstm
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+        # A private copy: truncation settings must not leak into the shared tokenizer.
+        self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self._fused = None
+        if device == "cpu":
+            use_cpu_threads()
+            if fused is not False and precision in ("fp32", "bf16"):
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+                self._fused = fused_encoder(model, dtype, self.uses_token_types)
+            if fused and self._fused is None:
+                raise ValueError(f"no fused CPU forward for this model ({type(model).__name__}, {precision})")
+
+    def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length."""
+        encodings = self._tokenizer.encode_batch_fast(list(texts))
+        ids = [e.ids for e in encodings]
+        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        return Tokenized(ids, n_tokens, truncated)
+
+    def tokenize_tokens(self, texts: Sequence[str]) -> TokenText:
+        """Like `tokenize`, keeping each token's string, char span and whether it is special."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = [e.ids for e in encodings]
+        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
+        return TokenText(Tokenized(ids, n_tokens, truncated), [e.tokens for e in encodings],
+                         [e.offsets for e in encodings], [[bool(m) for m in e.special_tokens_mask] for e in encodings])
+
+    def token_states(
+        self,
+        tok: Tokenized,
+        *,
+        layers: Sequence[int] = (-1,),
+        layer_mode: LayerMode = "mean",
+        normalize_output: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
+        """Every token's vector, (T_i, H) float32 per row in input order, padding dropped.
+
+        Batched, streamed and split on out-of-memory like `embed`.
+        """
+        out: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(tok.ids)
+        forward = functools.partial(self._states, layers=layers, mode=layer_mode, normalize_output=normalize_output)
+        run = functools.partial(self._split_on_oom, forward, join=lambda halves: [*halves[0], *halves[1]])
+        for batch, rows in self._run_batches(tok, False, run):
+            for i, h in zip(batch, rows):
+                out[i] = h  # (T_i, H)
+            if on_rows is not None:
+                on_rows(len(batch))
+        return out
+
+    def tokenize_chunks(self, texts: Sequence[str], chunk_tokens: int, stride: int) -> Chunks:
+        """Cut each text on token boundaries into windows of `chunk_tokens` (special tokens included)
+        sharing `stride` tokens; nothing is truncated, however long the text."""
+        whole = Tokenizer.from_str(self._tokenizer.to_str())  # no truncation: every token of the text
+        whole.no_truncation()
+        probe = self._tokenizer.encode("a")  # the model's wrapping, e.g. [CLS] ... [SEP]
+        real = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1:]
+        content = chunk_tokens - len(prefix) - len(suffix)
+        if content <= stride:
+            raise InputError(
+                f"--chunk-tokens {chunk_tokens} leaves {content} text tokens per window besides the model's "
+                f"{len(prefix) + len(suffix)} special tokens, not more than --stride {stride}; raise --chunk-tokens"
+            )
+        ids: list[list[int]] = []
+        doc, index, start, end = [], [], [], []
+        for d, enc in enumerate(whole.encode_batch(list(texts), add_special_tokens=False)):
+            offsets = enc.offsets
+            for k, (s, e) in enumerate(window_bounds(len(enc.ids), content, stride)):
+                ids.append(prefix + enc.ids[s:e] + suffix)
+                doc.append(d)
+                index.append(k)
+                start.append(offsets[s][0] if e > s else 0)
+                end.append(offsets[e - 1][1] if e > s else 0)
+        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        tok = Tokenized(ids, n_tokens, np.zeros(len(ids), dtype=bool))
+        return Chunks(tok, np.array(doc, dtype=np.int64), np.array(index, dtype=np.int32),
+                      np.array(start, dtype=np.int64), np.array(end, dtype=np.int64))
+
+    def embed(
+        self,
+        tok: Tokenized,
+        *,
+        pooling: Pooling,
+        layers: Sequence[int] = (-1,),
+        layer_mode: LayerMode = "mean",
+        normalize_output: bool = False,
+        on_rows: Callable[[int], None] | None = None,
+        exclude_special: bool = False,
+    ) -> np.ndarray:
+        """Pooled vectors (N, D) float32 in input order, batched by padded-token budget.
+
+        Args:
+            pooling: one strategy, or several pooled from the same forward pass and concatenated in order.
+            exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
+        """
+        out: np.ndarray | None = None
+        forward = functools.partial(self._forward, pooling=pooling, layers=layers, mode=layer_mode)
+        run = functools.partial(self._split_on_oom, forward, join=torch.cat)
+        for batch, pooled in self._run_batches(tok, exclude_special, run):  # (B, D) each
+            if normalize_output:
+                pooled = normalize(pooled)
+            if out is None:
+                out = np.empty((len(tok.ids), pooled.shape[1]), dtype=np.float32)
+            out[batch] = pooled.numpy()
+            if on_rows is not None:
+                on_rows(len(batch))
+        if out is None:
+            return np.empty((0, 0), dtype=np.float32)
+        return out
+
+    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch's (ids, mask) on the host, in pinned memory for a GPU's asynchronous copy."""
+        ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
+        if exclude_special:  # a third mask value: real but special, read by _forward
+            mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        if self.device == "cuda":
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        return ids_t, mask_t
+
+    def _run_batches(
+        self, tok: Tokenized, exclude_special: bool, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(row indices, run(ids, mask)) per token-budget batch, in batch order.
+
+        On a GPU one stream: a thread pads (and pins) the next batch while the model runs this one.
+        On CPU one single-threaded stream per core, each taking the next batch when it is done:
+        no core ever waits for another inside an op, which on 2-4 cores beats splitting every op
+        across them (up to 3x in bf16 when the machine is shared; see benchmarks/throughput.py).
+        """
+        batches = token_budget_batches(tok.n_tokens, self.batch_tokens)
+        streams = min(torch.get_num_threads(), len(batches)) if self.device == "cpu" else 1
+        if streams <= 1:
+            with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
+                ahead = deque(pool.submit(self._padded, tok, b, exclude_special) for b in batches[:2])
+                for k, batch in enumerate(batches):
+                    ids, mask = ahead.popleft().result()
+                    if k + 2 < len(batches):
+                        ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude_special))
+                    yield batch, run(ids, mask)
+            return
+
+        def work(batch: np.ndarray) -> torch.Tensor:
+            return run(*self._padded(tok, batch, exclude_special))
+
+        threads = torch.get_num_threads()
+        pool = ThreadPoolExecutor(streams, thread_name_prefix="bertflow-stream",
+                                  initializer=torch.set_num_threads, initargs=(1,))
+        try:
+            todo = iter(batches)
+            running = deque((b, pool.submit(work, b)) for b in itertools.islice(todo, 2 * streams))
+            while running:
+                batch, result = running.popleft()
+                for b in itertools.islice(todo, 1):
+                    running.append((b, pool.submit(work, b)))
+                yield batch, result.result()
+        finally:
+            pool.shutdown(cancel_futures=True)
+            torch.set_num_threads(threads)  # the streams set the process-wide count to 1
+
+    def _split_on_oom(self, forward: Callable, ids: torch.Tensor, mask: torch.Tensor, *, join: Callable):
+        """forward(ids, mask) for one batch; on device out-of-memory, each half alone, joined.
+
+        Halves are split again as needed; a single row that does not fit is raised, for the
+        task's retry. Each half drops the padding it no longer needs.
+        """
+        try:
+            return forward(ids, mask)
+        except torch.OutOfMemoryError:
+            if len(ids) == 1:
+                raise
+        # Retry outside the `except` block: while it runs, the error's traceback keeps the failed
+        # pass's frames, and with them its activations, alive on the device, so every half would
+        # run out of memory too (seen on an H100: the split went down to one row and failed).
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        half = len(ids) // 2
+        parts = []
+        for sl in (slice(0, half), slice(half, None)):
+            width = int((mask[sl] > 0).sum(1).max())
+            parts.append(self._split_on_oom(forward, ids[sl, :width], mask[sl, :width], join=join))
+        return join(parts)
+
+    def _hidden_states(self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool) -> tuple[torch.Tensor, ...]:
+        """(embeddings, layer 1, ..., last layer) if `need_all`, else (last layer,); each (B, T, H)."""
+        types = torch.zeros_like(input_ids) if self.uses_token_types else None
+        if self._fused is not None:
+            return self._fused(input_ids, attention, types, all_layers=need_all)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention}
+        if types is not None:
+            kwargs["token_type_ids"] = types
+        if self.device == "cuda":
+            kernels = sdpa_kernel(_CUDA_ATTENTION)
+        elif self.device == "cpu" and self.precision == "bf16":
+            kernels = torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            kernels = nullcontext()
+        with kernels:
+            out = self.model(**kwargs, output_hidden_states=need_all)
+        return tuple(out.hidden_states) if need_all else (out.last_hidden_state,)
+
+    def _to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+        if self.device == "cuda":  # from pinned memory the copy overlaps the GPU's work
+            return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _states(
+        self, ids: torch.Tensor, mask: torch.Tensor, layers: Sequence[int], mode: LayerMode, normalize_output: bool
+    ) -> list[np.ndarray]:
+        """Token vectors of one batch, (T_i, H) float32 per row, padding dropped."""
+        input_ids, attention = self._to_device(ids), self._to_device(mask)
+        need_all = tuple(layers) != (-1,)
+        with torch.inference_mode():
+            states = self._hidden_states(input_ids, attention, need_all)
+            h = combine_layers(states, layers, mode) if need_all else states[-1]
+            h = h.float()  # (B, T, H)
+            if normalize_output:
+                h = normalize(h)
+            h = h.cpu().numpy()
+        return [h[row, :n] for row, n in enumerate((mask > 0).sum(1).tolist())]
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
+    ) -> torch.Tensor:
+        input_ids, marked = self._to_device(ids), self._to_device(mask)
+        attention = (marked > 0).to(marked.dtype)  # (B, T) real tokens
+        content = (marked == 1).to(marked.dtype)  # (B, T) real tokens minus special ones under exclude_special
+        poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+        need_all = tuple(layers) != (-1,) or "first_last_avg" in poolings
+        with torch.inference_mode():
+            states = self._hidden_states(input_ids, attention, need_all)
+            pooled = []
+            for p in poolings:
+                if p == "first_last_avg":  # a layer choice of its own; --layers does not apply
+                    h = first_last_layers(states).float()  # (B, T, H)
+                elif need_all:
+                    h = combine_layers(states, layers, mode).float()  # (B, T, H')
+                else:
+                    h = states[-1].float()  # (B, T, H)
+                m = content if p in _CONTENT_POOLINGS else attention
+                pooled.append(pool(h, m, p, head=self.head))  # (B, D_p)
+        return torch.cat(pooled, dim=-1).float().cpu()  # (B, sum D_p)
+
+
+def cpu_threads() -> int:
+    """Physical cores this process may use: its CPU affinity, one per core, within a cgroup quota."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:  # hyperthreads of one core share its FMA units: count the core once
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f:
+                core = f.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as f:
+                cores.add((f.read().strip(), core))
+        except OSError:
+            cores.add(("", str(cpu)))
+    n = len(cores)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(n, 1)
+
+
+def use_cpu_threads() -> None:
+    """One torch thread per physical core given to this process (unless OMP_NUM_THREADS says otherwise).
+
+    More threads than cores makes OpenMP workers wait on each other at every op; torch's own
+    default counts every CPU of the machine, not the ones a container or `taskset` grants.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    n = cpu_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -1,0 +1,171 @@
+"""Fitted transforms of a run: trained pooling heads (`--pooler`) and reductions (`--reduction`).
+
+Both are directories (local or `s3://`) holding safetensors weights and a JSON config; storage
+only through `storage`. No Prefect. Loads are cached per process by (URI, sha256), so a shard
+never reuses a file that changed under it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from bertflow.io import storage
+from bertflow.config import ResolvedConfig
+from bertflow.errors import InputError
+from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes
+from bertflow.model.pooling import normalize
+from bertflow.model.reduction import Reduction, ReductionConfig, reduction_from_bytes
+
+POOLER_WEIGHTS, POOLER_CONFIG, POOLER_REPORT = "pooler.safetensors", "pooler.json", "report.json"
+REDUCTION_WEIGHTS, REDUCTION_CONFIG = "reduction.safetensors", "reduction.json"
+# The embedding settings a reduction's input space depends on, with the flag that sets each.
+REDUCTION_INPUT = {"model_sha256": "--model", "pooling": "--pooling", "pooler_sha256": "--pooler",
+                   "layers": "--layers", "layer_mode": "--layer-mode", "normalize": "--normalize/--no-normalize"}
+
+
+def _read(directory: str, name: str, flag: str, maker: str) -> bytes:
+    uri = storage.join(directory, name)
+    if not storage.exists(uri):
+        raise InputError(f"{flag} {directory}: no {name} there; give a directory written by `bertflow {maker}`")
+    return storage.read_bytes(uri)
+
+
+def read_head_config(pooler: str) -> tuple[HeadConfig, str]:
+    """The head's config and the sha256 of its weights."""
+    raw = _read(pooler, POOLER_CONFIG, "--pooler", "train-pooler")
+    try:
+        config = HeadConfig.model_validate_json(raw)
+    except ValidationError:
+        raise InputError(f"--pooler {pooler}: {POOLER_CONFIG} is not a bertflow pooling head; retrain it") from None
+    weights = storage.join(pooler, POOLER_WEIGHTS)
+    if not storage.exists(weights):
+        raise InputError(f"--pooler {pooler}: no {POOLER_WEIGHTS} there; retrain it with `bertflow train-pooler`")
+    return config, storage.sha256(weights)
+
+
+def read_reduction_config(reduction: str) -> tuple[ReductionConfig, str]:
+    """The reduction's config and the sha256 of its arrays."""
+    raw = _read(reduction, REDUCTION_CONFIG, "--reduction", "fit-reduction")
+    try:
+        config = ReductionConfig.model_validate_json(raw)
+    except ValidationError:
+        raise InputError(f"--reduction {reduction}: {REDUCTION_CONFIG} is not a bertflow reduction; refit it") from None
+    weights = storage.join(reduction, REDUCTION_WEIGHTS)
+    if not storage.exists(weights):
+        raise InputError(f"--reduction {reduction}: no {REDUCTION_WEIGHTS} there; refit it with `bertflow fit-reduction`")
+    return config, storage.sha256(weights)
+
+
+def _weights(directory: str, name: str, sha256: str, flag: str) -> bytes:
+    data = storage.read_bytes(storage.join(directory, name))
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(f"{flag} {directory}: {name} changed since this run started; rerun the command")
+    return data
+
+
+@functools.cache
+def load_head(pooler: str, sha256: str) -> LstmHead:
+    config, _ = read_head_config(pooler)
+    try:
+        return head_from_bytes(_weights(pooler, POOLER_WEIGHTS, sha256, "--pooler"), config)
+    except ValueError as e:
+        raise InputError(f"--pooler {pooler}: {e}; retrain it") from None
+
+
+@functools.cache
+def load_reduction(reduction: str, sha256: str) -> Reduction:
+    config, _ = read_reduction_config(reduction)
+    try:
+        return reduction_from_bytes(_weights(reduction, REDUCTION_WEIGHTS, sha256, "--reduction"), config)
+    except ValueError as e:
+        raise InputError(f"--reduction {reduction}: {e}; refit it") from None
+
+
+def _check_head(head: HeadConfig, config: ResolvedConfig, pooler: str) -> None:
+    if head.model_sha256 != config.model_sha256:
+        raise InputError(
+            f"--pooler {pooler} was trained on the encoder {head.model} (weights sha256 {head.model_sha256[:12]}), "
+            f"not on {config.model} (sha256 {config.model_sha256[:12]}): embed with --model {head.model}, "
+            "or train a head for this model with `bertflow train-pooler`"
+        )
+    if tuple(head.layers) != tuple(config.layers) or (len(head.layers) > 1 and head.layer_mode != config.layer_mode):
+        raise InputError(
+            f"--pooler {pooler} was trained on layers {','.join(map(str, head.layers))} ({head.layer_mode}): "
+            f"pass --layers={','.join(map(str, head.layers))} --layer-mode {head.layer_mode}"
+        )
+    if head.max_length != config.max_length:
+        raise InputError(
+            f"--pooler {pooler} was trained with texts cut at {head.max_length} tokens, this run cuts at "
+            f"{config.max_length}: pass --max-length {head.max_length}"
+        )
+    if head.input_size != config.dimension:
+        raise InputError(f"--pooler {pooler} expects {head.input_size}-wide token states, this run gives "
+                         f"{config.dimension}; retrain it for these settings")
+
+
+def _check_reduction(red: ReductionConfig, config: ResolvedConfig, reduction: str) -> None:
+    now = config.output_fingerprint()
+    for key, flag in REDUCTION_INPUT.items():
+        if red.input.get(key) != now.get(key):
+            raise InputError(
+                f"--reduction {reduction} was fitted on {red.source}, embedded with {key} {red.input.get(key)!r} "
+                f"(model {red.model}), this run has {now.get(key)!r}: embed with the same {flag}, or fit a "
+                "reduction on output of these settings"
+            )
+    if red.input_dim != config.dimension:
+        raise InputError(f"--reduction {reduction} expects {red.input_dim}-dimensional vectors, this run "
+                         f"makes {config.dimension}; refit it")
+
+
+def attach(config: ResolvedConfig, pooler: str | None, reduction: str | None) -> ResolvedConfig:
+    """Check the head and the reduction against the run's settings; record them and the final dimension."""
+    if pooler:
+        pooler = storage.canonical(pooler)  # recorded in the manifest: absolute, usable from anywhere
+        head, sha = read_head_config(pooler)
+        _check_head(head, config, pooler)
+        config = config.model_copy(update={"pooler": pooler, "pooler_sha256": sha,
+                                           "dimension": config.dimension + head.output_size})
+    if reduction:
+        reduction = storage.canonical(reduction)
+        red, sha = read_reduction_config(reduction)
+        _check_reduction(red, config, reduction)
+        config = config.model_copy(update={"reduction": reduction, "reduction_sha256": sha, "dimension": red.dim})
+    return config
+
+
+def head_for(config: ResolvedConfig) -> LstmHead | None:
+    """The run's trained pooling head, if it pools with one."""
+    return load_head(config.pooler, config.pooler_sha256) if config.pooler else None
+
+
+def reduce_vectors(config: ResolvedConfig, vectors: np.ndarray) -> np.ndarray:
+    """Apply the run's reduction, if any, to pooled (and, when normalizing, unit) vectors; normalize again.
+
+    The reduction sees the vectors exactly as the DEST it was fitted on stores them, so with
+    normalization on it gets unit vectors; the reduced vectors are then L2-normalized again.
+    """
+    if not config.reduction:
+        return vectors
+    red = load_reduction(config.reduction, config.reduction_sha256)
+    if len(vectors) == 0:
+        return np.empty((0, red.components.shape[1]), dtype=np.float32)
+    out = red.apply(vectors)  # (N, K)
+    return normalize(torch.from_numpy(out)).numpy() if config.normalize else out
+
+
+def save_head(out: str, weights: bytes, meta: bytes, report: bytes) -> None:
+    """Write a head's weights and report, then its config last (storage): see `lstm_head.head_to_bytes`."""
+    storage.write_atomic(storage.join(out, POOLER_WEIGHTS), weights)
+    storage.write_atomic(storage.join(out, POOLER_REPORT), report)
+    storage.write_atomic(storage.join(out, POOLER_CONFIG), meta)
+
+
+def save_reduction(out: str, weights: bytes, meta: bytes) -> None:
+    """Write a reduction's arrays, then its config last (storage): see `reduction.reduction_to_bytes`."""
+    storage.write_atomic(storage.join(out, REDUCTION_WEIGHTS), weights)
+    storage.write_atomic(storage.join(out, REDUCTION_CONFIG), meta)

@@ -1,0 +1,145 @@
+"""`bertflow search`: embed a query exactly as DEST's vectors were made, then scan DEST's parts.
+
+An interactive look-up, so no flow. Storage only through `storage`; parts are read one at a
+time and only the best k rows of each are kept, so memory follows the largest part, not DEST.
+Scores are cosine similarities (the dot product when DEST is normalized).
+
+A chunked DEST (`--long-text chunk`) is searched window by window: each hit names its chunk and
+character span. A DEST with several vector columns (`--pooling mean,cls`) is searched in one of
+them (`--column`, by default the first). Token-level DESTs (`--pooling none`) are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bertflow.io import parts, storage
+from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig
+from bertflow.errors import InputError
+from bertflow.io.manifest import Manifest
+
+SNIPPET_CHARS = 160
+# The recorded settings a query must be embedded with, as the manifest's fingerprint names them.
+QUERY_SETTINGS = ("model_sha256", "pooling", "layers", "layer_mode", "normalize", "max_length", "pooler_sha256",
+                  "reduction_sha256", "exclude_special")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int | str
+    score: float
+    snippet: str | None
+    chunk: tuple[int, int, int] | None = None  # chunked DESTs: (chunk_index, char_start, char_end)
+
+
+def read_searchable(dest: str) -> Manifest:
+    return parts.read_pooled(dest, "search")
+
+
+def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
+    """The column to search and where its block lies in the query's vector (several poolings are
+    embedded together, in the manifest's column order)."""
+    columns = manifest.embedding_columns or {"embedding": manifest.model.dimension}
+    names, widths = list(columns), list(columns.values())
+    name = column or names[0]
+    if name not in columns:
+        raise InputError(f"--column {name}: DEST's vector columns are {', '.join(names)}")
+    start = sum(widths[: names.index(name)])
+    return name, slice(start, start + columns[name])
+
+
+def query_config(manifest: Manifest) -> ResolvedConfig:
+    """The run's settings as DEST's manifest records them; the model must still have the same weights."""
+    import torch
+
+    from bertflow.model.loading import resolve_config
+
+    # The resolved path first (a relative --model may not resolve from here), else the name.
+    model = manifest.model.path if Path(manifest.model.path).is_dir() else manifest.model.name
+    precision = manifest.precision if manifest.precision != "fp16" or torch.cuda.is_available() else "fp32"
+    resolved = resolve_config(EmbedConfig(
+        model=model, pooling=manifest.pooling, layers=tuple(manifest.layers), layer_mode=manifest.layer_mode,
+        normalize=manifest.normalize, max_length=manifest.model.max_length, precision=precision,
+        exclude_special=manifest.exclude_special,
+        pooler=manifest.pooler.uri if manifest.pooler else None,
+        reduction=manifest.reduction.uri if manifest.reduction else None,
+    ))
+    now = resolved.output_fingerprint()
+    for key in QUERY_SETTINGS:
+        if manifest.fingerprint.get(key) != now.get(key):
+            raise InputError(
+                f"DEST was embedded with {key} {manifest.fingerprint.get(key)!r}, but {manifest.model.name} "
+                f"gives {now.get(key)!r} here; search needs the model, head and reduction that made DEST"
+            )
+    return resolved
+
+
+def embed_query(query: str, config: ResolvedConfig) -> np.ndarray:
+    """The query's vector (D,), through the very tasks that embedded DEST's rows."""
+    from bertflow.tasks.embed import embed_tokens, tokenize_texts
+
+    return embed_tokens.fn(tokenize_texts.fn([query], config), config)[0]
+
+
+def _snippet_column(manifest: Manifest, dest: str) -> str | None:
+    """The first kept column holding strings, whose text the results show."""
+    if not manifest.keep or not manifest.shards:
+        return None
+    uri = storage.join(dest, manifest.shards[0].name)
+    with storage.translated(uri), storage.open_input(uri) as src:
+        schema = pl.read_parquet_schema(src)
+    return next((c for c in manifest.keep if schema.get(c) == pl.String), None)
+
+
+def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)  # (N,)
+    return np.divide(vectors @ query, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
+
+
+def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding") -> list[Hit]:
+    """The k rows of DEST nearest the query in column `vectors`, best first (ties keep DEST's order)."""
+    column = _snippet_column(manifest, dest)
+    chunked = manifest.long_text == "chunk"
+    extra = [*(CHUNK_COLUMNS if chunked else ()), *([column] if column else [])]
+    scores, rows = np.empty(0, np.float32), []  # rows: (id, snippet, chunk) of each score
+    for shard in manifest.shards:
+        uri = storage.join(dest, shard.name)
+        with storage.translated(uri), storage.open_input(uri) as src:
+            frame = pl.read_parquet(src, columns=["id", vectors, *extra])
+        if frame.is_empty():
+            continue
+        part = _cosine(frame[vectors].to_numpy(), query)  # (N,)
+        top = np.sort(np.argpartition(-part, min(k, len(part)) - 1)[:k])  # this part's best k, in row order
+        best = frame[top]
+        snippets = best[column].to_list() if column else [None] * len(best)
+        chunks = list(best.select(CHUNK_COLUMNS).iter_rows()) if chunked else [None] * len(best)
+        scores = np.concatenate([scores, part[top]])
+        rows += zip(best["id"].to_list(), snippets, chunks)
+        keep = np.argsort(-scores, kind="stable")[:k]
+        scores, rows = scores[keep], [rows[i] for i in keep]
+    return [Hit(i, float(s), _short(t), c) for s, (i, t, c) in zip(scores, rows)]
+
+
+def _short(text: str | None) -> str | None:
+    if text is None:
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
+
+
+def search(dest: str, query: str, k: int = 10, column: str | None = None) -> list[Hit]:
+    """Top-k rows of DEST for the query text, embedded with DEST's recorded settings.
+
+    Args:
+        column: the vector column of a DEST with several (`--pooling mean,cls`); default the first.
+    """
+    if k < 1:
+        raise InputError(f"-k {k}: ask for at least one result")
+    manifest = read_searchable(dest)
+    name, block = vector_column(manifest, column)
+    config = query_config(manifest)
+    return scan(dest, manifest, embed_query(query, config)[block], k, name)
