@@ -27,13 +27,20 @@ from pathlib import Path
 # Eight packages from different corners of Python, some close to each other on purpose
 # (numpy/scipy/sympy, torch/transformers), so the task is not trivial.
 PACKAGES = {  # import name -> distribution name
-    "numpy": "numpy", "scipy": "scipy", "sympy": "sympy", "networkx": "networkx",
-    "sqlalchemy": "SQLAlchemy", "torch": "torch", "transformers": "transformers", "prefect": "prefect",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "sympy": "sympy",
+    "networkx": "networkx",
+    "sqlalchemy": "SQLAlchemy",
+    "torch": "torch",
+    "transformers": "transformers",
+    "prefect": "prefect",
 }
 SKIP_DIRS = {"tests", "test", "testing", "_vendor", "vendor", "externals", "_vendored", "benchmarks"}
 SECTION = re.compile(
     r"^\s*(>>>|\.\. |(Parameters|Params|Args|Arguments|Returns?|Yields?|Raises|Examples?|Example usage|Notes?|"
-    r"See Also|References|Attributes|Keyword Args|Warnings?)\s*:?\s*$)", re.IGNORECASE,
+    r"See Also|References|Attributes|Keyword Args|Warnings?)\s*:?\s*$)",
+    re.IGNORECASE,
 )
 MIN_CHARS = 40
 MAX_CHARS = 1200
@@ -109,7 +116,8 @@ def build(per_class: int, seed: int = 0) -> tuple[list[dict], dict]:
         "rows": len(out),
         "per_package": {p: sum(r["package"] == p for r in out) for p in PACKAGES},
         "versions": {p: importlib.metadata.version(d) for p, d in PACKAGES.items()},
-        "per_class": per_class, "seed": seed,
+        "per_class": per_class,
+        "seed": seed,
     }
     return out, meta
 

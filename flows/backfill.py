@@ -13,8 +13,13 @@ quiet_expected_errors()
 
 @flow(name="backfill", flow_run_name="backfill-{deployment}-{start}-to-{end}", persist_result=False)
 def backfill(
-    start: str, end: str, deployment: str = "embed-nightly", every: str = "1d", max_in_flight: int = 4,
-    overwrite: bool = False, dry_run: bool = False,
+    start: str,
+    end: str,
+    deployment: str = "embed-nightly",
+    every: str = "1d",
+    max_in_flight: int = 4,
+    overwrite: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, str]:
     """One run of DEPLOYMENT per day from START to END (YYYY-MM-DD), skipping days already complete.
 
@@ -39,8 +44,14 @@ def _backfill(
     logger = get_run_logger()
     plan = plan_backfill(deployment, start, end, every, overwrite)
     for day in plan.days:
-        logger.info("%s: %s (%s) %s -> %s", day.partition, "will run" if day.action == "run" else "skip",
-                    day.why, day.source, day.dest)
+        logger.info(
+            "%s: %s (%s) %s -> %s",
+            day.partition,
+            "will run" if day.action == "run" else "skip",
+            day.why,
+            day.source,
+            day.dest,
+        )
     if dry_run or not plan.to_run:
         return {d.partition: d.why for d in plan.days}
     progress.start(len(plan.to_run), 0)

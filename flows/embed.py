@@ -11,18 +11,23 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
+from bertflow import partitions
+from bertflow.config import EmbedConfig
+from bertflow.errors import BertflowError
 from bertflow.flows.shard import embed_shard
 from bertflow.io import parts
-from bertflow import partitions
+from bertflow.io.manifest import Manifest
 from bertflow.tasks.artifacts import RunReport, one_line, quiet_expected_errors, run_tags, tag_this_run
-from bertflow.config import EmbedConfig
 from bertflow.tasks.embed import (
-    fingerprints, finalize_dest, plan_source, prepare_dest, resolve_embed_config, storage_from_block,
+    finalize_dest,
+    fingerprints,
+    plan_source,
+    prepare_dest,
+    resolve_embed_config,
+    storage_from_block,
 )
-from bertflow.errors import BertflowError
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
-from bertflow.io.manifest import Manifest
 
 quiet_expected_errors()
 
@@ -44,8 +49,13 @@ def _run_name() -> str:
 
 @flow(name="embed-dataset", flow_run_name=_run_name, persist_result=False)
 def embed_dataset(
-    source: str, dest: str, config: EmbedConfig = EmbedConfig(), overwrite: bool = False,
-    pool: str | None = None, partition: str | None = None, lag_days: int = 1,
+    source: str,
+    dest: str,
+    config: EmbedConfig = EmbedConfig(),
+    overwrite: bool = False,
+    pool: str | None = None,
+    partition: str | None = None,
+    lag_days: int = 1,
 ) -> Manifest:
     """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume.
 
@@ -77,7 +87,9 @@ def embed_dataset(
                 collected = parts.complete_parts(dest, pending, prints, documents=resolved.aggregate != "none")
                 for s in pending:
                     if s.name not in collected and s.name not in failed:
-                        failed[s.name] = f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
+                        failed[s.name] = (
+                            f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
+                        )
                 results += [r.model_copy(update={"resumed": False}) for r in collected.values()]
                 if failed:
                     report.unfinished(results, len(failed), time.perf_counter() - started, resolved)

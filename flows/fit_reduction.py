@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bertflow.tasks.fit_reduction import accumulate_part, fit_transform, read_embedded
 from bertflow.model.reduction import Method, Moments, ReductionConfig
+from bertflow.tasks.fit_reduction import accumulate_part, fit_transform, read_embedded
 
 
 @flow(name="fit-reduction", persist_result=False)

@@ -10,15 +10,21 @@ from prefect import flow, get_run_logger
 from prefect.context import TagsContext
 from prefect.utilities.annotations import quote
 
-from bertflow.tasks.artifacts import quiet_expected_errors
 from bertflow.config import TOKEN_LEVEL, ResolvedConfig
+from bertflow.io.manifest import ShardResult, ShardSpec
+from bertflow.tasks.artifacts import quiet_expected_errors
 from bertflow.tasks.embed import (
-    chunk_texts, embed_token_states, embed_tokens, read_shard, storage_from_block, tokenize_texts, tokenize_tokens,
+    chunk_texts,
+    embed_token_states,
+    embed_tokens,
+    read_shard,
+    storage_from_block,
+    tokenize_texts,
+    tokenize_tokens,
     write_part,
 )
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot
-from bertflow.io.manifest import ShardResult, ShardSpec
 
 quiet_expected_errors()
 
@@ -27,8 +33,13 @@ quiet_expected_errors()
 SHARD_RETRIES = 2
 
 
-@flow(name="embed-shard", flow_run_name="shard-{spec.index}-of-{spec.count}", persist_result=False,
-      retries=SHARD_RETRIES, retry_delay_seconds=5)
+@flow(
+    name="embed-shard",
+    flow_run_name="shard-{spec.index}-of-{spec.count}",
+    persist_result=False,
+    retries=SHARD_RETRIES,
+    retry_delay_seconds=5,
+)
 def embed_shard(
     spec: ShardSpec, config: ResolvedConfig, dest: str, fingerprint: str, on_worker: bool = False
 ) -> ShardResult:
@@ -41,8 +52,12 @@ def embed_shard(
     started = time.perf_counter()
     if on_worker:
         get_run_logger().info(
-            "shard %d of %d on host %s, worker %s, pid %d", spec.index, spec.count, socket.gethostname(),
-            os.environ.get("PREFECT__WORKER_NAME", "-"), os.getpid(),
+            "shard %d of %d on host %s, worker %s, pid %d",
+            spec.index,
+            spec.count,
+            socket.gethostname(),
+            os.environ.get("PREFECT__WORKER_NAME", "-"),
+            os.getpid(),
         )
         config = localize_model(config)
     # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
@@ -66,9 +81,19 @@ def embed_shard(
                 tok = tokens.tok
             else:
                 tok = tokenize_texts(texts, config)
-            embeddings = (embed_token_states(quote(tok), config) if tokens is not None
-                          else embed_tokens(quote(tok), config))
+            embeddings = (
+                embed_token_states(quote(tok), config) if tokens is not None else embed_tokens(quote(tok), config)
+            )
             return write_part(
-                dest, spec, config, quote(frame), quote(tok), quote(embeddings), quote(rejects), fingerprint,
-                reading + time.perf_counter() - started, quote(chunks), quote(tokens),
+                dest,
+                spec,
+                config,
+                quote(frame),
+                quote(tok),
+                quote(embeddings),
+                quote(rejects),
+                fingerprint,
+                reading + time.perf_counter() - started,
+                quote(chunks),
+                quote(tokens),
             )

@@ -20,11 +20,10 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext
 
-from bertflow.io import parts, storage
-
 from bertflow import progress
 from bertflow.config import ResolvedConfig
 from bertflow.errors import BertflowError
+from bertflow.io import parts, storage
 from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
 from bertflow.partitions import stable_key
 
@@ -86,20 +85,32 @@ class RunReport:
         self.keys = artifact_keys(dest)
         self.logger = get_run_logger()
         self.total_rows = self.done_rows = 0
-        self.progress_id = create_progress_artifact(0.0, key=self.keys["progress"], description=f"Rows embedded into {dest}")
+        self.progress_id = create_progress_artifact(
+            0.0, key=self.keys["progress"], description=f"Rows embedded into {dest}"
+        )
 
     def planned(self, plan: Sequence[ShardSpec], done_rows: int) -> None:
         self.total_rows, self.done_rows = sum(s.rows for s in plan), done_rows
         self._update()
 
-    def shard_done(self, spec: ShardSpec, rows: int, tokens: int, seconds: float, truncated: int, rejected: int) -> None:
+    def shard_done(
+        self, spec: ShardSpec, rows: int, tokens: int, seconds: float, truncated: int, rejected: int
+    ) -> None:
         """One log line per shard: rows, tokens, seconds, throughput."""
         self.done_rows += spec.rows
         rate = max(seconds, 1e-9)
         self.logger.info(
             "shard %d of %d (%s): %d rows, %d tokens in %.1f s (%.0f docs/s, %.0f tokens/s)%s%s",
-            spec.index, spec.count, spec.name, rows, tokens, seconds, rows / rate, tokens / rate,
-            f", {truncated} truncated" if truncated else "", f", {rejected} rejected" if rejected else "",
+            spec.index,
+            spec.count,
+            spec.name,
+            rows,
+            tokens,
+            seconds,
+            rows / rate,
+            tokens / rate,
+            f", {truncated} truncated" if truncated else "",
+            f", {rejected} rejected" if rejected else "",
         )
         self._update()
 
@@ -121,11 +132,21 @@ class RunReport:
     def finished(self, manifest: Manifest) -> None:
         """Progress 100, the summary table and the manifest markdown."""
         update_progress_artifact(self.progress_id, 100.0)
-        row = summary_row(manifest.shards, 0, manifest.totals.seconds, manifest.model.name, manifest.pooling,
-                          manifest.precision, manifest.device)
+        row = summary_row(
+            manifest.shards,
+            0,
+            manifest.totals.seconds,
+            manifest.model.name,
+            manifest.pooling,
+            manifest.precision,
+            manifest.device,
+        )
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
-        create_markdown_artifact(_manifest_markdown(manifest, self.dest, row), key=self.keys["manifest"],
-                                 description=f"Manifest of {self.dest}")
+        create_markdown_artifact(
+            _manifest_markdown(manifest, self.dest, row),
+            key=self.keys["manifest"],
+            description=f"Manifest of {self.dest}",
+        )
 
     def unfinished(self, shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig) -> None:
         """The summary table of a run that ended with failed shards (no manifest yet)."""
@@ -138,24 +159,37 @@ class RunReport:
         create_markdown_artifact(
             f"# bertflow run failed\n\n**Why**: {reason}\n\n**Output**: `{self.dest}` is incomplete; parts already "
             "written are kept. Rerun with the same parameters to finish only what is missing.\n",
-            key=self.keys["manifest"], description=f"Manifest of {self.dest}",
+            key=self.keys["manifest"],
+            description=f"Manifest of {self.dest}",
         )
 
 
 def summary_row(
-    shards: Sequence[ShardResult], failed: int, seconds: float, model: str, pooling: str, precision: str,
+    shards: Sequence[ShardResult],
+    failed: int,
+    seconds: float,
+    model: str,
+    pooling: str,
+    precision: str,
     device: str | None,
 ) -> dict:
     """rows, skipped, shards done / resumed / failed, tokens, truncated, docs/s, tokens/s, seconds, settings."""
     fresh = [s for s in shards if not s.resumed]
     fresh_rows, fresh_tokens = sum(s.rows + s.rejected for s in fresh), sum(s.tokens for s in fresh)
     return {
-        "rows": sum(s.rows for s in shards), "skipped": sum(s.rejected for s in shards),
-        "shards_done": len(fresh), "shards_resumed": len(shards) - len(fresh), "shards_failed": failed,
-        "tokens": sum(s.tokens for s in shards), "truncated": sum(s.truncated for s in shards),
+        "rows": sum(s.rows for s in shards),
+        "skipped": sum(s.rejected for s in shards),
+        "shards_done": len(fresh),
+        "shards_resumed": len(shards) - len(fresh),
+        "shards_failed": failed,
+        "tokens": sum(s.tokens for s in shards),
+        "truncated": sum(s.truncated for s in shards),
         "docs_per_s": round(fresh_rows / seconds, 1) if seconds else 0.0,
         "tokens_per_s": round(fresh_tokens / seconds, 1) if seconds else 0.0,
-        "seconds": round(seconds, 1), "model": model, "pooling": pooling, "precision": precision,
+        "seconds": round(seconds, 1),
+        "model": model,
+        "pooling": pooling,
+        "precision": precision,
         "device": device or "",
     }
 
@@ -184,5 +218,5 @@ def _manifest_markdown(manifest: Manifest, dest: str, row: dict) -> str:
     ]
     if manifest.completed_at:
         lines.append(f"| completed | {manifest.completed_at:%Y-%m-%d %H:%M:%S} UTC |")
-    lines += ["", f"Read it back with `polars.read_parquet(\"{storage.join(dest, 'part-*.parquet')}\")`."]
+    lines += ["", f'Read it back with `polars.read_parquet("{storage.join(dest, "part-*.parquet")}")`.']
     return "\n".join(lines) + "\n"

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from bertflow.io import parts
-
 from bertflow import partitions
-from bertflow.tasks.artifacts import BACKFILL_TAG
 from bertflow.config import EmbedConfig
 from bertflow.errors import BertflowError, InputError
+from bertflow.io import parts
 from bertflow.model.loading import resolve_config
+from bertflow.tasks.artifacts import BACKFILL_TAG
 from bertflow.tasks.runs import Job, describe, read_deployment, run_all
 
 PARENT_FLOW = "embed-dataset"
@@ -62,8 +61,10 @@ def plan_backfill(deployment: str, start: str, end: str, every: str = "1d", over
     params = dep.parameters or {}
     source_t, dest_t = params.get("source"), params.get("dest")
     if not source_t or not dest_t:
-        raise InputError(f"deployment {full_name(deployment)} has no source and dest templates to fill in; "
-                         "backfill a deployment made by `bertflow deploy`, such as embed-nightly")
+        raise InputError(
+            f"deployment {full_name(deployment)} has no source and dest templates to fill in; "
+            "backfill a deployment made by `bertflow deploy`, such as embed-nightly"
+        )
     partitions.check_templates(source_t, dest_t)
     try:
         config = EmbedConfig.model_validate(params.get("config") or {})
@@ -92,7 +93,10 @@ def _day(day: str, source_t: str, dest_t: str, fingerprint: dict, overwrite: boo
 
 
 def run_backfill(
-    plan: Plan, max_in_flight: int, overwrite: bool, on_final: Callable[[Day, str], None] | None = None,
+    plan: Plan,
+    max_in_flight: int,
+    overwrite: bool,
+    on_final: Callable[[Day, str], None] | None = None,
 ) -> dict[str, str]:
     """Start a run per day to run (tagged `backfill`), at most `max_in_flight` at once; day -> final state."""
     if max_in_flight < 1:

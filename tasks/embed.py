@@ -19,12 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 import bertflow
-from bertflow.model import fitted
-from bertflow.io import parts, sources, storage
 from bertflow import progress
 from bertflow.config import EmbedConfig, ResolvedConfig
-from bertflow.model.encoder import Chunks, Encoder, Tokenized, TokenText
 from bertflow.errors import InputError, TransientStorageError
+from bertflow.io import parts, sources, storage
 from bertflow.io.manifest import (
     DOCUMENTS_DIR,
     MANIFEST_NAME,
@@ -40,6 +38,8 @@ from bertflow.io.manifest import (
     Totals,
     shard_fingerprint,
 )
+from bertflow.model import fitted
+from bertflow.model.encoder import Chunks, Encoder, Tokenized, TokenText
 from bertflow.model.loading import load_model, pick_device, resolve_config
 from bertflow.model.pooling import normalize
 
@@ -55,11 +55,15 @@ def storage_from_block(name: str | None) -> Iterator[None]:
     try:
         options = Secret.load(name).get()
     except ValueError:
-        raise InputError(f"no Prefect Secret block named {name!r}; create it (value: JSON of storage options) "
-                         "or drop --storage-block") from None
+        raise InputError(
+            f"no Prefect Secret block named {name!r}; create it (value: JSON of storage options) "
+            "or drop --storage-block"
+        ) from None
     if not isinstance(options, dict):
-        raise InputError(f"Secret block {name!r} must hold a JSON object of storage options, e.g. "
-                         '{"key": "...", "secret": "...", "endpoint_url": "..."}')
+        raise InputError(
+            f"Secret block {name!r} must hold a JSON object of storage options, e.g. "
+            '{"key": "...", "secret": "...", "endpoint_url": "..."}'
+        )
     with storage.storage_options({str(k): str(v) for k, v in options.items()}):
         yield
 
@@ -70,14 +74,18 @@ def is_transient(task, task_run, state) -> bool:
     if exc is None:
         try:
             state.result()
-        except BaseException as e:  # noqa: BLE001 - inspecting, not handling
+        except BaseException as e:
             exc = e
     return isinstance(exc, (TransientStorageError, torch.OutOfMemoryError))
 
 
 IN_MEMORY = {"cache_policy": NO_CACHE, "persist_result": False}
-RETRY = {"retries": 4, "retry_delay_seconds": exponential_backoff(1), "retry_jitter_factor": 0.5,
-         "retry_condition_fn": is_transient}
+RETRY = {
+    "retries": 4,
+    "retry_delay_seconds": exponential_backoff(1),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": is_transient,
+}
 
 
 @task(name="resolve_config", **IN_MEMORY)
@@ -90,7 +98,10 @@ def resolve_embed_config(config: EmbedConfig) -> ResolvedConfig:
 def plan_source(source: str, config: ResolvedConfig) -> list[ShardSpec]:
     """Read SOURCE's ids and layout (storage) and split it into shards."""
     return sources.plan_shards(
-        source, id_column=config.id_column, text_column=config.text_column, keep=config.keep,
+        source,
+        id_column=config.id_column,
+        text_column=config.text_column,
+        keep=config.keep,
         shard_rows=config.shard_rows,
     )
 
@@ -104,18 +115,36 @@ def _manifest(source: str, config: ResolvedConfig, plan: list[ShardSpec], device
     return Manifest(
         bertflow_version=bertflow.__version__,
         source=source,
-        model=ModelInfo(name=config.model, path=config.model_path, sha256=config.model_sha256,
-                        dimension=config.dimension, max_length=config.max_length),
-        pooling=config.pooling, layers=list(config.layers), layer_mode=config.layer_mode,
-        normalize=config.normalize, precision=config.precision, device=device,
-        id_column=config.id_column, text_column=config.text_column, keep=list(config.keep),
-        shard_rows=config.shard_rows, columns=config.columns(),
+        model=ModelInfo(
+            name=config.model,
+            path=config.model_path,
+            sha256=config.model_sha256,
+            dimension=config.dimension,
+            max_length=config.max_length,
+        ),
+        pooling=config.pooling,
+        layers=list(config.layers),
+        layer_mode=config.layer_mode,
+        normalize=config.normalize,
+        precision=config.precision,
+        device=device,
+        id_column=config.id_column,
+        text_column=config.text_column,
+        keep=list(config.keep),
+        shard_rows=config.shard_rows,
+        columns=config.columns(),
         embedding_columns=None if config.pooling == "none" else config.embedding_columns(),
-        exclude_special=config.exclude_special, long_text=config.long_text,
-        **({"chunk_tokens": config.chunk_tokens, "stride": config.stride, "aggregate": config.aggregate}
-           if config.long_text == "chunk" else {}),
+        exclude_special=config.exclude_special,
+        long_text=config.long_text,
+        **(
+            {"chunk_tokens": config.chunk_tokens, "stride": config.stride, "aggregate": config.aggregate}
+            if config.long_text == "chunk"
+            else {}
+        ),
         document_columns=config.document_columns(),
-        fingerprint=config.output_fingerprint(), planned_shards=len(plan), **kw,
+        fingerprint=config.output_fingerprint(),
+        planned_shards=len(plan),
+        **kw,
         pooler=FittedInfo(uri=config.pooler, sha256=config.pooler_sha256) if config.pooler else None,
         reduction=FittedInfo(uri=config.reduction, sha256=config.reduction_sha256) if config.reduction else None,
     )
@@ -129,7 +158,9 @@ def prepare_dest(
     if storage.is_local(dest) and storage.is_local(source):
         src, dst = storage.canonical(source).rstrip("/") + "/", storage.canonical(dest).rstrip("/") + "/"
         if dst.startswith(src):
-            raise InputError(f"DEST {dest} is inside SOURCE {source}; its parts would become input: choose another DEST")
+            raise InputError(
+                f"DEST {dest} is inside SOURCE {source}; its parts would become input: choose another DEST"
+            )
     if overwrite:
         parts.clear_dest(dest)
     else:
@@ -155,8 +186,15 @@ def get_encoder(config: ResolvedConfig) -> Encoder:
     """The process-wide model (loaded once) wrapped for this run's length and batch settings."""
     device = pick_device(config.device)
     tokenizer, model = load_model(config.model_path, device, config.precision, config.trust_remote_code)
-    return Encoder(tokenizer, model, device=device, precision=config.precision,
-                   max_length=config.max_length, batch_tokens=config.batch_tokens, head=fitted.head_for(config))
+    return Encoder(
+        tokenizer,
+        model,
+        device=device,
+        precision=config.precision,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+        head=fitted.head_for(config),
+    )
 
 
 @task(name="tokenize", **IN_MEMORY)
@@ -181,7 +219,10 @@ def tokenize_tokens(texts: list[str], config: ResolvedConfig) -> TokenText:
 def embed_token_states(tok: Tokenized, config: ResolvedConfig) -> list[np.ndarray]:
     """Forward passes on the device; every token's vector, (T_i, H) float32 per row."""
     return get_encoder(config).token_states(
-        tok, layers=config.layers, layer_mode=config.layer_mode, normalize_output=config.normalize,
+        tok,
+        layers=config.layers,
+        layer_mode=config.layer_mode,
+        normalize_output=config.normalize,
         on_rows=progress.advance,
     )
 
@@ -191,8 +232,11 @@ def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
     """Forward passes and pooling per batch on the device; (N, D) float32 in input order."""
     several = len(config.poolings) > 1
     vectors = get_encoder(config).embed(
-        tok, pooling=config.poolings if several else config.pooling, layers=config.layers,
-        layer_mode=config.layer_mode, normalize_output=config.normalize and not several,
+        tok,
+        pooling=config.poolings if several else config.pooling,
+        layers=config.layers,
+        layer_mode=config.layer_mode,
+        normalize_output=config.normalize and not several,
         on_rows=None if config.long_text == "chunk" else progress.advance,  # rows are windows there, not documents
         exclude_special=config.exclude_special,
     )
@@ -205,16 +249,24 @@ def embed_tokens(tok: Tokenized, config: ResolvedConfig) -> np.ndarray:
     if config.normalize:  # each strategy's vector on its own, as its single-pooling run would
         at = 0
         for w in widths:
-            vectors[:, at:at + w] = normalize(torch.from_numpy(vectors[:, at:at + w])).numpy()
+            vectors[:, at : at + w] = normalize(torch.from_numpy(vectors[:, at : at + w])).numpy()
             at += w
     return vectors
 
 
 @task(name="write_part", **IN_MEMORY, **RETRY)
 def write_part(
-    dest: str, spec: ShardSpec, config: ResolvedConfig, frame: pl.DataFrame, tok: Tokenized,
-    embeddings: np.ndarray | list[np.ndarray], rejects: list[Reject], fingerprint: str, seconds: float,
-    chunks: Chunks | None = None, tokens: TokenText | None = None,
+    dest: str,
+    spec: ShardSpec,
+    config: ResolvedConfig,
+    frame: pl.DataFrame,
+    tok: Tokenized,
+    embeddings: np.ndarray | list[np.ndarray],
+    rejects: list[Reject],
+    fingerprint: str,
+    seconds: float,
+    chunks: Chunks | None = None,
+    tokens: TokenText | None = None,
 ) -> ShardResult:
     """Write one finished part (and its documents/ part under --aggregate) to DEST (storage), each atomically.
 
@@ -226,35 +278,73 @@ def write_part(
     if chunks is not None:
         progress.advance(len(frame))  # the bar counts documents
         frame = frame[chunks.doc]  # (C rows) each window's id and kept columns
-        leading = [pl.Series("chunk_index", chunks.chunk_index, dtype=pl.Int32),
-                   pl.Series("char_start", chunks.char_start, dtype=pl.Int64),
-                   pl.Series("char_end", chunks.char_end, dtype=pl.Int64)]
+        leading = [
+            pl.Series("chunk_index", chunks.chunk_index, dtype=pl.Int32),
+            pl.Series("char_start", chunks.char_start, dtype=pl.Int64),
+            pl.Series("char_end", chunks.char_end, dtype=pl.Int64),
+        ]
     if tokens is not None:
-        table = parts.token_frame(frame, tokens.tokens, tokens.offsets, tokens.special, embeddings, tok.n_tokens,
-                                  tok.truncated, config.keep, spec.id_kind, config.dimension)
+        table = parts.token_frame(
+            frame,
+            tokens.tokens,
+            tokens.offsets,
+            tokens.special,
+            embeddings,
+            tok.n_tokens,
+            tok.truncated,
+            config.keep,
+            spec.id_kind,
+            config.dimension,
+        )
     else:
-        table = parts.part_frame(frame, embeddings, tok.n_tokens, tok.truncated, config.keep, spec.id_kind,
-                                 config.embedding_columns(), leading)
-    info = PartInfo(fingerprint=fingerprint, rows=len(table), tokens=int(tok.n_tokens.sum()),
-                    truncated=int(tok.truncated.sum()), seconds=seconds, rejects=rejects)
+        table = parts.part_frame(
+            frame,
+            embeddings,
+            tok.n_tokens,
+            tok.truncated,
+            config.keep,
+            spec.id_kind,
+            config.embedding_columns(),
+            leading,
+        )
+    info = PartInfo(
+        fingerprint=fingerprint,
+        rows=len(table),
+        tokens=int(tok.n_tokens.sum()),
+        truncated=int(tok.truncated.sum()),
+        seconds=seconds,
+        rejects=rejects,
+    )
     documents = None
     if config.aggregate != "none":  # written first: a main part on its own is not a finished shard
-        docs = parts.document_frame(table, config.embedding_columns(), config.keep, config.aggregate,
-                                    config.normalize)
+        docs = parts.document_frame(table, config.embedding_columns(), config.keep, config.aggregate, config.normalize)
         docs_data = parts.serialize_part(docs, info.model_copy(update={"rows": len(docs)}))
         storage.write_atomic(storage.join(dest, DOCUMENTS_DIR, spec.name), docs_data)
-        documents = DocumentsPart(name=f"{DOCUMENTS_DIR}/{spec.name}", rows=len(docs),
-                                  sha256=hashlib.sha256(docs_data).hexdigest())
+        documents = DocumentsPart(
+            name=f"{DOCUMENTS_DIR}/{spec.name}", rows=len(docs), sha256=hashlib.sha256(docs_data).hexdigest()
+        )
     data = parts.serialize_part(table, info)
     storage.write_atomic(storage.join(dest, spec.name), data)
     result = ShardResult(
-        name=spec.name, pieces=spec.pieces, rows=info.rows, rejected=len(rejects), tokens=info.tokens,
-        truncated=info.truncated, seconds=seconds, sha256=hashlib.sha256(data).hexdigest(), rejects=rejects,
+        name=spec.name,
+        pieces=spec.pieces,
+        rows=info.rows,
+        rejected=len(rejects),
+        tokens=info.tokens,
+        truncated=info.truncated,
+        seconds=seconds,
+        sha256=hashlib.sha256(data).hexdigest(),
+        rejects=rejects,
         documents=documents,
     )
     get_run_logger().info(
-        "%s: %d rows, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s)%s", spec.name, info.rows, info.tokens,
-        seconds, info.rows / max(seconds, 1e-9), info.tokens / max(seconds, 1e-9),
+        "%s: %d rows, %d tokens in %.1fs (%.0f docs/s, %.0f tokens/s)%s",
+        spec.name,
+        info.rows,
+        info.tokens,
+        seconds,
+        info.rows / max(seconds, 1e-9),
+        info.tokens / max(seconds, 1e-9),
         f", {info.truncated} truncated at {config.max_length} tokens" if info.truncated else "",
     )
     return result
@@ -271,8 +361,13 @@ def split_rejects(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[Reject]]:
 
 @task(name="finalize_dest", **IN_MEMORY, **RETRY)
 def finalize_dest(
-    source: str, dest: str, config: ResolvedConfig, plan: list[ShardSpec], results: list[ShardResult],
-    seconds: float, created_at: datetime,
+    source: str,
+    dest: str,
+    config: ResolvedConfig,
+    plan: list[ShardSpec],
+    results: list[ShardResult],
+    seconds: float,
+    created_at: datetime,
 ) -> Manifest:
     """Write _rejects.parquet, then the complete manifest last (storage)."""
     by_name = {r.name: r for r in results}
@@ -284,12 +379,23 @@ def finalize_dest(
         storage.write_atomic(rejects_uri, rejects)
     else:
         storage.remove(rejects_uri)
-    totals = Totals(rows=sum(r.rows for r in ordered), skipped=sum(r.rejected for r in ordered),
-                    tokens=sum(r.tokens for r in ordered), truncated=sum(r.truncated for r in ordered),
-                    seconds=round(seconds, 3))
+    totals = Totals(
+        rows=sum(r.rows for r in ordered),
+        skipped=sum(r.rejected for r in ordered),
+        tokens=sum(r.tokens for r in ordered),
+        truncated=sum(r.truncated for r in ordered),
+        seconds=round(seconds, 3),
+    )
     manifest = _manifest(
-        source, config, plan, pick_device(config.device), status="complete", shards=ordered, totals=totals,
-        rejects=REJECTS_NAME if rejects is not None else None, created_at=created_at,
+        source,
+        config,
+        plan,
+        pick_device(config.device),
+        status="complete",
+        shards=ordered,
+        totals=totals,
+        rejects=REJECTS_NAME if rejects is not None else None,
+        created_at=created_at,
         documents=[r.documents for r in ordered if r.documents is not None],
         completed_at=datetime.now(timezone.utc),
     )

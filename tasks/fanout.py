@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bertflow.io import storage
 from bertflow.config import ResolvedConfig
 from bertflow.errors import BertflowError, InputError, ModelError
+from bertflow.io import storage
 from bertflow.io.manifest import ShardSpec
 from bertflow.model.loading import resolve_model_path, weights_sha256
 from bertflow.partitions import stable_key
@@ -42,16 +42,25 @@ def shard_job(spec: ShardSpec, config: ResolvedConfig, dest: str, fingerprint: s
     return Job(
         key=stable_key("shard", storage.canonical(dest), fingerprint),
         deployment=SHARD_DEPLOYMENT,
-        parameters={"spec": spec.model_dump(mode="json"), "config": config.model_dump(mode="json"),
-                    "dest": dest, "fingerprint": fingerprint, "on_worker": True},
+        parameters={
+            "spec": spec.model_dump(mode="json"),
+            "config": config.model_dump(mode="json"),
+            "dest": dest,
+            "fingerprint": fingerprint,
+            "on_worker": True,
+        },
         name=f"shard-{spec.index}-of-{spec.count}",
         tags=tuple(tags),
     )
 
 
 def fan_out(
-    pending: Sequence[ShardSpec], config: ResolvedConfig, dest: str, fingerprints: dict[str, str],
-    tags: Sequence[str], on_done: Callable[[ShardSpec], None],
+    pending: Sequence[ShardSpec],
+    config: ResolvedConfig,
+    dest: str,
+    fingerprints: dict[str, str],
+    tags: Sequence[str],
+    on_done: Callable[[ShardSpec], None],
 ) -> dict[str, str]:
     """Run every pending shard on the workers and wait for all; failed parts: name -> 'shard-3-of-8 (why)'."""
     jobs = [shard_job(s, config, dest, fingerprints[s.name], tags) for s in pending]
@@ -72,8 +81,7 @@ def fan_out(
 def failure_message(failed: Sequence[str], planned: int) -> str:
     failed = sorted(failed)
     shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-    return (f"{len(failed)} of {planned} shards failed after retries: {shown}; "
-            "rerun the same command to redo only these")
+    return f"{len(failed)} of {planned} shards failed after retries: {shown}; rerun the same command to redo only these"
 
 
 def localize_model(config: ResolvedConfig) -> ResolvedConfig:

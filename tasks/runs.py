@@ -55,8 +55,12 @@ def submit(job: Job) -> FlowRun:
     """A live run for the job: the one in flight under its key, or a new one."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         run = run_deployment(
-            job.deployment, parameters=job.parameters, flow_run_name=job.name, tags=list(job.tags),
-            idempotency_key=f"{job.key}-{attempt}", timeout=0,
+            job.deployment,
+            parameters=job.parameters,
+            flow_run_name=job.name,
+            tags=list(job.tags),
+            idempotency_key=f"{job.key}-{attempt}",
+            timeout=0,
         )
         if run.state is None or not run.state.is_final():
             return run
@@ -68,8 +72,10 @@ def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
     found: list[FlowRun] = []
     with get_client(sync_client=True) as client:
         for i in range(0, len(ids), 200):
-            chunk = ids[i:i + 200]
-            found += client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk))
+            chunk = ids[i : i + 200]
+            found += client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+            )
     return found
 
 

@@ -16,15 +16,11 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bertflow.model import fitted
-
 from bertflow import progress
-
-from bertflow.io import sources
-from bertflow.text.batching import pad_batch, token_budget_batches
 from bertflow.config import DEFAULT_MODEL, EmbedConfig, ResolvedConfig
-from bertflow.tasks.embed import IN_MEMORY, RETRY, get_encoder
 from bertflow.errors import InputError
+from bertflow.io import sources
+from bertflow.model import fitted
 from bertflow.model.heads import HeadConfig, LstmHead, head_to_bytes
 from bertflow.model.pooling import LayerMode, combine_layers
 from bertflow.model.training import (
@@ -38,6 +34,8 @@ from bertflow.model.training import (
     stratified_split,
     train_head,
 )
+from bertflow.tasks.embed import IN_MEMORY, RETRY, get_encoder
+from bertflow.text.batching import pad_batch, token_budget_batches
 
 # Each class needs rows in train, validation and test, and a few to learn from.
 MIN_PER_CLASS = 5
@@ -108,35 +106,56 @@ def resolve_encoder(config: TrainConfig) -> ResolvedConfig:
     """Read the encoder's files (not its weights into memory): defaults, fingerprint."""
     from bertflow.model.loading import resolve_config
 
-    return resolve_config(EmbedConfig(
-        model=config.model, pooling="mean", layers=config.layers, layer_mode=config.layer_mode, normalize=False,
-        max_length=config.max_length, id_column=config.id_column, text_column=config.text_column,
-        keep=(config.label_column,), batch_tokens=config.batch_tokens, precision="fp32",
-    ))
+    return resolve_config(
+        EmbedConfig(
+            model=config.model,
+            pooling="mean",
+            layers=config.layers,
+            layer_mode=config.layer_mode,
+            normalize=False,
+            max_length=config.max_length,
+            id_column=config.id_column,
+            text_column=config.text_column,
+            keep=(config.label_column,),
+            batch_tokens=config.batch_tokens,
+            precision="fp32",
+        )
+    )
 
 
 @task(name="read_examples", **IN_MEMORY, **RETRY)
 def read_examples(data: str, config: TrainConfig) -> Examples:
     """Read DATA's texts and labels (storage), drop rows missing either, split per class."""
-    plan = sources.plan_shards(data, id_column=config.id_column, text_column=config.text_column,
-                               keep=(config.label_column,), shard_rows=100_000)
-    frame = pl.concat([sources.read_shard(s, config.id_column, config.text_column, (config.label_column,))
-                       for s in plan], how="vertical_relaxed")
+    plan = sources.plan_shards(
+        data,
+        id_column=config.id_column,
+        text_column=config.text_column,
+        keep=(config.label_column,),
+        shard_rows=100_000,
+    )
+    frame = pl.concat(
+        [sources.read_shard(s, config.id_column, config.text_column, (config.label_column,)) for s in plan],
+        how="vertical_relaxed",
+    )
     label = pl.col(config.label_column).cast(pl.String)
     usable = frame.filter(pl.col("text").is_not_null() & label.is_not_null())
     counts = Counter(usable[config.label_column].cast(pl.String).to_list())
     if len(counts) < 2:
-        raise InputError(f"{data}: column {config.label_column!r} holds {len(counts)} distinct labels; "
-                         "a classifier needs at least 2")
+        raise InputError(
+            f"{data}: column {config.label_column!r} holds {len(counts)} distinct labels; a classifier needs at least 2"
+        )
     rare = sorted(k for k, n in counts.items() if n < MIN_PER_CLASS)
     if rare:
-        raise InputError(f"{data}: label {rare[0]!r} has {counts[rare[0]]} rows; give every label at least "
-                         f"{MIN_PER_CLASS} rows or drop it")
+        raise InputError(
+            f"{data}: label {rare[0]!r} has {counts[rare[0]]} rows; give every label at least "
+            f"{MIN_PER_CLASS} rows or drop it"
+        )
     classes = tuple(sorted(counts))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[v] for v in usable[config.label_column].cast(pl.String).to_list()], dtype=np.int64)
-    return Examples(usable["text"].to_list(), labels, classes, stratified_split(labels, config.seed),
-                    len(frame) - len(usable))
+    return Examples(
+        usable["text"].to_list(), labels, classes, stratified_split(labels, config.seed), len(frame) - len(usable)
+    )
 
 
 @task(name="encode_states", **IN_MEMORY)
@@ -149,13 +168,19 @@ def encode_states(texts: list[str], config: ResolvedConfig) -> list[torch.Tensor
     progress.start(len(texts), 0)
     for batch in token_budget_batches(tok.n_tokens, encoder.batch_tokens):
         ids, mask = pad_batch([tok.ids[i] for i in batch], encoder.pad_id)  # (B, T) each
-        kwargs = {"input_ids": torch.from_numpy(ids).to(encoder.device),
-                  "attention_mask": torch.from_numpy(mask).to(encoder.device)}
+        kwargs = {
+            "input_ids": torch.from_numpy(ids).to(encoder.device),
+            "attention_mask": torch.from_numpy(mask).to(encoder.device),
+        }
         if encoder.uses_token_types:
             kwargs["token_type_ids"] = torch.zeros_like(kwargs["input_ids"])
         with torch.no_grad():  # not inference_mode: the head trains on these tensors
             out = encoder.model(**kwargs, output_hidden_states=need_all)
-            h = combine_layers(out.hidden_states, config.layers, config.layer_mode) if need_all else out.last_hidden_state
+            h = (
+                combine_layers(out.hidden_states, config.layers, config.layer_mode)
+                if need_all
+                else out.last_hidden_state
+            )
         h = h.float().cpu()  # (B, T, H)
         for row, i in enumerate(batch):
             states[i] = h[row, : tok.n_tokens[i]].clone()  # (n_i, H)
@@ -171,8 +196,9 @@ def train(states: list[torch.Tensor], examples: Examples, config: TrainConfig) -
     progress.start(settings.epochs, 0)
 
     def on_epoch(stats: dict) -> None:
-        logger.info("epoch %(epoch)d: train loss %(train_loss).4f, validation accuracy %(validation_accuracy).4f",
-                    stats)
+        logger.info(
+            "epoch %(epoch)d: train loss %(train_loss).4f, validation accuracy %(validation_accuracy).4f", stats
+        )
         progress.advance(1)
 
     return train_head(states, examples.labels, examples.split, len(examples.classes), settings, on_epoch=on_epoch)
@@ -180,7 +206,11 @@ def train(states: list[torch.Tensor], examples: Examples, config: TrainConfig) -
 
 @task(name="evaluate_head", **IN_MEMORY)
 def evaluate(
-    data: str, states: list[torch.Tensor], examples: Examples, result: TrainResult, config: TrainConfig,
+    data: str,
+    states: list[torch.Tensor],
+    examples: Examples,
+    result: TrainResult,
+    config: TrainConfig,
     resolved: ResolvedConfig,
 ) -> PoolerReport:
     """Held-out accuracy of logistic regressions on mean pooling and on mean + head features (CPU)."""
@@ -192,24 +222,47 @@ def evaluate(
     both_probe, both_acc = fit_probe(both, y, split, n)
     majority = np.bincount(y[split.train], minlength=n).argmax()
     return PoolerReport(
-        data=data, label_column=config.label_column, model=resolved.model, model_sha256=resolved.model_sha256,
-        layers=list(resolved.layers), max_length=resolved.max_length,
+        data=data,
+        label_column=config.label_column,
+        model=resolved.model,
+        model_sha256=resolved.model_sha256,
+        layers=list(resolved.layers),
+        max_length=resolved.max_length,
         classes={c: int((y == i).sum()) for i, c in enumerate(examples.classes)},
-        rows={"train": len(split.train), "validation": len(split.validation), "test": len(split.test),
-              "skipped": examples.skipped},
-        hidden=config.hidden, bidirectional=config.bidirectional, seed=config.seed, epochs=config.epochs,
-        epochs_run=result.epochs_run, best_epoch=result.best_epoch, history=result.history,
-        test_accuracy={"majority": round(accuracy(np.full(len(split.test), majority), y[split.test]), 5),
-                       "mean": round(mean_acc, 5), "mean_lstm": round(both_acc, 5)},
+        rows={
+            "train": len(split.train),
+            "validation": len(split.validation),
+            "test": len(split.test),
+            "skipped": examples.skipped,
+        },
+        hidden=config.hidden,
+        bidirectional=config.bidirectional,
+        seed=config.seed,
+        epochs=config.epochs,
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        history=result.history,
+        test_accuracy={
+            "majority": round(accuracy(np.full(len(split.test), majority), y[split.test]), 5),
+            "mean": round(mean_acc, 5),
+            "mean_lstm": round(both_acc, 5),
+        },
         probe_l2={"mean": mean_probe.l2, "mean_lstm": both_probe.l2},
     )
 
 
 def head_config(head: LstmHead, examples: Examples, config: TrainConfig, resolved: ResolvedConfig) -> HeadConfig:
     return HeadConfig(
-        input_size=head.lstm.input_size, hidden=config.hidden, bidirectional=config.bidirectional,
-        model=resolved.model, model_sha256=resolved.model_sha256, layers=resolved.layers,
-        layer_mode=resolved.layer_mode, max_length=resolved.max_length, labels=examples.classes, seed=config.seed,
+        input_size=head.lstm.input_size,
+        hidden=config.hidden,
+        bidirectional=config.bidirectional,
+        model=resolved.model,
+        model_sha256=resolved.model_sha256,
+        layers=resolved.layers,
+        layer_mode=resolved.layer_mode,
+        max_length=resolved.max_length,
+        labels=examples.classes,
+        seed=config.seed,
     )
 
 

@@ -18,6 +18,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried to download would fail loudly
 
+# The `service` fixture (a Prefect server, S3 and process workers) lives beside the tests that use it.
+pytest_plugins = ["tests.deployments.service"]
+
 REPO = Path(__file__).resolve().parents[1]
 BERTFLOW = str(Path(sys.executable).with_name("bertflow"))
 
@@ -42,8 +45,12 @@ def build_tiny_bert(out: Path, bundled: Path, *, layers: int = 2, hidden: int = 
 
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=4 * hidden, max_position_embeddings=512,
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=512,
     )
     BertModel(config).eval().save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -70,12 +77,20 @@ def prefect_server(tmp_path_factory):
     """A real `prefect server start` on a free port; yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_ENABLED": "false",
+    }
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
@@ -103,7 +118,11 @@ def prefect_server(tmp_path_factory):
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed `bertflow` console script as a user would."""
     return subprocess.run(
-        [BERTFLOW, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        [BERTFLOW, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 

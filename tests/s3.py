@@ -52,10 +52,14 @@ class S3Endpoint:
                     if fault.remaining > 0 and fault.method == method and fault.pattern.search(path):
                         fault.remaining -= 1
                         fault.hits += 1
-                        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
-                                f"<Message>injected fault</Message></Error>").encode()
-                        start_response(f"{fault.status} Injected", [("Content-Type", "application/xml"),
-                                                                    ("Content-Length", str(len(body)))])
+                        body = (
+                            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
+                            f"<Message>injected fault</Message></Error>"
+                        ).encode()
+                        start_response(
+                            f"{fault.status} Injected",
+                            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+                        )
                         return [body]
             return moto_app(environ, start_response)
 

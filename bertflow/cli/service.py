@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -19,18 +19,32 @@ def _require_server(command: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        fail(f"bertflow {command} needs a Prefect server: start one (`prefect server start`) and "
-             "export PREFECT_API_URL=http://HOST:4200/api")
+        fail(
+            f"bertflow {command} needs a Prefect server: start one (`prefect server start`) and "
+            "export PREFECT_API_URL=http://HOST:4200/api"
+        )
 
 
 @app.command()
 def deploy(
     pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = "bertflow",
-    gpus_per_host: Annotated[Optional[int], typer.Option(help="Models on the devices of one host at once (default 1, or what is deployed)")] = None,
-    cron: Annotated[Optional[str], typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")] = None,
-    source_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}, e.g. s3://bucket/raw/dt={{date}}/")] = None,
-    dest_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}, e.g. s3://bucket/embeddings/dt={{date}}/")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model of embed-nightly and embed-adhoc (default: the bundled one, or what is deployed)")] = None,
+    gpus_per_host: Annotated[
+        int | None, typer.Option(help="Models on the devices of one host at once (default 1, or what is deployed)")
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")
+    ] = None,
+    source_template: Annotated[
+        str | None, typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}, e.g. s3://bucket/raw/dt={{date}}/")
+    ] = None,
+    dest_template: Annotated[
+        str | None,
+        typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}, e.g. s3://bucket/embeddings/dt={{date}}/"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model of embed-nightly and embed-adhoc (default: the bundled one, or what is deployed)"),
+    ] = None,
 ) -> None:
     """Create the work pool, the deployments (embed-nightly, embed-adhoc, embed-shard, backfill) and the GPU limit; idempotent."""
     _require_server("deploy")
@@ -51,11 +65,15 @@ def deploy(
 
 @app.command()
 def serve(
-    cron: Annotated[Optional[str], typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")] = None,
-    source_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}")] = None,
-    dest_template: Annotated[Optional[str], typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model of embed-nightly and embed-adhoc")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many runs at once (default: no limit)")] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="embed-nightly's schedule, UTC (default '0 2 * * *', or what is deployed)")
+    ] = None,
+    source_template: Annotated[str | None, typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}")] = None,
+    dest_template: Annotated[str | None, typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}")] = None,
+    model: Annotated[str | None, typer.Option(help="Model of embed-nightly and embed-adhoc")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most this many runs at once (default: no limit)")
+    ] = None,
 ) -> None:
     """Serve embed-nightly, embed-adhoc and backfill from this process, no workers needed (Ctrl-C stops)."""
     from prefect import serve as prefect_serve
@@ -116,12 +134,25 @@ def backfill(
     from bertflow.flows.backfill import backfill as backfill_flow
     from bertflow.progress import reporting_to
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("partitions"),
-                   console=err, transient=True, disable=not err.is_terminal)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("partitions"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     try:
         with bar, reporting_to(_Partitions(bar)):
-            results = backfill_flow(start=start, end=end, deployment=deployment, every=every,
-                                    max_in_flight=max_in_flight, overwrite=overwrite)
+            results = backfill_flow(
+                start=start,
+                end=end,
+                deployment=deployment,
+                every=every,
+                max_in_flight=max_in_flight,
+                overwrite=overwrite,
+            )
     except BertflowError as e:
         fail(str(e), code=1)
     for partition, result in sorted(results.items()):

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from bertflow.io import storage
 from bertflow.config import TOKEN_LEVEL
 from bertflow.errors import DestMismatchError, InputError
-from bertflow.text.chunking import aggregate
+from bertflow.io import storage
 from bertflow.io.manifest import (
     DOCUMENTS_DIR,
     MANIFEST_NAME,
@@ -26,6 +25,7 @@ from bertflow.io.manifest import (
     ShardResult,
     ShardSpec,
 )
+from bertflow.text.chunking import aggregate
 
 ID_DTYPES: dict[IdKind, pl.DataType] = {"int": pl.Int64(), "str": pl.String()}
 
@@ -35,15 +35,21 @@ def vector_series(embeddings: np.ndarray, columns: dict[str, int] | None = None)
     columns = columns or {"embedding": embeddings.shape[1]}
     out, at = [], 0
     for name, width in columns.items():
-        block = embeddings[:, at:at + width].astype(np.float32, copy=False)  # (N, D)
+        block = embeddings[:, at : at + width].astype(np.float32, copy=False)  # (N, D)
         out.append(pl.Series(name, block, dtype=pl.Array(pl.Float32, width)))
         at += width
     return out
 
 
 def part_frame(
-    frame: pl.DataFrame, embeddings: np.ndarray, n_tokens: np.ndarray, truncated: np.ndarray, keep: Sequence[str],
-    id_kind: IdKind, columns: dict[str, int] | None = None, leading: Sequence[pl.Series] = (),
+    frame: pl.DataFrame,
+    embeddings: np.ndarray,
+    n_tokens: np.ndarray,
+    truncated: np.ndarray,
+    keep: Sequence[str],
+    id_kind: IdKind,
+    columns: dict[str, int] | None = None,
+    leading: Sequence[pl.Series] = (),
 ) -> pl.DataFrame:
     """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D), n_tokens, truncated, kept columns.
 
@@ -63,32 +69,44 @@ def part_frame(
 
 
 def token_frame(
-    frame: pl.DataFrame, tokens: list[list[str]], offsets: list[list[tuple[int, int]]], special: list[list[bool]],
-    states: list[np.ndarray], n_tokens: np.ndarray, truncated: np.ndarray, keep: Sequence[str], id_kind: IdKind,
+    frame: pl.DataFrame,
+    tokens: list[list[str]],
+    offsets: list[list[tuple[int, int]]],
+    special: list[list[bool]],
+    states: list[np.ndarray],
+    n_tokens: np.ndarray,
+    truncated: np.ndarray,
+    keep: Sequence[str],
+    id_kind: IdKind,
     width: int,
 ) -> pl.DataFrame:
     """Token-level part (`--pooling none`): per row its tokens, char spans, special flags and vectors."""
     n = len(states)
     flat = np.concatenate(states).reshape(-1, width) if n else np.zeros((0, width), np.float32)  # (sum T, H)
     rows = pl.Series("row", np.repeat(np.arange(n), n_tokens), dtype=pl.Int64)
-    vectors = pl.DataFrame([rows, pl.Series("token_embeddings", flat.astype(np.float32, copy=False),
-                                            dtype=pl.Array(pl.Float32, width))])
+    vectors = pl.DataFrame(
+        [rows, pl.Series("token_embeddings", flat.astype(np.float32, copy=False), dtype=pl.Array(pl.Float32, width))]
+    )
     grouped = pl.DataFrame({"row": np.arange(n)}, schema={"row": pl.Int64}).join(
-        vectors.group_by("row", maintain_order=True).agg("token_embeddings"), on="row", how="left",
+        vectors.group_by("row", maintain_order=True).agg("token_embeddings"),
+        on="row",
+        how="left",
         maintain_order="left",
     )  # a row without tokens has no group: an empty list, not null
     list_type = pl.List(pl.Array(pl.Float32, width))
     token_embeddings = grouped["token_embeddings"].fill_null(pl.Series([[]], dtype=list_type)).cast(list_type)
-    return pl.DataFrame([
-        frame["id"].cast(ID_DTYPES[id_kind]),
-        pl.Series("tokens", tokens, dtype=pl.List(pl.String)),
-        pl.Series("offsets", [[list(o) for o in row] for row in offsets], dtype=pl.List(pl.Array(pl.Int64, 2))),
-        pl.Series("special", special, dtype=pl.List(pl.Boolean)),
-        token_embeddings,
-        pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
-        pl.Series("truncated", truncated, dtype=pl.Boolean),
-        *(frame[c] for c in keep),
-    ])
+    return pl.DataFrame(
+        [
+            frame["id"].cast(ID_DTYPES[id_kind]),
+            pl.Series("tokens", tokens, dtype=pl.List(pl.String)),
+            pl.Series("offsets", [[list(o) for o in row] for row in offsets], dtype=pl.List(pl.Array(pl.Int64, 2))),
+            pl.Series("special", special, dtype=pl.List(pl.Boolean)),
+            token_embeddings,
+            pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
+            pl.Series("truncated", truncated, dtype=pl.Boolean),
+            *(frame[c] for c in keep),
+        ]
+    )
 
 
 def document_frame(
@@ -107,12 +125,15 @@ def document_frame(
             v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         vectors.append(pl.Series(name, v.astype(np.float32), dtype=pl.Array(pl.Float32, width)))
     tokens = np.add.reduceat(weights, starts) if len(starts) else np.zeros(0, np.int32)
-    return pl.DataFrame([
-        first["id"], *vectors,
-        pl.Series("n_tokens", tokens, dtype=pl.Int32),
-        pl.Series("n_chunks", np.diff(np.r_[starts, len(groups)]), dtype=pl.Int32),
-        *(first[c] for c in keep),
-    ])
+    return pl.DataFrame(
+        [
+            first["id"],
+            *vectors,
+            pl.Series("n_tokens", tokens, dtype=pl.Int32),
+            pl.Series("n_chunks", np.diff(np.r_[starts, len(groups)]), dtype=pl.Int32),
+            *(first[c] for c in keep),
+        ]
+    )
 
 
 def serialize_part(table: pl.DataFrame, info: PartInfo) -> bytes:
@@ -164,9 +185,17 @@ def complete_parts(
                 continue
             docs = DocumentsPart(name=f"{DOCUMENTS_DIR}/{spec.name}", rows=found[1], sha256=storage.sha256(docs_uri))
         done[spec.name] = ShardResult(
-            name=spec.name, pieces=spec.pieces, rows=info.rows, rejected=len(info.rejects), tokens=info.tokens,
-            truncated=info.truncated, seconds=info.seconds, sha256=storage.sha256(uri), resumed=True,
-            rejects=info.rejects, documents=docs,
+            name=spec.name,
+            pieces=spec.pieces,
+            rows=info.rows,
+            rejected=len(info.rejects),
+            tokens=info.tokens,
+            truncated=info.truncated,
+            seconds=info.seconds,
+            sha256=storage.sha256(uri),
+            resumed=True,
+            rejects=info.rejects,
+            documents=docs,
         )
     return done
 
@@ -197,10 +226,14 @@ def read_pooled(dest: str, verb: str) -> Manifest:
     if manifest is None:
         raise InputError(f"DEST {dest} has no _manifest.json; {verb} a DEST written by `bertflow embed`")
     if manifest.status != "complete":
-        raise InputError(f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it")
+        raise InputError(
+            f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it"
+        )
     if manifest.pooling == TOKEN_LEVEL:
-        raise InputError(f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
-                         f"{verb} a DEST embedded with a pooling")
+        raise InputError(
+            f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
+            f"{verb} a DEST embedded with a pooling"
+        )
     return manifest
 
 

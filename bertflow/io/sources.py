@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from bertflow.io import storage
 from bertflow.errors import InputError
+from bertflow.io import storage
 from bertflow.io.manifest import Format, IdKind, Piece, ShardSpec
 
 FORMATS: dict[str, Format] = {
@@ -36,9 +36,7 @@ def file_format(uri: str) -> Format:
     try:
         return FORMATS[ext]
     except KeyError:
-        raise InputError(
-            f"cannot read {uri}: unknown extension {ext or '(none)'!r}; supported: {SUPPORTED}"
-        ) from None
+        raise InputError(f"cannot read {uri}: unknown extension {ext or '(none)'!r}; supported: {SUPPORTED}") from None
 
 
 def list_source(source: str) -> list[str]:
@@ -89,8 +87,7 @@ def _missing_columns(uri: str, have: Sequence[str], need: Sequence[str], hint: d
         col = missing[0]
         flag = hint.get(col, "--keep")
         raise InputError(
-            f"{uri} has no column {col!r} (columns: {', '.join(have) or 'none'}); "
-            f"name the right one with {flag}"
+            f"{uri} has no column {col!r} (columns: {', '.join(have) or 'none'}); name the right one with {flag}"
         )
 
 
@@ -108,7 +105,7 @@ def _blank_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     """Lines holding only whitespace (JSON lines readers skip them)."""
     short = np.flatnonzero(ends - starts <= 8)  # only short lines can be blank; check those
     blank = np.zeros(len(starts), dtype=bool)
-    blank[short] = [not data[starts[i]:ends[i]].strip() for i in short]
+    blank[short] = [not data[starts[i] : ends[i]].strip() for i in short]
     return blank
 
 
@@ -133,8 +130,9 @@ def _txt_ids(numbers: np.ndarray, id_prefix: str | None) -> pl.Series:
     return pl.select(pl.concat_str(pl.lit(f"{id_prefix}:"), pl.lit(series).cast(pl.String)).alias("id")).to_series()
 
 
-def _scan_lines(uri: str, fmt: Format, id_column: str, text_column: str, keep: Sequence[str],
-                id_prefix: str | None) -> FileScan:
+def _scan_lines(
+    uri: str, fmt: Format, id_column: str, text_column: str, keep: Sequence[str], id_prefix: str | None
+) -> FileScan:
     """Scan a line format block by block: memory follows the block size, not the file size."""
     starts, ends, ids, columns = [], [], [], set()
     line = 1
@@ -165,13 +163,26 @@ def _scan_lines(uri: str, fmt: Format, id_column: str, text_column: str, keep: S
         ends.append(e)
         line += lines_in_block
     if fmt == "jsonl" and ids:
-        _missing_columns(uri, sorted(columns), [id_column, text_column, *keep],
-                         {id_column: "--id-column", text_column: "--text-column"})
+        _missing_columns(
+            uri,
+            sorted(columns),
+            [id_column, text_column, *keep],
+            {id_column: "--id-column", text_column: "--text-column"},
+        )
     # Series only concat "vertical"; relax dtypes across blocks (Int64 + Null, ...) as frames.
-    all_ids = (pl.concat([s.to_frame() for s in ids], how="vertical_relaxed").to_series() if ids
-               else pl.Series("id", [], dtype=pl.Int64))
-    return FileScan(uri, fmt, all_ids, np.concatenate(starts or [np.zeros(0, np.int64)]),
-                    np.concatenate(ends or [np.zeros(0, np.int64)]), id_prefix)
+    all_ids = (
+        pl.concat([s.to_frame() for s in ids], how="vertical_relaxed").to_series()
+        if ids
+        else pl.Series("id", [], dtype=pl.Int64)
+    )
+    return FileScan(
+        uri,
+        fmt,
+        all_ids,
+        np.concatenate(starts or [np.zeros(0, np.int64)]),
+        np.concatenate(ends or [np.zeros(0, np.int64)]),
+        id_prefix,
+    )
 
 
 def scan_file(uri: str, id_column: str, text_column: str, keep: Sequence[str], id_prefix: str | None) -> FileScan:
@@ -185,8 +196,12 @@ def scan_file(uri: str, id_column: str, text_column: str, keep: Sequence[str], i
         try:
             frame = _scan(src, fmt, id_column, text_column)
             schema = frame.collect_schema()
-            _missing_columns(uri, schema.names(), [id_column, text_column, *keep],
-                             {id_column: "--id-column", text_column: "--text-column"})
+            _missing_columns(
+                uri,
+                schema.names(),
+                [id_column, text_column, *keep],
+                {id_column: "--id-column", text_column: "--text-column"},
+            )
             _check_text_type(uri, text_column, schema[text_column])
             if fmt == "csv":
                 # Parse every column a shard will read (keeping only null flags): a malformed row
@@ -254,7 +269,7 @@ def scan_source(source: str, *, id_column: str, text_column: str, keep: Sequence
     def prefix(uri: str) -> str | None:  # ids of .txt lines stay unique across several files
         if file_format(uri) != "txt" or len(files) == 1:
             return None
-        return uri[len(root):] if uri.startswith(root) else posixpath.basename(uri)
+        return uri[len(root) :] if uri.startswith(root) else posixpath.basename(uri)
 
     scans = [scan_file(f, id_column, text_column, keep, prefix(f)) for f in files]
     total = sum(s.rows for s in scans)
@@ -299,7 +314,9 @@ def read_piece(piece: Piece, id_column: str, text_column: str, keep: Sequence[st
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise InputError(f"{piece.file} is not UTF-8 text (bad byte at offset {piece.byte_start + e.start})") from None
+            raise InputError(
+                f"{piece.file} is not UTF-8 text (bad byte at offset {piece.byte_start + e.start})"
+            ) from None
         lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
         ids = _txt_ids(np.arange(piece.start + 1, piece.stop + 1), piece.id_prefix)
         frame = pl.DataFrame({"id": ids, "text": pl.Series(lines, dtype=pl.String)})
@@ -323,7 +340,9 @@ def read_piece(piece: Piece, id_column: str, text_column: str, keep: Sequence[st
             except pl.exceptions.PolarsError as e:
                 raise _polars_error(piece.file, piece.format, e) from None
     if len(frame) != piece.rows:
-        raise InputError(f"{piece.file} changed while embedding ({len(frame)} rows where {piece.rows} were planned); rerun")
+        raise InputError(
+            f"{piece.file} changed while embedding ({len(frame)} rows where {piece.rows} were planned); rerun"
+        )
     return frame
 
 

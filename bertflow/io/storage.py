@@ -87,13 +87,27 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 _TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "TooManyRequests",
 }
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AllAccessDisabled"}
 # errno values s3fs gives to throttling/5xx (EBUSY, EAGAIN) and to dropped or slow connections.
-_TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
-                    errno.EPIPE, errno.ECONNREFUSED}
+_TRANSIENT_ERRNO = {
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.ECONNREFUSED,
+}
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
@@ -146,7 +160,7 @@ def translated(uri: str) -> Iterator[None]:
     """Re-raise storage exceptions from the block as bertflow errors."""
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - classified and re-raised
+    except Exception as e:
         mapped = classify(e, uri)
         if mapped is e:
             raise

@@ -16,8 +16,14 @@ def _keys(uri: str, chunked: bool) -> pl.DataFrame:
 
 
 def _check_part(
-    dest: str, name: str, sha256: str, want_rows: int, columns: list[str], vectors: dict[str, int],
-    problems: list[str], chunked: bool = False,
+    dest: str,
+    name: str,
+    sha256: str,
+    want_rows: int,
+    columns: list[str],
+    vectors: dict[str, int],
+    problems: list[str],
+    chunked: bool = False,
 ) -> pl.DataFrame | None:
     uri = storage.join(dest, name)
     if not storage.exists(uri):
@@ -62,14 +68,22 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         problems.append(f"manifest lists {len(manifest.shards)} shards of {manifest.planned_shards} planned")
 
     chunked = manifest.long_text == "chunk"
-    vectors = {} if "token_embeddings" in manifest.columns else (
-        manifest.embedding_columns or {"embedding": manifest.model.dimension})
-    found = [k for s in manifest.shards
-             if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, problems, chunked))
-             is not None]
+    vectors = (
+        {}
+        if "token_embeddings" in manifest.columns
+        else (manifest.embedding_columns or {"embedding": manifest.model.dimension})
+    )
+    found = [
+        k
+        for s in manifest.shards
+        if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, problems, chunked)) is not None
+    ]
     embedded = sum(len(k) for k in found)
-    keys = pl.concat(found) if found else pl.DataFrame(schema={"id": pl.String} | (
-        {"chunk_index": pl.Int32} if chunked else {}))
+    keys = (
+        pl.concat(found)
+        if found
+        else pl.DataFrame(schema={"id": pl.String} | ({"chunk_index": pl.Int32} if chunked else {}))
+    )
     part_ids = keys["id"].unique(maintain_order=True)
     if chunked:
         dup = keys.filter(keys.is_duplicated())
@@ -107,7 +121,9 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         missing = want.filter(~want.is_in(all_ids.implode()))
         extra = all_ids.filter(~all_ids.is_in(want.implode()))
         if len(missing):
-            problems.append(f"{len(missing)} source ids are in no part and not in rejects, e.g. {missing.head(5).to_list()}")
+            problems.append(
+                f"{len(missing)} source ids are in no part and not in rejects, e.g. {missing.head(5).to_list()}"
+            )
         if len(extra):
             problems.append(f"{len(extra)} ids in DEST are not in SOURCE, e.g. {extra.head(5).to_list()}")
     return problems
@@ -123,10 +139,14 @@ def _check_documents(
             problems.append(f"{DOCUMENTS_DIR}/{name}: in DEST but not in the manifest")
     if manifest.status == "complete" and len(manifest.documents) != len(manifest.shards):
         problems.append(f"manifest lists {len(manifest.documents)} document parts for {len(manifest.shards)} shards")
-    found = [k for d in manifest.documents
-             if (k := _check_part(dest, d.name, d.sha256, d.rows, manifest.document_columns, vectors, problems))
-             is not None]
+    found = [
+        k
+        for d in manifest.documents
+        if (k := _check_part(dest, d.name, d.sha256, d.rows, manifest.document_columns, vectors, problems)) is not None
+    ]
     ids = pl.concat([k["id"] for k in found]) if found else pl.Series("id", [], pl.String)
     if len(ids) != len(part_ids) or not ids.sort().equals(part_ids.sort()):
-        problems.append(f"{DOCUMENTS_DIR}/ holds {len(ids)} rows for {len(part_ids)} ids of the chunk parts; "
-                        "each id must have exactly one")
+        problems.append(
+            f"{DOCUMENTS_DIR}/ holds {len(ids)} rows for {len(part_ids)} ids of the chunk parts; "
+            "each id must have exactly one"
+        )

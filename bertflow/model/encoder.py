@@ -20,12 +20,12 @@ import torch
 from tokenizers import Tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bertflow.text.batching import pad_batch, token_budget_batches
-from bertflow.text.chunking import window_bounds
 from bertflow.config import Precision
 from bertflow.errors import InputError
 from bertflow.model.fused import fused_encoder
 from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
+from bertflow.text.batching import pad_batch, token_budget_batches
+from bertflow.text.chunking import window_bounds
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
 # activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
@@ -129,8 +129,12 @@ class Encoder:
         ids = [e.ids for e in encodings]
         n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
-        return TokenText(Tokenized(ids, n_tokens, truncated), [e.tokens for e in encodings],
-                         [e.offsets for e in encodings], [[bool(m) for m in e.special_tokens_mask] for e in encodings])
+        return TokenText(
+            Tokenized(ids, n_tokens, truncated),
+            [e.tokens for e in encodings],
+            [e.offsets for e in encodings],
+            [[bool(m) for m in e.special_tokens_mask] for e in encodings],
+        )
 
     def token_states(
         self,
@@ -162,7 +166,7 @@ class Encoder:
         whole.no_truncation()
         probe = self._tokenizer.encode("a")  # the model's wrapping, e.g. [CLS] ... [SEP]
         real = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
-        prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1:]
+        prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1 :]
         content = chunk_tokens - len(prefix) - len(suffix)
         if content <= stride:
             raise InputError(
@@ -181,8 +185,13 @@ class Encoder:
                 end.append(offsets[e - 1][1] if e > s else 0)
         n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
         tok = Tokenized(ids, n_tokens, np.zeros(len(ids), dtype=bool))
-        return Chunks(tok, np.array(doc, dtype=np.int64), np.array(index, dtype=np.int32),
-                      np.array(start, dtype=np.int64), np.array(end, dtype=np.int64))
+        return Chunks(
+            tok,
+            np.array(doc, dtype=np.int64),
+            np.array(index, dtype=np.int32),
+            np.array(start, dtype=np.int64),
+            np.array(end, dtype=np.int64),
+        )
 
     def embed(
         self,
@@ -252,8 +261,9 @@ class Encoder:
             return run(*self._padded(tok, batch, exclude_special))
 
         threads = torch.get_num_threads()
-        pool = ThreadPoolExecutor(streams, thread_name_prefix="bertflow-stream",
-                                  initializer=torch.set_num_threads, initargs=(1,))
+        pool = ThreadPoolExecutor(
+            streams, thread_name_prefix="bertflow-stream", initializer=torch.set_num_threads, initargs=(1,)
+        )
         try:
             todo = iter(batches)
             running = deque((b, pool.submit(work, b)) for b in itertools.islice(todo, 2 * streams))
@@ -289,7 +299,9 @@ class Encoder:
             parts.append(self._split_on_oom(forward, ids[sl, :width], mask[sl, :width], join=join))
         return join(parts)
 
-    def _hidden_states(self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool) -> tuple[torch.Tensor, ...]:
+    def _hidden_states(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool
+    ) -> tuple[torch.Tensor, ...]:
         """(embeddings, layer 1, ..., last layer) if `need_all`, else (last layer,); each (B, T, H)."""
         types = torch.zeros_like(input_ids) if self.uses_token_types else None
         if self._fused is not None:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from bertflow.io import storage
 from bertflow.config import ResolvedConfig
 from bertflow.errors import InputError
+from bertflow.io import storage
 from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes
 from bertflow.model.pooling import normalize
 from bertflow.model.reduction import Reduction, ReductionConfig, reduction_from_bytes
@@ -24,8 +24,14 @@ from bertflow.model.reduction import Reduction, ReductionConfig, reduction_from_
 POOLER_WEIGHTS, POOLER_CONFIG, POOLER_REPORT = "pooler.safetensors", "pooler.json", "report.json"
 REDUCTION_WEIGHTS, REDUCTION_CONFIG = "reduction.safetensors", "reduction.json"
 # The embedding settings a reduction's input space depends on, with the flag that sets each.
-REDUCTION_INPUT = {"model_sha256": "--model", "pooling": "--pooling", "pooler_sha256": "--pooler",
-                   "layers": "--layers", "layer_mode": "--layer-mode", "normalize": "--normalize/--no-normalize"}
+REDUCTION_INPUT = {
+    "model_sha256": "--model",
+    "pooling": "--pooling",
+    "pooler_sha256": "--pooler",
+    "layers": "--layers",
+    "layer_mode": "--layer-mode",
+    "normalize": "--normalize/--no-normalize",
+}
 
 
 def _read(directory: str, name: str, flag: str, maker: str) -> bytes:
@@ -57,7 +63,9 @@ def read_reduction_config(reduction: str) -> tuple[ReductionConfig, str]:
         raise InputError(f"--reduction {reduction}: {REDUCTION_CONFIG} is not a bertflow reduction; refit it") from None
     weights = storage.join(reduction, REDUCTION_WEIGHTS)
     if not storage.exists(weights):
-        raise InputError(f"--reduction {reduction}: no {REDUCTION_WEIGHTS} there; refit it with `bertflow fit-reduction`")
+        raise InputError(
+            f"--reduction {reduction}: no {REDUCTION_WEIGHTS} there; refit it with `bertflow fit-reduction`"
+        )
     return config, storage.sha256(weights)
 
 
@@ -104,8 +112,10 @@ def _check_head(head: HeadConfig, config: ResolvedConfig, pooler: str) -> None:
             f"{config.max_length}: pass --max-length {head.max_length}"
         )
     if head.input_size != config.dimension:
-        raise InputError(f"--pooler {pooler} expects {head.input_size}-wide token states, this run gives "
-                         f"{config.dimension}; retrain it for these settings")
+        raise InputError(
+            f"--pooler {pooler} expects {head.input_size}-wide token states, this run gives "
+            f"{config.dimension}; retrain it for these settings"
+        )
 
 
 def _check_reduction(red: ReductionConfig, config: ResolvedConfig, reduction: str) -> None:
@@ -118,8 +128,10 @@ def _check_reduction(red: ReductionConfig, config: ResolvedConfig, reduction: st
                 "reduction on output of these settings"
             )
     if red.input_dim != config.dimension:
-        raise InputError(f"--reduction {reduction} expects {red.input_dim}-dimensional vectors, this run "
-                         f"makes {config.dimension}; refit it")
+        raise InputError(
+            f"--reduction {reduction} expects {red.input_dim}-dimensional vectors, this run "
+            f"makes {config.dimension}; refit it"
+        )
 
 
 def attach(config: ResolvedConfig, pooler: str | None, reduction: str | None) -> ResolvedConfig:
@@ -128,8 +140,9 @@ def attach(config: ResolvedConfig, pooler: str | None, reduction: str | None) ->
         pooler = storage.canonical(pooler)  # recorded in the manifest: absolute, usable from anywhere
         head, sha = read_head_config(pooler)
         _check_head(head, config, pooler)
-        config = config.model_copy(update={"pooler": pooler, "pooler_sha256": sha,
-                                           "dimension": config.dimension + head.output_size})
+        config = config.model_copy(
+            update={"pooler": pooler, "pooler_sha256": sha, "dimension": config.dimension + head.output_size}
+        )
     if reduction:
         reduction = storage.canonical(reduction)
         red, sha = read_reduction_config(reduction)

@@ -47,9 +47,12 @@ class FusedEncoder(torch.nn.Module):
         qkv_w = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
         qkv_b = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
         return {
-            "qkv_w": self._weight(qkv_w), "qkv_b": qkv_b.detach().to(self.dtype),
-            "out_w": self._weight(out.dense.weight), "out_b": out.dense.bias.detach().to(self.dtype),
-            "ln1_w": out.LayerNorm.weight.detach().float(), "ln1_b": out.LayerNorm.bias.detach().float(),
+            "qkv_w": self._weight(qkv_w),
+            "qkv_b": qkv_b.detach().to(self.dtype),
+            "out_w": self._weight(out.dense.weight),
+            "out_b": out.dense.bias.detach().to(self.dtype),
+            "ln1_w": out.LayerNorm.weight.detach().float(),
+            "ln1_b": out.LayerNorm.bias.detach().float(),
             "up_w": self._weight(layer.intermediate.dense.weight),
             "up_b": layer.intermediate.dense.bias.detach().to(self.dtype),
             "down_w": self._weight(layer.output.dense.weight),
@@ -59,7 +62,10 @@ class FusedEncoder(torch.nn.Module):
         }
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
         all_layers: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """Hidden states (B, T, H) fp32: embeddings and every layer if `all_layers`, else the last."""

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertflow.config import (
-    DEFAULT_MODEL, TOKEN_LEVEL, Device, EmbedConfig, Precision, ResolvedConfig, split_pooling,
+    DEFAULT_MODEL,
+    TOKEN_LEVEL,
+    Device,
+    EmbedConfig,
+    Precision,
+    ResolvedConfig,
+    split_pooling,
 )
 from bertflow.errors import InputError, ModelError
 from bertflow.model.fitted import attach
@@ -149,7 +155,7 @@ def special_tokens(path: Path) -> int:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         tokenizer.no_padding()  # a tokenizer.json may pad every text to a fixed length
         enc = tokenizer.encode("a")
-    except Exception:  # noqa: BLE001 - no fast tokenizer: load_model reports that in its own words
+    except Exception:
         return 0
     return sum(enc.special_tokens_mask)
 
@@ -183,18 +189,24 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         )
     pooling = config.pooling or d.pooling
     names = split_pooling(pooling)
-    widths = {p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
-              for p in names}
+    widths = {
+        p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
+        for p in names
+    }
     chunk_tokens = None
     if config.long_text == "chunk":
         chunk_tokens = config.chunk_tokens or max_length
         if chunk_tokens > d.position_limit:
-            raise InputError(f"--chunk-tokens {chunk_tokens} exceeds the model's limit of {d.position_limit} tokens; "
-                             f"use at most {d.position_limit}")
+            raise InputError(
+                f"--chunk-tokens {chunk_tokens} exceeds the model's limit of {d.position_limit} tokens; "
+                f"use at most {d.position_limit}"
+            )
         content = chunk_tokens - special_tokens(path)
         if config.stride >= content:
-            raise InputError(f"--stride {config.stride} must be less than the {content} text tokens of a window "
-                             f"(--chunk-tokens {chunk_tokens} less the model's special tokens)")
+            raise InputError(
+                f"--stride {config.stride} must be less than the {content} text tokens of a window "
+                f"(--chunk-tokens {chunk_tokens} less the model's special tokens)"
+            )
     resolved = ResolvedConfig(
         model=config.model,
         model_path=str(path),
@@ -255,9 +267,7 @@ def load_model(model_path: str, device: str, precision: Precision, trust_remote_
         raise InputError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
     weights_file(Path(model_path))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_path, use_fast=True, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True, trust_remote_code=trust_remote_code)
         # On CUDA/MPS, half precision is stored in the weights; on CPU bf16 runs under autocast.
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if device != "cpu" else None
         model = AutoModel.from_pretrained(

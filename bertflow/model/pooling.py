@@ -27,9 +27,7 @@ def combine_layers(
     n = len(hidden_states)
     bad = [i for i in layers if not -n < i < 0]
     if bad:
-        raise ValueError(
-            f"layer {bad[0]} does not exist; this model has {n - 1} layers (use -1 .. -{n - 1})"
-        )
+        raise ValueError(f"layer {bad[0]} does not exist; this model has {n - 1} layers (use -1 .. -{n - 1})")
     picked = [hidden_states[i] for i in layers]  # each (B, T, H)
     if len(picked) == 1:
         return picked[0]
@@ -92,15 +90,21 @@ def first_last_layers(hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 _POOLERS = {
-    "cls": pool_cls, "mean": pool_mean, "max": pool_max, "mean_max": pool_mean_max,
-    "mean_sqrt_len": pool_mean_sqrt_len, "last_token": pool_last_token,
+    "cls": pool_cls,
+    "mean": pool_mean,
+    "max": pool_max,
+    "mean_max": pool_mean_max,
+    "mean_sqrt_len": pool_mean_sqrt_len,
+    "last_token": pool_last_token,
     # applied to first_last_layers(...) by the caller, which must ask the model for every layer
     "first_last_avg": pool_mean,
 }
 
 
 def pool(
-    h: torch.Tensor, mask: torch.Tensor, pooling: Pooling | HeadPooling,
+    h: torch.Tensor,
+    mask: torch.Tensor,
+    pooling: Pooling | HeadPooling,
     head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Apply one pooling strategy by name; `mean_lstm` is concat(mean, head(h, mask))."""

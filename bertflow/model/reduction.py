@@ -114,8 +114,9 @@ def fit(moments: Moments, method: Method, dim: int) -> tuple[Reduction, float]:
 
 def reduction_to_bytes(reduction: Reduction, config: ReductionConfig) -> tuple[bytes, bytes]:
     """(safetensors arrays, JSON config) of a reduction."""
-    weights = save_arrays({"mean": np.ascontiguousarray(reduction.mean),
-                           "components": np.ascontiguousarray(reduction.components)})
+    weights = save_arrays(
+        {"mean": np.ascontiguousarray(reduction.mean), "components": np.ascontiguousarray(reduction.components)}
+    )
     return weights, (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode()
 
 

@@ -39,8 +39,8 @@ def stratified_split(labels: np.ndarray, seed: int, test: float = 0.2, validatio
         idx = rng.permutation(np.flatnonzero(labels == c))
         n_test, n_val = max(1, round(len(idx) * test)), max(1, round(len(idx) * validation))
         parts[2].append(idx[:n_test])
-        parts[1].append(idx[n_test:n_test + n_val])
-        parts[0].append(idx[n_test + n_val:])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
     train, val, tst = (np.sort(np.concatenate(p)) for p in parts)
     return Split(train, val, tst)
 
@@ -68,7 +68,7 @@ def head_features(head: LstmHead, states: Sequence[torch.Tensor]) -> torch.Tenso
     order = np.argsort([len(s) for s in states], kind="stable")  # similar lengths pad less
     out = torch.empty(len(states), head.lstm.hidden_size * (2 if head.lstm.bidirectional else 1))
     for start in range(0, len(order), EVAL_BATCH):
-        rows = order[start:start + EVAL_BATCH]
+        rows = order[start : start + EVAL_BATCH]
         h, mask = pad_states([states[i] for i in rows])
         out[torch.from_numpy(rows)] = head(h, mask)
     return out
@@ -115,9 +115,9 @@ def _batches(rows: np.ndarray, lengths: np.ndarray, size: int, gen: torch.Genera
     shuffled = rows[torch.randperm(len(rows), generator=gen).numpy()]
     batches = []
     for start in range(0, len(shuffled), size * 50):
-        pool = shuffled[start:start + size * 50]
+        pool = shuffled[start : start + size * 50]
         pool = pool[np.argsort(lengths[pool], kind="stable")]
-        batches.extend(pool[i:i + size] for i in range(0, len(pool), size))
+        batches.extend(pool[i : i + size] for i in range(0, len(pool), size))
     for i in torch.randperm(len(batches), generator=gen).tolist():
         yield batches[i]
 
@@ -127,14 +127,18 @@ def _accuracy(model: HeadClassifier, states: Sequence[torch.Tensor], labels: tor
     model.eval()
     correct = 0
     for start in range(0, len(rows), EVAL_BATCH):
-        batch = rows[start:start + EVAL_BATCH]
+        batch = rows[start : start + EVAL_BATCH]
         h, mask = pad_states([states[i] for i in batch])
         correct += int((model(h, mask).argmax(-1) == labels[torch.from_numpy(batch)]).sum())
     return correct / max(len(rows), 1)
 
 
 def train_head(
-    states: Sequence[torch.Tensor], labels: np.ndarray, split: Split, n_classes: int, settings: TrainSettings,
+    states: Sequence[torch.Tensor],
+    labels: np.ndarray,
+    split: Split,
+    n_classes: int,
+    settings: TrainSettings,
     on_epoch=None,
 ) -> TrainResult:
     """Train head + classifier on `split.train`; keep the epoch with the best validation accuracy."""
@@ -142,8 +146,9 @@ def train_head(
     gen = torch.Generator().manual_seed(settings.seed)
     width = states[0].shape[1]
     head = LstmHead(width, settings.hidden, settings.bidirectional)
-    model = HeadClassifier(head, width + settings.hidden * (2 if settings.bidirectional else 1), n_classes,
-                           settings.dropout)
+    model = HeadClassifier(
+        head, width + settings.hidden * (2 if settings.bidirectional else 1), n_classes, settings.dropout
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     y = torch.from_numpy(labels).long()
     lengths = np.array([len(s) for s in states])
@@ -194,8 +199,14 @@ def fit_logistic(x: torch.Tensor, y: np.ndarray, n_classes: int, l2: float) -> P
     target = torch.from_numpy(y).long()
     weight = torch.zeros(n_classes, z.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=500, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        max_iter=500,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()

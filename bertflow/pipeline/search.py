@@ -17,15 +17,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from bertflow.io import parts, storage
 from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig
 from bertflow.errors import InputError
+from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
 
 SNIPPET_CHARS = 160
 # The recorded settings a query must be embedded with, as the manifest's fingerprint names them.
-QUERY_SETTINGS = ("model_sha256", "pooling", "layers", "layer_mode", "normalize", "max_length", "pooler_sha256",
-                  "reduction_sha256", "exclude_special")
+QUERY_SETTINGS = (
+    "model_sha256",
+    "pooling",
+    "layers",
+    "layer_mode",
+    "normalize",
+    "max_length",
+    "pooler_sha256",
+    "reduction_sha256",
+    "exclude_special",
+)
 
 
 @dataclass(frozen=True)
@@ -61,13 +70,20 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
     # The resolved path first (a relative --model may not resolve from here), else the name.
     model = manifest.model.path if Path(manifest.model.path).is_dir() else manifest.model.name
     precision = manifest.precision if manifest.precision != "fp16" or torch.cuda.is_available() else "fp32"
-    resolved = resolve_config(EmbedConfig(
-        model=model, pooling=manifest.pooling, layers=tuple(manifest.layers), layer_mode=manifest.layer_mode,
-        normalize=manifest.normalize, max_length=manifest.model.max_length, precision=precision,
-        exclude_special=manifest.exclude_special,
-        pooler=manifest.pooler.uri if manifest.pooler else None,
-        reduction=manifest.reduction.uri if manifest.reduction else None,
-    ))
+    resolved = resolve_config(
+        EmbedConfig(
+            model=model,
+            pooling=manifest.pooling,
+            layers=tuple(manifest.layers),
+            layer_mode=manifest.layer_mode,
+            normalize=manifest.normalize,
+            max_length=manifest.model.max_length,
+            precision=precision,
+            exclude_special=manifest.exclude_special,
+            pooler=manifest.pooler.uri if manifest.pooler else None,
+            reduction=manifest.reduction.uri if manifest.reduction else None,
+        )
+    )
     now = resolved.output_fingerprint()
     for key in QUERY_SETTINGS:
         if manifest.fingerprint.get(key) != now.get(key):

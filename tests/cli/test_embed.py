@@ -33,11 +33,15 @@ def build_inputs(root: Path, tiny_bert: Path) -> None:
     write_rows(root / "good.jsonl", GOOD_ROWS)
     (root / "notes.xml").write_text("<doc>hello</doc>\n")
     (root / "empty-dir").mkdir()
-    pl.DataFrame({"id": [], "text": []}, schema={"id": pl.Int64, "text": pl.String}).write_parquet(root / "zero.parquet")
+    pl.DataFrame({"id": [], "text": []}, schema={"id": pl.Int64, "text": pl.String}).write_parquet(
+        root / "zero.parquet"
+    )
     (root / "header-only.csv").write_text("id,text\n")
     write_rows(root / "no-text.parquet", [{"id": 1, "body": "a"}, {"id": 2, "body": "b"}])
     write_rows(root / "no-id.jsonl", [{"key": 1, "text": "a"}])
-    write_rows(root / "dups.jsonl", [{"id": f"x{i % 7}", "text": str(i)} for i in range(14)] + [{"id": "y", "text": "y"}])
+    write_rows(
+        root / "dups.jsonl", [{"id": f"x{i % 7}", "text": str(i)} for i in range(14)] + [{"id": "y", "text": "y"}]
+    )
     (root / "bad-line.jsonl").write_text('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"\n{"id": 3, "text": "c"}\n')
     write_rows(root / "whole.parquet", [{"id": i, "text": f"text {i}"} for i in range(500)])
     data = (root / "whole.parquet").read_bytes()
@@ -54,39 +58,71 @@ def build_inputs(root: Path, tiny_bert: Path) -> None:
 # case: (SOURCE under the inputs dir, extra options, the one line expected on stderr after "error: ")
 # `{in}` is the inputs directory.
 BAD = {
-    "missing source": ("nope.jsonl", [],
-                       "SOURCE {in}/nope.jsonl does not exist; give a file, a directory or a glob"),
-    "unknown extension": ("notes.xml", [],
-                          "cannot read {in}/notes.xml: unknown extension; supported: .parquet, .jsonl, .ndjson, "
-                          ".csv, .txt (narrow SOURCE with a glob such as 'dir/*.jsonl')"),
-    "directory with no files": ("empty-dir", [],
-                                "SOURCE {in}/empty-dir holds no files; point it at .parquet, .jsonl, .ndjson, .csv, "
-                                ".txt files"),
+    "missing source": ("nope.jsonl", [], "SOURCE {in}/nope.jsonl does not exist; give a file, a directory or a glob"),
+    "unknown extension": (
+        "notes.xml",
+        [],
+        "cannot read {in}/notes.xml: unknown extension; supported: .parquet, .jsonl, .ndjson, "
+        ".csv, .txt (narrow SOURCE with a glob such as 'dir/*.jsonl')",
+    ),
+    "directory with no files": (
+        "empty-dir",
+        [],
+        "SOURCE {in}/empty-dir holds no files; point it at .parquet, .jsonl, .ndjson, .csv, .txt files",
+    ),
     "parquet with zero rows": ("zero.parquet", [], "SOURCE {in}/zero.parquet has no rows to embed"),
     "csv with only a header": ("header-only.csv", [], "SOURCE {in}/header-only.csv has no rows to embed"),
-    "missing text column": ("no-text.parquet", [],
-                            "{in}/no-text.parquet has no column 'text' (columns: id, body); "
-                            "name the right one with --text-column"),
-    "missing id column": ("no-id.jsonl", [],
-                          "{in}/no-id.jsonl has no column 'id' (columns: key, text); name the right one with --id-column"),
-    "duplicate ids": ("dups.jsonl", [],
-                      "7 ids occur more than once in column 'id' (e.g. 'x0', 'x1', 'x2', 'x3', 'x4'); ids must be unique"),
-    "unknown pooling": ("good.jsonl", ["--pooling", "sum"],
-                        r"--pooling: unknown pooling 'sum'; choose one of cls, mean, max, mean_max\b.*"),
-    "unknown precision": ("good.jsonl", ["--precision", "fp8"],
-                          "--precision: unknown precision 'fp8'; choose one of fp32, bf16, fp16"),
-    "model path that does not exist": ("good.jsonl", ["--model", "{in}/no-such-model"],
-                                       "model path '{in}/no-such-model' does not exist"),
-    "model without safetensors": ("good.jsonl", ["--model", "{in}/model-without-safetensors"],
-                                  r"model directory '{in}/model-without-safetensors' holds no model\.safetensors; "
-                                  r"bertflow loads safetensors weights only .*"),
+    "missing text column": (
+        "no-text.parquet",
+        [],
+        "{in}/no-text.parquet has no column 'text' (columns: id, body); name the right one with --text-column",
+    ),
+    "missing id column": (
+        "no-id.jsonl",
+        [],
+        "{in}/no-id.jsonl has no column 'id' (columns: key, text); name the right one with --id-column",
+    ),
+    "duplicate ids": (
+        "dups.jsonl",
+        [],
+        "7 ids occur more than once in column 'id' (e.g. 'x0', 'x1', 'x2', 'x3', 'x4'); ids must be unique",
+    ),
+    "unknown pooling": (
+        "good.jsonl",
+        ["--pooling", "sum"],
+        r"--pooling: unknown pooling 'sum'; choose one of cls, mean, max, mean_max\b.*",
+    ),
+    "unknown precision": (
+        "good.jsonl",
+        ["--precision", "fp8"],
+        "--precision: unknown precision 'fp8'; choose one of fp32, bf16, fp16",
+    ),
+    "model path that does not exist": (
+        "good.jsonl",
+        ["--model", "{in}/no-such-model"],
+        "model path '{in}/no-such-model' does not exist",
+    ),
+    "model without safetensors": (
+        "good.jsonl",
+        ["--model", "{in}/model-without-safetensors"],
+        r"model directory '{in}/model-without-safetensors' holds no model\.safetensors; "
+        r"bertflow loads safetensors weights only .*",
+    ),
     "malformed json line": ("bad-line.jsonl", [], r"{in}/bad-line.jsonl: line 2 is not valid JSON \(.+\)"),
-    "truncated parquet": ("truncated.parquet", [],
-                          r"{in}/truncated.parquet is not a readable parquet file \(.+\); fix or remove it"),
+    "truncated parquet": (
+        "truncated.parquet",
+        [],
+        r"{in}/truncated.parquet is not a readable parquet file \(.+\); fix or remove it",
+    ),
     "corrupt csv": ("corrupt.csv", [], r"{in}/corrupt.csv is not a readable csv file \(.+\); fix or remove it"),
 }
-REGEX_CASES = {"unknown pooling", "model without safetensors", "malformed json line", "truncated parquet",
-               "corrupt csv"}
+REGEX_CASES = {
+    "unknown pooling",
+    "model without safetensors",
+    "malformed json line",
+    "truncated parquet",
+    "corrupt csv",
+}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +188,23 @@ def test_happy_path_prints_the_summary_and_records_the_run(tmp_path, tiny_bert, 
     src = write_rows(tmp_path / "docs.jsonl", rows)
     dest = tmp_path / "an-output-directory-with-a-name-longer-than-the-summary-column" / "out"
 
-    result = run_cli("embed", str(src), str(dest), "--model", str(tiny_bert), "--max-length", "16",
-                     "--keep", "lang", "--shard-rows", "2", "--device", "cpu", env=cli_env, timeout=300)
+    result = run_cli(
+        "embed",
+        str(src),
+        str(dest),
+        "--model",
+        str(tiny_bert),
+        "--max-length",
+        "16",
+        "--keep",
+        "lang",
+        "--shard-rows",
+        "2",
+        "--device",
+        "cpu",
+        env=cli_env,
+        timeout=300,
+    )
 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -173,7 +224,8 @@ def test_happy_path_prints_the_summary_and_records_the_run(tmp_path, tiny_bert, 
     assert json.loads((dest / "_manifest.json").read_text())["status"] == "complete"
 
     # the run is on the server the user pointed at, where the UI shows it
-    found = httpx.post(f"{prefect_server}/flow_runs/filter",
-                       json={"flows": {"name": {"any_": ["embed-dataset"]}}}, timeout=10).json()
+    found = httpx.post(
+        f"{prefect_server}/flow_runs/filter", json={"flows": {"name": {"any_": ["embed-dataset"]}}}, timeout=10
+    ).json()
     runs = [r for r in found if r["parameters"].get("dest") == str(dest)]
     assert [r["state_type"] for r in runs] == ["COMPLETED"]

@@ -86,11 +86,21 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": url,
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def healthy() -> bool:
         if proc.poll() is not None:
@@ -118,24 +128,47 @@ class Service:
 
     def __init__(self, url: str, home: Path, s3_env: dict[str, str], model: Path) -> None:
         self.url, self.home, self.model = url, home, model
-        self.env = {**s3_env, "PREFECT_API_URL": url, "PREFECT_HOME": str(home), "HF_HUB_OFFLINE": "1",
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.env = {
+            **s3_env,
+            "PREFECT_API_URL": url,
+            "PREFECT_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         self.workers: dict[str, subprocess.Popen] = {}
 
     # --- processes ---------------------------------------------------------------------------
     def deploy(self) -> None:
-        r = self.cli("deploy", "--pool", POOL, "--gpus-per-host", "2", "--source-template", SOURCE_TEMPLATE,
-                     "--dest-template", DEST_TEMPLATE, "--model", str(self.model))
+        r = self.cli(
+            "deploy",
+            "--pool",
+            POOL,
+            "--gpus-per-host",
+            "2",
+            "--source-template",
+            SOURCE_TEMPLATE,
+            "--dest-template",
+            DEST_TEMPLATE,
+            "--model",
+            str(self.model),
+        )
         assert r.returncode == 0, r.stdout + r.stderr
 
     def start_worker(self, name: str) -> None:
         log = open(self.home / f"worker-{name}.log", "a")
-        env = {**os.environ, **self.env, "PREFECT_WORKER_QUERY_SECONDS": "1",
-               "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            **self.env,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
+        }
         # --limit 2: each worker claims at most two runs, so the pool's runs spread over both workers.
         self.workers[name] = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "2", "--type", "process"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def workers_ready(self) -> None:
@@ -149,7 +182,8 @@ class Service:
             with self.client() as c:
                 found = {w.name: w.status for w in c.read_workers_for_work_pool(POOL)}
             return all(str(found.get(n, "")).upper().endswith("ONLINE") for n in WORKERS) and all(
-                self.workers[n].poll() is None for n in WORKERS)
+                self.workers[n].poll() is None for n in WORKERS
+            )
 
         wait_for(online, 90, "workers w1 and w2 online", diagnostics=self.diagnostics)
 
@@ -167,7 +201,10 @@ class Service:
     def runs(self, deployment: str, tags: tuple[str, ...] = ()) -> list:
         """Flow runs of a deployment ('flow/name'), oldest first."""
         from prefect.client.schemas.filters import (
-            DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterTags,
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterTags,
         )
         from prefect.client.schemas.sorting import FlowRunSort
 
@@ -177,7 +214,9 @@ class Service:
             while batch := c.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
                 flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags))) if tags else None,
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200, offset=len(found),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+                offset=len(found),
             ):
                 found += batch
         return found
@@ -221,8 +260,13 @@ def write_docs(source: str, rows: int, prefix: str) -> str:
 
     from bertflow.io import storage
 
-    lines = "".join(json.dumps({"id": f"{prefix}-{i}", "text": f"Document {i} of {prefix}: the quick brown fox "
-                                "jumps over the lazy dog."}) + "\n" for i in range(rows))
+    lines = "".join(
+        json.dumps(
+            {"id": f"{prefix}-{i}", "text": f"Document {i} of {prefix}: the quick brown fox jumps over the lazy dog."}
+        )
+        + "\n"
+        for i in range(rows)
+    )
     storage.write_atomic(storage.join(source, "docs.jsonl"), lines.encode())
     return source
 

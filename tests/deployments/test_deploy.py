@@ -7,13 +7,17 @@ from datetime import timedelta
 import pytest
 
 from bertflow import partitions
-from tests.deployments.service import prefect_client, start_server, stop_process, wait_for
 from tests.conftest import run_cli
+from tests.deployments.service import prefect_client, start_server, stop_process, wait_for
 
 SOURCE = "s3://lake/raw/dt={date}/"
 DEST = "s3://lake/embeddings/dt={date}/"
-DEPLOYMENTS = {"embed-dataset/embed-nightly", "embed-dataset/embed-adhoc", "embed-shard/embed-shard",
-               "backfill/backfill"}
+DEPLOYMENTS = {
+    "embed-dataset/embed-nightly",
+    "embed-dataset/embed-adhoc",
+    "embed-shard/embed-shard",
+    "backfill/backfill",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +47,13 @@ def snapshot(url: str) -> dict:
         limits = c.read_global_concurrency_limits(limit=100)
     return {
         "pools": [(p.name, p.type) for p in pools],
-        "deployments": sorted((f"{flow_name(url, d.flow_id)}/{d.name}", d.work_pool_name, d.entrypoint, str(d.updated))
-                              for d in deployments),
-        "schedules": sorted((d.name, s.schedule.cron, s.schedule.timezone, str(s.id)) for d in deployments
-                            for s in d.schedules),
+        "deployments": sorted(
+            (f"{flow_name(url, d.flow_id)}/{d.name}", d.work_pool_name, d.entrypoint, str(d.updated))
+            for d in deployments
+        ),
+        "schedules": sorted(
+            (d.name, s.schedule.cron, s.schedule.timezone, str(s.id)) for d in deployments for s in d.schedules
+        ),
         "limits": sorted((lim.name, lim.limit) for lim in limits),
     }
 
@@ -57,13 +64,35 @@ def flow_name(url: str, flow_id) -> str:
 
 
 def test_deploy_twice_creates_everything_once_and_changes_nothing(server):
-    first = deploy(server, "--pool", "gpu", "--gpus-per-host", "2", "--cron", "30 3 * * *",
-                   "--source-template", SOURCE, "--dest-template", DEST)
+    first = deploy(
+        server,
+        "--pool",
+        "gpu",
+        "--gpus-per-host",
+        "2",
+        "--cron",
+        "30 3 * * *",
+        "--source-template",
+        SOURCE,
+        "--dest-template",
+        DEST,
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     before = snapshot(server)
     # Options left out keep what is deployed: the same command, or a bare one, changes nothing.
-    again = deploy(server, "--pool", "gpu", "--gpus-per-host", "2", "--cron", "30 3 * * *",
-                   "--source-template", SOURCE, "--dest-template", DEST)
+    again = deploy(
+        server,
+        "--pool",
+        "gpu",
+        "--gpus-per-host",
+        "2",
+        "--cron",
+        "30 3 * * *",
+        "--source-template",
+        SOURCE,
+        "--dest-template",
+        DEST,
+    )
     bare = deploy(server, "--pool", "gpu")
     assert again.returncode == 0 and bare.returncode == 0, again.stdout + again.stderr + bare.stderr
     for out in (again.stdout, bare.stdout):
@@ -102,11 +131,15 @@ def test_nightly_scheduled_runs_process_the_day_before_their_start(server):
     def scheduled():
         with prefect_client(server) as c:
             runs = c.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["embed-nightly"])), limit=50)
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["embed-nightly"])), limit=50
+            )
         runs = [r for r in runs if r.state.is_scheduled()]
         # Runs of the old cron (30 3) go when the schedule changes; wait for three of the new one.
-        return sorted(runs, key=lambda r: r.expected_start_time) if len(runs) >= 3 and all(
-            r.expected_start_time.hour == 2 for r in runs) else None
+        return (
+            sorted(runs, key=lambda r: r.expected_start_time)
+            if len(runs) >= 3 and all(r.expected_start_time.hour == 2 for r in runs)
+            else None
+        )
 
     runs = wait_for(scheduled, 60, "three scheduled runs of embed-nightly at 02:00")
     for run in runs:
@@ -116,7 +149,10 @@ def test_nightly_scheduled_runs_process_the_day_before_their_start(server):
         assert run.parameters.get("partition") is None
         day = (start.date() - timedelta(days=1)).isoformat()
         assert partitions.resolve(SOURCE, DEST, None, run.parameters["lag_days"], start) == (
-            f"s3://lake/raw/dt={day}/", f"s3://lake/embeddings/dt={day}/", day)
+            f"s3://lake/raw/dt={day}/",
+            f"s3://lake/embeddings/dt={day}/",
+            day,
+        )
     days = [partitions.partition_for(r.expected_start_time, 1) for r in runs]
     assert [(b - a).days for a, b in zip(days, days[1:])] == [1] * (len(days) - 1)  # consecutive days
 
@@ -124,7 +160,10 @@ def test_nightly_scheduled_runs_process_the_day_before_their_start(server):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--source-template", "s3://lake/raw/", "--dest-template", DEST), "SOURCE template 's3://lake/raw/' has no {date}"),
+        (
+            ("--source-template", "s3://lake/raw/", "--dest-template", DEST),
+            "SOURCE template 's3://lake/raw/' has no {date}",
+        ),
         (("--cron", "every night"), "--cron 'every night' is not a cron expression"),
         (("--gpus-per-host", "0"), "--gpus-per-host 0: give 1 or more"),
     ],

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bertflow.io import parts
-
 from bertflow import partitions
-from tests.deployments.service import (  # noqa: F401
-    DEST_TEMPLATE,
-    SOURCE_TEMPLATE,
-    make_bucket,
-    service,
-    wait_for,
-    write_day,
+from bertflow.io import parts
+from tests.deployments.service import DEST_TEMPLATE, SOURCE_TEMPLATE, make_bucket, wait_for, write_day
 )
 
 NIGHTLY = "embed-dataset/embed-nightly"
@@ -25,7 +18,9 @@ def test_scheduled_run_started_late_embeds_the_day_before_its_schedule(s3, servi
     make_bucket()
     scheduled = wait_for(
         lambda: [r for r in service.runs(NIGHTLY) if "auto-scheduled" in r.tags and r.state.is_scheduled()],
-        90, "the scheduler's runs of embed-nightly", diagnostics=service.diagnostics,
+        90,
+        "the scheduler's runs of embed-nightly",
+        diagnostics=service.diagnostics,
     )
     run = min(scheduled, key=lambda r: r.expected_start_time)
     day = (run.expected_start_time.date() - timedelta(days=1)).isoformat()

@@ -29,8 +29,11 @@ def test_partition_is_the_utc_day_lag_days_before_the_scheduled_start(scheduled,
 
 def test_resolve_fills_both_templates_and_an_explicit_partition_wins():
     late = datetime(2026, 12, 24, 9, 0, tzinfo=timezone.utc)
-    assert p.resolve(SRC, DST, None, 1, late) == ("s3://b/raw/dt=2026-12-23/", "s3://b/embeddings/dt=2026-12-23/",
-                                                  "2026-12-23")
+    assert p.resolve(SRC, DST, None, 1, late) == (
+        "s3://b/raw/dt=2026-12-23/",
+        "s3://b/embeddings/dt=2026-12-23/",
+        "2026-12-23",
+    )
     assert p.resolve(SRC, DST, "2026-11-02", 1, late)[2] == "2026-11-02"
     assert p.resolve("in/", "out/", None, 1, late) == ("in/", "out/", None)
 
@@ -52,7 +55,10 @@ def test_resolve_refuses_bad_templates(source, dest, partition, message):
 def test_partition_range_includes_both_ends_and_steps():
     assert p.partition_range(date(2026, 11, 1), date(2026, 11, 3)) == [date(2026, 11, d) for d in (1, 2, 3)]
     assert p.partition_range(date(2026, 11, 1), date(2026, 11, 20), p.parse_every("7d")) == [
-        date(2026, 11, 1), date(2026, 11, 8), date(2026, 11, 15)]
+        date(2026, 11, 1),
+        date(2026, 11, 8),
+        date(2026, 11, 15),
+    ]
     assert p.partition_range(date(2026, 11, 1), date(2026, 11, 1)) == [date(2026, 11, 1)]
     with pytest.raises(InputError, match="--end 2026-10-31 is before --start 2026-11-01"):
         p.partition_range(date(2026, 11, 1), date(2026, 10, 31))

@@ -25,10 +25,20 @@ def test_serve_runs_adhoc_embedding_in_its_own_process(server, tiny_bert, tmp_pa
     dest = tmp_path / "served"
     log = open(tmp_path / "serve.log", "w")
     serving = subprocess.Popen(
-        [BERTFLOW, "serve", "--source-template", str(tmp_path / "raw-{date}"),
-         "--dest-template", str(tmp_path / "out-{date}"), "--model", str(tiny_bert)],
+        [
+            BERTFLOW,
+            "serve",
+            "--source-template",
+            str(tmp_path / "raw-{date}"),
+            "--dest-template",
+            str(tmp_path / "out-{date}"),
+            "--model",
+            str(tiny_bert),
+        ],
         env={**os.environ, "PREFECT_API_URL": server, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         from prefect.deployments import run_deployment
@@ -39,11 +49,19 @@ def test_serve_runs_adhoc_embedding_in_its_own_process(server, tiny_bert, tmp_pa
                 names = {d.name for d in c.read_deployments()}
             return {"embed-nightly", "embed-adhoc", "backfill"} <= names
 
-        wait_for(served, 120, "bertflow serve to register its deployments",
-                 diagnostics=lambda: (tmp_path / "serve.log").read_text())
+        wait_for(
+            served,
+            120,
+            "bertflow serve to register its deployments",
+            diagnostics=lambda: (tmp_path / "serve.log").read_text(),
+        )
         with temporary_settings(updates={PREFECT_API_URL: server}):
-            run = run_deployment("embed-dataset/embed-adhoc", parameters={"source": str(source), "dest": str(dest)},
-                                 timeout=240, poll_interval=1)
+            run = run_deployment(
+                "embed-dataset/embed-adhoc",
+                parameters={"source": str(source), "dest": str(dest)},
+                timeout=240,
+                poll_interval=1,
+            )
         assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-4000:])
         assert run.name == "embed-served"
         manifest = parts.read_manifest(str(dest))

@@ -7,17 +7,10 @@ from datetime import datetime, timezone
 import pytest
 import s3fs
 
-from bertflow.io import parts
-
 from bertflow import partitions
+from bertflow.io import parts
 from bertflow.io.verify import verify_dest
-from tests.deployments.service import (  # noqa: F401
-    DEST_TEMPLATE,
-    POOL,
-    SOURCE_TEMPLATE,
-    make_bucket,
-    service,
-    write_day,
+from tests.deployments.service import DEST_TEMPLATE, POOL, SOURCE_TEMPLATE, make_bucket, write_day
 )
 
 NIGHTLY = "embed-dataset/embed-nightly"
@@ -29,8 +22,9 @@ def runs_since(svc, since: datetime) -> set:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
 
     with svc.client() as c:
-        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
-            expected_start_time=FlowRunFilterExpectedStartTime(after_=since)))
+        runs = c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since))
+        )
     return {r.id for r in runs if "auto-scheduled" not in r.tags}
 
 
@@ -38,8 +32,8 @@ def embed_day(svc, day: str) -> None:
     """Embed one day by hand, in this process, with the deployment's config (its model, other options default)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from bertflow.flows.embed import embed_dataset
     from bertflow.config import EmbedConfig
+    from bertflow.flows.embed import embed_dataset
 
     with temporary_settings(updates={PREFECT_API_URL: svc.url}):
         manifest = embed_dataset(SOURCE_TEMPLATE, DEST_TEMPLATE, EmbedConfig(model=str(svc.model)), partition=day)
@@ -88,8 +82,9 @@ def test_backfill_runs_only_missing_days_once(s3, service):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: service.url}):
-        run = run_deployment("backfill/backfill", parameters={"start": DAYS[0], "end": DAYS[-1]}, timeout=240,
-                             poll_interval=1)
+        run = run_deployment(
+            "backfill/backfill", parameters={"start": DAYS[0], "end": DAYS[-1]}, timeout=240, poll_interval=1
+        )
     assert run.state.is_completed(), service.diagnostics()
     assert {r.id for r in service.runs(NIGHTLY)} == before | {run.id for run in runs}
 
@@ -123,7 +118,8 @@ def flat_deployment(service):
 
     with temporary_settings(updates={PREFECT_API_URL: service.url}):
         embed_dataset.to_deployment(
-            "embed-flat", parameters={"source": "s3://lake/raw/", "dest": "s3://lake/flat/"},
+            "embed-flat",
+            parameters={"source": "s3://lake/raw/", "dest": "s3://lake/flat/"},
             entrypoint_type=EntrypointType.MODULE_PATH,
         ).apply(work_pool_name=POOL)
     return "embed-flat"
@@ -133,10 +129,14 @@ def flat_deployment(service):
     "args, message",
     [
         (("--start", "2026-11-05", "--end", "2026-11-01"), "--end 2026-11-01 is before --start 2026-11-05"),
-        (("--start", "2026-11-01", "--end", "2026-11-02", "--deployment", "embed-nope"),
-         "deployment embed-dataset/embed-nope does not exist"),
-        (("--start", "2026-11-01", "--end", "2026-11-02", "--deployment", "FLAT"),
-         "SOURCE template 's3://lake/raw/' has no {date}"),
+        (
+            ("--start", "2026-11-01", "--end", "2026-11-02", "--deployment", "embed-nope"),
+            "deployment embed-dataset/embed-nope does not exist",
+        ),
+        (
+            ("--start", "2026-11-01", "--end", "2026-11-02", "--deployment", "FLAT"),
+            "SOURCE template 's3://lake/raw/' has no {date}",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_starts_nothing(s3, service, flat_deployment, args, message):

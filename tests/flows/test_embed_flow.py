@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from bertflow.flows.embed import embed_dataset
 from bertflow.config import DEFAULT_MODEL, EmbedConfig
+from bertflow.flows.embed import embed_dataset
 from tests.conftest import write_rows
 
 MAX_LEN = 16  # the tiny BERT's runs truncate here, so ordinary sentences get cut
@@ -68,8 +68,16 @@ def run(source: Path | str, dest: Path, model: Path | str = DEFAULT_MODEL, **opt
 
 
 def check_dest(
-    dest: Path, rows: list[dict], *, id_dtype: pl.DataType, keep: dict[str, pl.DataType], shard_sizes: list[int],
-    hf_tokenizer, reference, dim: int = TINY_DIM, max_length: int = MAX_LEN,
+    dest: Path,
+    rows: list[dict],
+    *,
+    id_dtype: pl.DataType,
+    keep: dict[str, pl.DataType],
+    shard_sizes: list[int],
+    hf_tokenizer,
+    reference,
+    dim: int = TINY_DIM,
+    max_length: int = MAX_LEN,
 ) -> tuple[dict, pl.DataFrame]:
     """Everything a user relies on in DEST, against the input rows (dicts with id, text, kept columns)."""
     embedded = [r for r in rows if r["text"] is not None]
@@ -79,8 +87,13 @@ def check_dest(
     assert names == sorted([*part_names, "_manifest.json", *(["_rejects.parquet"] if rejected else [])])
 
     frames = [pl.read_parquet(dest / n) for n in part_names]
-    schema = {"id": id_dtype, "embedding": pl.Array(pl.Float32, dim), "n_tokens": pl.Int32,
-              "truncated": pl.Boolean, **keep}
+    schema = {
+        "id": id_dtype,
+        "embedding": pl.Array(pl.Float32, dim),
+        "n_tokens": pl.Int32,
+        "truncated": pl.Boolean,
+        **keep,
+    }
     for f in frames:
         assert dict(f.schema) == schema
     parts = pl.concat(frames)
@@ -133,9 +146,7 @@ FORMATS = {
 
 
 @pytest.mark.parametrize("ext", list(FORMATS))
-def test_each_tabular_format_end_to_end(
-    prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference, texts, ext
-):
+def test_each_tabular_format_end_to_end(prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference, texts, ext):
     make_id, id_dtype, keep = FORMATS[ext]
     rows = [{"id": make_id(i), "text": t, "lang": ["en", "de"][i % 2], "n": i * 7} for i, t in enumerate(texts)]
     src = write_rows(tmp_path / f"docs{ext}", rows)
@@ -145,8 +156,15 @@ def test_each_tabular_format_end_to_end(
 
     manifest = run(src, dest, tiny_bert, keep=tuple(keep), shard_rows=7)
 
-    _, parts = check_dest(dest, rows, id_dtype=id_dtype, keep=keep, shard_sizes=[7, 5],
-                          hf_tokenizer=hf_tokenizer, reference=tiny_reference)
+    _, parts = check_dest(
+        dest,
+        rows,
+        id_dtype=id_dtype,
+        keep=keep,
+        shard_sizes=[7, 5],
+        hf_tokenizer=hf_tokenizer,
+        reference=tiny_reference,
+    )
     assert manifest.source == str(src) and manifest.pooling == "mean" and manifest.normalize is False
     long = parts.filter(pl.col("id") == make_id(3))
     assert long["truncated"].item() is True and long["n_tokens"].item() == MAX_LEN
@@ -157,8 +175,9 @@ def test_each_tabular_format_end_to_end(
     assert (over["n_tokens"], over["truncated"]) == (MAX_LEN, True)
 
 
-def test_txt_lines_are_documents_numbered_from_one(prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference,
-                                                   texts):
+def test_txt_lines_are_documents_numbered_from_one(
+    prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference, texts
+):
     lines = [t.replace("\n", " ") for t in texts if t is not None]
     src = tmp_path / "docs.txt"
     src.write_text("".join(f"{line}\n" for line in lines))
@@ -166,8 +185,15 @@ def test_txt_lines_are_documents_numbered_from_one(prefect_harness, tmp_path, ti
     run(src, tmp_path / "out", tiny_bert, shard_rows=6)
 
     rows = [{"id": i, "text": line} for i, line in enumerate(lines, start=1)]
-    check_dest(tmp_path / "out", rows, id_dtype=pl.Int64, keep={}, shard_sizes=[6, 5],
-               hf_tokenizer=hf_tokenizer, reference=tiny_reference)
+    check_dest(
+        tmp_path / "out",
+        rows,
+        id_dtype=pl.Int64,
+        keep={},
+        shard_sizes=[6, 5],
+        hf_tokenizer=hf_tokenizer,
+        reference=tiny_reference,
+    )
 
 
 def test_directory_of_several_files_skips_underscore_and_dot_files(
@@ -183,11 +209,19 @@ def test_directory_of_several_files_skips_underscore_and_dot_files(
 
     manifest = run(src, tmp_path / "out", tiny_bert, shard_rows=4)
 
-    check_dest(tmp_path / "out", rows, id_dtype=pl.Int64, keep={}, shard_sizes=[4, 4, 1],
-               hf_tokenizer=hf_tokenizer, reference=tiny_reference)
+    check_dest(
+        tmp_path / "out",
+        rows,
+        id_dtype=pl.Int64,
+        keep={},
+        shard_sizes=[4, 4, 1],
+        hf_tokenizer=hf_tokenizer,
+        reference=tiny_reference,
+    )
     # the second shard starts in b.ndjson and ends in sub/c.parquet
     assert [(Path(p.file).name, p.start, p.stop) for p in manifest.shards[1].pieces] == [
-        ("b.ndjson", 1, 3), ("c.parquet", 0, 2)
+        ("b.ndjson", 1, 3),
+        ("c.parquet", 0, 2),
     ]
 
 
@@ -202,10 +236,20 @@ def test_glob_picks_only_matching_files_and_txt_ids_name_their_file(
 
     run(src / "*.txt", tmp_path / "out", tiny_bert)
 
-    rows = [{"id": "a.txt:1", "text": "first line of a"}, {"id": "a.txt:2", "text": "second line of a"},
-            {"id": "b.txt:1", "text": LONG}]
-    check_dest(tmp_path / "out", rows, id_dtype=pl.String, keep={}, shard_sizes=[3],
-               hf_tokenizer=hf_tokenizer, reference=tiny_reference)
+    rows = [
+        {"id": "a.txt:1", "text": "first line of a"},
+        {"id": "a.txt:2", "text": "second line of a"},
+        {"id": "b.txt:1", "text": LONG},
+    ]
+    check_dest(
+        tmp_path / "out",
+        rows,
+        id_dtype=pl.String,
+        keep={},
+        shard_sizes=[3],
+        hf_tokenizer=hf_tokenizer,
+        reference=tiny_reference,
+    )
 
 
 def test_null_texts_go_to_rejects_and_an_all_null_shard_still_writes_a_typed_part(
@@ -217,8 +261,15 @@ def test_null_texts_go_to_rejects_and_an_all_null_shard_still_writes_a_typed_par
     manifest = run(src, tmp_path / "out", tiny_bert, shard_rows=2)
 
     rows[3]["text"] = None
-    check_dest(tmp_path / "out", rows, id_dtype=pl.Int64, keep={}, shard_sizes=[2, 2],
-               hf_tokenizer=hf_tokenizer, reference=tiny_reference)
+    check_dest(
+        tmp_path / "out",
+        rows,
+        id_dtype=pl.Int64,
+        keep={},
+        shard_sizes=[2, 2],
+        hf_tokenizer=hf_tokenizer,
+        reference=tiny_reference,
+    )
     assert [(s.rows, s.rejected) for s in manifest.shards] == [(0, 2), (1, 1)]
     # the parts read back as one dataset, whichever part a reader opens first
     assert pl.scan_parquet(tmp_path / "out" / "part-*.parquet").collect()["id"].to_list() == [3]
@@ -232,10 +283,20 @@ def test_bundled_model_with_its_own_defaults(prefect_harness, tmp_path, bundled_
 
     weights = hashlib.sha256((bundled_model / "model.safetensors").read_bytes()).hexdigest()
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert m["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights, "dimension": 384,
-                          "max_length": 256}
-    assert (m["pooling"], m["layers"], m["normalize"], m["precision"], m["device"]) == ("mean", [-1], True, "fp32",
-                                                                                       "cpu")
+    assert m["model"] == {
+        "name": DEFAULT_MODEL,
+        "path": str(bundled_model),
+        "sha256": weights,
+        "dimension": 384,
+        "max_length": 256,
+    }
+    assert (m["pooling"], m["layers"], m["normalize"], m["precision"], m["device"]) == (
+        "mean",
+        [-1],
+        True,
+        "fp32",
+        "cpu",
+    )
     parts = pl.read_parquet(tmp_path / "out" / "part-*.parquet")
     assert parts.schema["embedding"] == pl.Array(pl.Float32, 384)
     assert parts["id"].to_list() == ["t0", "t1", "t2", "t3"]

@@ -12,13 +12,17 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bertflow.flows.embed import embed_dataset
 from bertflow.config import EmbedConfig
+from bertflow.flows.embed import embed_dataset
 from bertflow.io.manifest import Manifest
 from tests.conftest import run_cli, write_rows
 
-TEXTS = ["Abstract Base Classes.", "", "Zürich – naïve café ☕ 東京",
-         "Return a new sorted list from the items in iterable, with a custom key function."]
+TEXTS = [
+    "Abstract Base Classes.",
+    "",
+    "Zürich – naïve café ☕ 東京",
+    "Return a new sorted list from the items in iterable, with a custom key function.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +58,7 @@ def read(dest: Path) -> pl.DataFrame:
 def test_several_poolings_in_one_pass_equal_their_single_runs(prefect_harness, tmp_path, tiny_bert):
     src = write_rows(tmp_path / "docs.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
 
-    run(src, tmp_path / "multi", tiny_bert, pooling="mean,cls,mean_max",
-        normalize=True)
+    run(src, tmp_path / "multi", tiny_bert, pooling="mean,cls,mean_max", normalize=True)
 
     multi = read(tmp_path / "multi")
     assert multi.columns == ["id", "embedding_mean", "embedding_cls", "embedding_mean_max", "n_tokens", "truncated"]
@@ -99,23 +102,32 @@ def test_exclude_special_leaves_cls_and_sep_out_of_mean_and_max(prefect_harness,
     assert manifest["exclude_special"] is True and manifest["fingerprint"]["exclude_special"] is True
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"pooling": "mean,sum,max"}, "unknown pooling 'sum'; choose one of cls, mean, max"),
-    ({"pooling": "mean,mean"}, "repeats a strategy"),
-    ({"long_text": "chunk", "chunk_tokens": 64, "stride": 64}, "--stride 64 must be less than --chunk-tokens 64"),
-    ({"aggregate": "mean"}, "--aggregate needs --long-text chunk"),
-    ({"long_text": "split"}, "unknown long-text mode 'split'"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"pooling": "mean,sum,max"}, "unknown pooling 'sum'; choose one of cls, mean, max"),
+        ({"pooling": "mean,mean"}, "repeats a strategy"),
+        ({"long_text": "chunk", "chunk_tokens": 64, "stride": 64}, "--stride 64 must be less than --chunk-tokens 64"),
+        ({"aggregate": "mean"}, "--aggregate needs --long-text chunk"),
+        ({"long_text": "split"}, "unknown long-text mode 'split'"),
+    ],
+)
 def test_bad_option_combinations_are_one_line_value_errors(options, message):
     with pytest.raises(ValidationError, match=message):
         EmbedConfig(**options)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--pooling", "mean,sum"], "--pooling: unknown pooling 'sum'; choose one of cls, mean"),
-    (["--long-text", "chunk", "--chunk-tokens", "32", "--stride", "40"], "--stride 40 must be less than --chunk-tokens 32"),
-    (["--aggregate", "max"], "--aggregate needs --long-text chunk"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pooling", "mean,sum"], "--pooling: unknown pooling 'sum'; choose one of cls, mean"),
+        (
+            ["--long-text", "chunk", "--chunk-tokens", "32", "--stride", "40"],
+            "--stride 40 must be less than --chunk-tokens 32",
+        ),
+        (["--aggregate", "max"], "--aggregate needs --long-text chunk"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_bert, args, message):
     src = write_rows(tmp_path / "docs.jsonl", [{"id": 1, "text": "a"}])
     dest = tmp_path / "out"
@@ -137,13 +149,25 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
 
     tokenizer, model = tiny_model
     long = " ".join(np.random.default_rng(0).choice(WORDS, 3000))
-    rows = [{"id": "long", "text": long, "lang": "en"}, {"id": "short", "text": "a short one", "lang": "de"},
-            {"id": "empty", "text": "", "lang": "fr"}]
+    rows = [
+        {"id": "long", "text": long, "lang": "en"},
+        {"id": "short", "text": "a short one", "lang": "de"},
+        {"id": "empty", "text": "", "lang": "fr"},
+    ]
     src = write_rows(tmp_path / "docs.jsonl", rows)
     dest = tmp_path / "out"
 
-    manifest = run(src, dest, tiny_bert, long_text="chunk", chunk_tokens=128, stride=16, aggregate="mean",
-                   keep=("lang",), shard_rows=2)
+    manifest = run(
+        src,
+        dest,
+        tiny_bert,
+        long_text="chunk",
+        chunk_tokens=128,
+        stride=16,
+        aggregate="mean",
+        keep=("lang",),
+        shard_rows=2,
+    )
 
     out = read(dest)
     assert out.columns == ["id", "chunk_index", "char_start", "char_end", "embedding", "n_tokens", "truncated", "lang"]
@@ -162,7 +186,7 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     assert chunks["n_tokens"].to_list() == [e - s + 2 for s, e in spans]  # with [CLS] and [SEP]
     assert max(chunks["n_tokens"]) == 128 and not chunks["truncated"].any()
     for row, (s, e) in zip(chunks.iter_rows(named=True), spans):
-        passage = long[row["char_start"]:row["char_end"]]  # the offsets cut the window's passage out
+        passage = long[row["char_start"] : row["char_end"]]  # the offsets cut the window's passage out
         batch = tokenizer(passage, return_tensors="pt")
         assert batch["input_ids"][0, 1:-1].tolist() == content["input_ids"][s:e]
         with torch.inference_mode():
@@ -185,8 +209,10 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     m = json.loads((dest / "_manifest.json").read_text())
     assert (m["long_text"], m["chunk_tokens"], m["stride"], m["aggregate"]) == ("chunk", 128, 16, "mean")
     assert m["columns"] == out.columns and m["document_columns"] == docs.columns
-    assert [(d["name"], d["rows"]) for d in m["documents"]] == [("documents/part-00000.parquet", 2),
-                                                              ("documents/part-00001.parquet", 1)]
+    assert [(d["name"], d["rows"]) for d in m["documents"]] == [
+        ("documents/part-00000.parquet", 2),
+        ("documents/part-00001.parquet", 1),
+    ]
     for d in m["documents"]:
         assert d["sha256"] == hashlib.sha256((dest / d["name"]).read_bytes()).hexdigest()
     assert m["fingerprint"]["long_text"] == "chunk" and m["fingerprint"]["aggregate"] == "mean"
@@ -198,8 +224,17 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
 
     # resume: a shard is complete only with its documents/ part
     (dest / "documents" / "part-00001.parquet").unlink()
-    again = run(src, dest, tiny_bert, long_text="chunk", chunk_tokens=128, stride=16, aggregate="mean",
-                keep=("lang",), shard_rows=2)
+    again = run(
+        src,
+        dest,
+        tiny_bert,
+        long_text="chunk",
+        chunk_tokens=128,
+        stride=16,
+        aggregate="mean",
+        keep=("lang",),
+        shard_rows=2,
+    )
     assert [s.resumed for s in again.shards] == [True, False]
     assert verify_dest(str(dest), str(src)) == []
 
@@ -237,8 +272,14 @@ def test_token_level_vectors_equal_last_hidden_state_and_tokens_match_the_tokeni
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model))
     model = AutoModel.from_pretrained(str(bundled_model)).eval()
     for row, text in zip(out.iter_rows(named=True), texts):
-        batch = tokenizer(text, truncation=True, max_length=256, return_offsets_mapping=True,
-                          return_special_tokens_mask=True, return_tensors="pt")
+        batch = tokenizer(
+            text,
+            truncation=True,
+            max_length=256,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
         offsets = batch.pop("offset_mapping")[0].tolist()
         added = batch.pop("special_tokens_mask")[0].tolist()  # tokens the tokenizer added; [UNK] is text
         ids = batch["input_ids"][0].tolist()

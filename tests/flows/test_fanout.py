@@ -13,17 +13,10 @@ import time
 import s3fs
 
 from bertflow.io import parts, storage
-from bertflow.tasks.gpu import host_limit_name
 from bertflow.io.verify import verify_dest
+from bertflow.tasks.gpu import host_limit_name
 from tests.conftest import BERTFLOW
-from tests.deployments.service import (  # noqa: F401
-    POOL,
-    descendants,
-    make_bucket,
-    service,
-    stop_process,
-    wait_for,
-    write_docs,
+from tests.deployments.service import POOL, descendants, make_bucket, stop_process, wait_for, write_docs
 )
 
 SHARD = "embed-shard/embed-shard"
@@ -125,27 +118,36 @@ def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, serv
         """w1 at its limit (two runs, so it is starting no other), both inside the shard, waiting for a GPU slot."""
         pids = {str(p) for p in descendants(w1.pid)}
         running = [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
-        waiting = [s for s in running if any(log.message.startswith("waiting for a GPU slot")
-                                             for log in service.logs(s.id))]
+        waiting = [
+            s for s in running if any(log.message.startswith("waiting for a GPU slot") for log in service.logs(s.id))
+        ]
         return waiting if len(waiting) == 2 else None
 
     def ended(ids):
         return lambda: all(s.state.is_final() for s in shard_runs(service, dest) if s.id in ids)
 
     with gpu_slots_taken(service, 2) as release:
-        first = subprocess.Popen(args, env={**os.environ, **service.env}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        first = subprocess.Popen(
+            args,
+            env={**os.environ, **service.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            running = wait_for(w1_busy, 180, "two shards running on worker w1", interval=0.2,
-                               diagnostics=service.diagnostics)
+            running = wait_for(
+                w1_busy, 180, "two shards running on worker w1", interval=0.2, diagnostics=service.diagnostics
+            )
             # Worker w1 goes down mid-shard: frozen first (it takes no other run), its two shard runs
             # are terminated (SIGTERM, as a host shutting down sends; Prefect records them Crashed),
             # then the worker itself is killed (SIGKILL: it reports nothing).
             os.kill(w1.pid, signal.SIGSTOP)
             for run in running:
                 os.kill(int(run.infrastructure_pid), signal.SIGTERM)
-            wait_for(ended({r.id for r in running}), 90, "the killed shard runs to end",
-                     diagnostics=service.diagnostics)
+            wait_for(
+                ended({r.id for r in running}), 90, "the killed shard runs to end", diagnostics=service.diagnostics
+            )
             os.kill(w1.pid, signal.SIGKILL)
             w1.wait(10)
             release.set()  # the GPU is free again: w2 finishes the other shards
@@ -158,8 +160,9 @@ def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, serv
     assert all(s.state.is_crashed() for s in shard_runs(service, dest) if s.name in lost)
     assert "shards failed after retries" in errs and all(name in errs for name in lost), errs
     survivors = {s.name for s in shard_runs(service, dest) if s.state.is_completed()}
-    written = {n: storage.info(storage.join(dest, n))["LastModified"] for n in parts.list_names(dest)
-               if n.startswith("part-")}
+    written = {
+        n: storage.info(storage.join(dest, n))["LastModified"] for n in parts.list_names(dest) if n.startswith("part-")
+    }
     assert len(written) == len(survivors)
 
     service.workers_ready()  # w1 back, as after a restart

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from bertflow.config import EmbedConfig
+from bertflow.errors import DestMismatchError, InputError
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.fit_reduction import fit_reduction
 from bertflow.model import fitted
-from bertflow.config import EmbedConfig
-from bertflow.errors import DestMismatchError, InputError
 from tests.conftest import run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -45,7 +45,9 @@ def test_reduction_at_write_time_equals_reducing_afterwards(tmp_path, tiny_bert,
     else:
         assert np.allclose(cov, np.diag(np.diag(cov)), atol=1e-6) and np.all(np.diff(np.diag(cov)) <= 0)
 
-    manifest = embed_dataset(source, str(tmp_path / "reduced"), config.model_copy(update={"reduction": str(tmp_path / "red")}))
+    manifest = embed_dataset(
+        source, str(tmp_path / "reduced"), config.model_copy(update={"reduction": str(tmp_path / "red")})
+    )
     written = vectors(tmp_path / "reduced")
     if normalize:  # normalized before the reduction (as the fitted DEST holds them) and again after it
         afterwards /= np.linalg.norm(afterwards, axis=1, keepdims=True)
@@ -74,6 +76,8 @@ def test_fit_reduction_command(tmp_path, tiny_bert, source):
     assert json.loads((tmp_path / "red" / "reduction.json").read_text())["dim"] == 8
     bad = run_cli("fit-reduction", str(tmp_path / "plain"), str(tmp_path / "red2"), "--method", "ica")
     assert bad.returncode == 2 and "--method 'ica': choose one of pca, whiten" in bad.stderr
-    with pytest.raises(InputError, match="cannot fit pca on .*: --dim 33 must be between 1 and the embeddings' dimension 32"):
+    with pytest.raises(
+        InputError, match="cannot fit pca on .*: --dim 33 must be between 1 and the embeddings' dimension 32"
+    ):
         fit_reduction(str(tmp_path / "plain"), str(tmp_path / "red3"), "pca", 33)
     assert not (tmp_path / "red3").exists()

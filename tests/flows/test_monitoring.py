@@ -7,7 +7,7 @@ import re
 
 from bertflow.io import parts, storage
 from bertflow.tasks.artifacts import artifact_keys
-from tests.deployments.service import POOL, make_bucket, service  # noqa: F401
+from tests.deployments.service import POOL, make_bucket
 from tests.s3 import CREDENTIALS
 
 
@@ -24,19 +24,33 @@ def artifacts(svc, key: str) -> list:
     from prefect.client.schemas.sorting import ArtifactSort
 
     with svc.client() as c:
-        return c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                sort=ArtifactSort.CREATED_DESC)[::-1]
+        return c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+        )[::-1]
 
 
 def test_run_names_tags_artifacts_and_log_lines(s3, service):
     make_bucket()
     source, dest = "s3://lake/raw-watched/", "s3://lake/watched/"
-    rows = [{"id": f"d{i}", "text": f"Document {i}: the quick brown fox jumps over the lazy dog again."} for i in range(19)]
+    rows = [
+        {"id": f"d{i}", "text": f"Document {i}: the quick brown fox jumps over the lazy dog again."} for i in range(19)
+    ]
     rows.append({"id": "d19", "text": None})
     storage.write_atomic(storage.join(source, "docs.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode())
 
-    args = ("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--max-length", "8",
-            "--pool", POOL)
+    args = (
+        "embed",
+        source,
+        dest,
+        "--model",
+        str(service.model),
+        "--shard-rows",
+        "10",
+        "--max-length",
+        "8",
+        "--pool",
+        POOL,
+    )
     r = service.cli(*args)
     assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
     manifest = parts.read_manifest(dest)
@@ -58,10 +72,20 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
     [row] = json.loads(table.data)
     t = manifest.totals
     assert table.type == "table" and row == {
-        "rows": 19, "skipped": 1, "shards_done": 2, "shards_resumed": 0, "shards_failed": 0,
-        "tokens": t.tokens, "truncated": t.truncated, "docs_per_s": row["docs_per_s"],
-        "tokens_per_s": row["tokens_per_s"], "seconds": round(t.seconds, 1), "model": str(service.model),
-        "pooling": "mean", "precision": "fp32", "device": "cpu",
+        "rows": 19,
+        "skipped": 1,
+        "shards_done": 2,
+        "shards_resumed": 0,
+        "shards_failed": 0,
+        "tokens": t.tokens,
+        "truncated": t.truncated,
+        "docs_per_s": row["docs_per_s"],
+        "tokens_per_s": row["tokens_per_s"],
+        "seconds": round(t.seconds, 1),
+        "model": str(service.model),
+        "pooling": "mean",
+        "precision": "fp32",
+        "device": "cpu",
     }
     assert t.truncated == 19 and t.tokens == 19 * 8
     assert row["docs_per_s"] == round(20 / t.seconds, 1) and row["tokens_per_s"] == round(t.tokens / t.seconds, 1)
@@ -72,9 +96,15 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
 
     # One log line per shard with its numbers; warnings carry counts, not rows.
     messages = [(log.level, log.message) for log in service.logs(parent.id)]
-    per_shard = [m for _, m in messages if re.fullmatch(
-        r"shard \d of 2 \(part-0000\d\.parquet\): \d+ rows, \d+ tokens in [\d.]+ s \(\d+ docs/s, \d+ tokens/s\)"
-        r", \d+ truncated(, 1 rejected)?", m)]
+    per_shard = [
+        m
+        for _, m in messages
+        if re.fullmatch(
+            r"shard \d of 2 \(part-0000\d\.parquet\): \d+ rows, \d+ tokens in [\d.]+ s \(\d+ docs/s, \d+ tokens/s\)"
+            r", \d+ truncated(, 1 rejected)?",
+            m,
+        )
+    ]
     assert len(per_shard) == 2, messages
     warnings = [m for level, m in messages if level == 30]
     assert "19 rows were longer than 8 tokens and were truncated" in warnings

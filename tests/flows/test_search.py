@@ -11,11 +11,11 @@ import pytest
 import s3fs
 import torch
 
+from bertflow.config import EmbedConfig
+from bertflow.errors import InputError
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.fit_reduction import fit_reduction
 from bertflow.model import fitted
-from bertflow.config import EmbedConfig
-from bertflow.errors import InputError
 from bertflow.model.heads import HeadConfig, LstmHead, head_to_bytes
 from bertflow.model.loading import weights_sha256
 from bertflow.pipeline.search import embed_query, query_config, read_searchable, search
@@ -82,14 +82,24 @@ def test_a_cls_dest_is_searched_with_cls_pooling(tmp_path, tiny_bert, sample_tex
 def test_head_and_reduction_dests_are_queried_through_both(tmp_path, tiny_bert, sample_texts):
     torch.manual_seed(0)
     head = LstmHead(32, 6, True)
-    config = HeadConfig(input_size=32, hidden=6, bidirectional=True, model=str(tiny_bert),
-                        model_sha256=weights_sha256(tiny_bert), layers=(-1,), layer_mode="mean", max_length=32,
-                        labels=("a", "b"), seed=0)
+    config = HeadConfig(
+        input_size=32,
+        hidden=6,
+        bidirectional=True,
+        model=str(tiny_bert),
+        model_sha256=weights_sha256(tiny_bert),
+        layers=(-1,),
+        layer_mode="mean",
+        max_length=32,
+        labels=("a", "b"),
+        seed=0,
+    )
     fitted.save_head(str(tmp_path / "head"), *head_to_bytes(head, config), b"{}")
     rows = corpus(sample_texts, 80)
     source = str(write_rows(tmp_path / "in.jsonl", rows))
-    embed = EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=32,
-                        normalize=True)
+    embed = EmbedConfig(
+        model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=32, normalize=True
+    )
     embed_dataset(source, str(tmp_path / "lstm"), embed)
     fit_reduction(str(tmp_path / "lstm"), str(tmp_path / "red"), "whiten", 20)
     embed_dataset(source, str(tmp_path / "both"), embed.model_copy(update={"reduction": str(tmp_path / "red")}))
@@ -106,7 +116,9 @@ def test_a_dest_whose_model_changed_is_refused(tmp_path, tiny_bert, bundled_mode
     source = write_rows(tmp_path / "in.jsonl", corpus(sample_texts, 10))
     embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(model=str(model), max_length=32))
     build_tiny_bert(tmp_path / "model", bundled_model, seed=1)  # other weights under the same path
-    with pytest.raises(InputError, match="DEST was embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"):
+    with pytest.raises(
+        InputError, match="DEST was embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"
+    ):
         search(str(tmp_path / "dest"), "anything")
     with pytest.raises(InputError, match="has no _manifest.json"):
         search(str(tmp_path / "nowhere"), "anything")
@@ -117,8 +129,9 @@ def test_search_an_s3_dest(s3, tiny_bert, sample_texts, tmp_path):
     fs.mkdir("emb")
     rows = corpus(sample_texts, 90)
     source = write_rows(tmp_path / "in.jsonl", rows)
-    embed_dataset(str(source), "s3://emb/day/", EmbedConfig(model=str(tiny_bert), max_length=32, shard_rows=25,
-                                                           keep=("title",)))
+    embed_dataset(
+        str(source), "s3://emb/day/", EmbedConfig(model=str(tiny_bert), max_length=32, shard_rows=25, keep=("title",))
+    )
     assert json.loads(fs.cat_file("emb/day/_manifest.json"))["planned_shards"] == 4
     hits = search("s3://emb/day/", rows[70]["text"], k=4)
     assert hits[0].id == "doc-70" and hits[0].snippet == " ".join(rows[70]["title"].split())
@@ -129,14 +142,17 @@ def test_search_an_s3_dest(s3, tiny_bert, sample_texts, tmp_path):
 
 def test_a_chunked_dest_is_searched_window_by_window(tmp_path, tiny_bert, sample_texts):
     """Long texts cut into windows: the hit is the window the query comes from, with its span."""
-    rows = [{"id": f"doc-{i}", "text": " ".join(sample_texts[3 * i: 3 * i + 3]), "title": f"t{i}"} for i in range(20)]
+    rows = [{"id": f"doc-{i}", "text": " ".join(sample_texts[3 * i : 3 * i + 3]), "title": f"t{i}"} for i in range(20)]
     source = write_rows(tmp_path / "in.jsonl", rows)
-    embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(
-        model=str(tiny_bert), max_length=64, long_text="chunk", chunk_tokens=32, stride=4, keep=("title",)))
+    embed_dataset(
+        str(source),
+        str(tmp_path / "dest"),
+        EmbedConfig(model=str(tiny_bert), max_length=64, long_text="chunk", chunk_tokens=32, stride=4, keep=("title",)),
+    )
     table = stored(tmp_path / "dest")
     assert table.height > 2 * len(rows)  # most texts span several windows
     target = table.filter((pl.col("id") == "doc-9") & (pl.col("chunk_index") == 2)).row(0, named=True)
-    window = rows[9]["text"][target["char_start"]:target["char_end"]]
+    window = rows[9]["text"][target["char_start"] : target["char_end"]]
     hits = search(str(tmp_path / "dest"), window, k=3)
     assert (hits[0].id, hits[0].chunk) == ("doc-9", (2, target["char_start"], target["char_end"]))
     assert hits[0].snippet == "t9"
@@ -148,8 +164,9 @@ def test_a_chunked_dest_is_searched_window_by_window(tmp_path, tiny_bert, sample
 def test_a_dest_with_several_poolings_is_searched_in_the_column_asked_for(tmp_path, tiny_bert, sample_texts):
     rows = corpus(sample_texts, 40)
     source = write_rows(tmp_path / "in.jsonl", rows)
-    embed_dataset(str(source), str(tmp_path / "both"), EmbedConfig(model=str(tiny_bert), pooling="mean,cls",
-                                                                   max_length=32))
+    embed_dataset(
+        str(source), str(tmp_path / "both"), EmbedConfig(model=str(tiny_bert), pooling="mean,cls", max_length=32)
+    )
     embed_dataset(str(source), str(tmp_path / "cls"), EmbedConfig(model=str(tiny_bert), pooling="cls", max_length=32))
     both, cls_only = stored(tmp_path / "both"), stored(tmp_path / "cls")
     columns = [c for c in both.columns if c.startswith("embedding")]
@@ -157,8 +174,9 @@ def test_a_dest_with_several_poolings_is_searched_in_the_column_asked_for(tmp_pa
     cls_column = next(c for c in columns if "cls" in c)
     query = rows[12]["text"]
     # The cls column of the two-pooling DEST ranks exactly as the cls-only DEST does.
-    assert [h.id for h in search(str(tmp_path / "both"), query, k=5, column=cls_column)] == \
-        [h.id for h in search(str(tmp_path / "cls"), query, k=5)]
+    assert [h.id for h in search(str(tmp_path / "both"), query, k=5, column=cls_column)] == [
+        h.id for h in search(str(tmp_path / "cls"), query, k=5)
+    ]
     np.testing.assert_allclose(both[cls_column].to_numpy(), cls_only["embedding"].to_numpy(), atol=1e-5)
     assert search(str(tmp_path / "both"), query, k=1)[0].id == "doc-12"  # default: the first column
     result = run_cli("search", str(tmp_path / "both"), query, "--column", "nope")
@@ -171,9 +189,13 @@ def test_a_dest_with_several_poolings_is_searched_in_the_column_asked_for(tmp_pa
 
 def test_token_level_dests_are_refused_by_search_and_fit_reduction(tmp_path, tiny_bert, sample_texts):
     source = write_rows(tmp_path / "in.jsonl", corpus(sample_texts, 10))
-    embed_dataset(str(source), str(tmp_path / "tokens"), EmbedConfig(model=str(tiny_bert), pooling="none", max_length=32))
-    for args in (("search", str(tmp_path / "tokens"), "anything"),
-                 ("fit-reduction", str(tmp_path / "tokens"), str(tmp_path / "red"), "--method", "pca", "--dim", "4")):
+    embed_dataset(
+        str(source), str(tmp_path / "tokens"), EmbedConfig(model=str(tiny_bert), pooling="none", max_length=32)
+    )
+    for args in (
+        ("search", str(tmp_path / "tokens"), "anything"),
+        ("fit-reduction", str(tmp_path / "tokens"), str(tmp_path / "red"), "--method", "pca", "--dim", "4"),
+    ):
         result = run_cli(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "--pooling none" in result.stderr

@@ -13,16 +13,18 @@ import polars as pl
 import pytest
 import s3fs
 
-from bertflow.flows.embed import embed_dataset
 from bertflow.config import EmbedConfig
+from bertflow.flows.embed import embed_dataset
 from tests.conftest import BERTFLOW, run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def docs(n: int, start: int = 0) -> list[dict]:
-    return [{"id": f"doc-{i}", "text": f"document number {i} " + "word " * (i % 17), "lang": "en"}
-            for i in range(start, start + n)]
+    return [
+        {"id": f"doc-{i}", "text": f"document number {i} " + "word " * (i % 17), "lang": "en"}
+        for i in range(start, start + n)
+    ]
 
 
 def put_jsonl(fs: s3fs.S3FileSystem, uri: str, rows: list[dict]) -> None:
@@ -45,8 +47,9 @@ def test_s3_to_s3_embed_reads_back_and_verifies(s3, tiny_bert):
     put_jsonl(fs, "raw/day/a.jsonl", rows[:180])
     put_jsonl(fs, "raw/day/b.jsonl", rows[180:])
 
-    manifest = embed_dataset("s3://raw/day/", "s3://emb/day/", EmbedConfig(model=str(tiny_bert), shard_rows=100,
-                                                                          keep=("lang",)))
+    manifest = embed_dataset(
+        "s3://raw/day/", "s3://emb/day/", EmbedConfig(model=str(tiny_bert), shard_rows=100, keep=("lang",))
+    )
 
     assert manifest.status == "complete" and manifest.totals.rows == 300
     stored = json.loads(fs.cat_file("emb/day/_manifest.json"))
@@ -54,7 +57,9 @@ def test_s3_to_s3_embed_reads_back_and_verifies(s3, tiny_bert):
     assert [s["rows"] for s in stored["shards"]] == [100, 100, 100]
     # the second shard spans both files: rows 100..180 of a.jsonl and 0..20 of b.jsonl
     assert [(p["file"], p["start"], p["stop"]) for p in stored["shards"][1]["pieces"]] == [
-        ("s3://raw/day/a.jsonl", 100, 180), ("s3://raw/day/b.jsonl", 0, 20)]
+        ("s3://raw/day/a.jsonl", 100, 180),
+        ("s3://raw/day/b.jsonl", 0, 20),
+    ]
     table = read_parts(fs, "s3://emb/day/")
     assert table["id"].to_list() == [r["id"] for r in rows]
     assert table.schema["embedding"] == pl.Array(pl.Float32, 32)
@@ -88,7 +93,9 @@ def test_access_denied_and_missing_bucket_are_one_line_errors(s3, tiny_bert, tmp
     put_jsonl(fs, "locked/in.jsonl", docs(10))
     env = {**s3.env, "PREFECT_API_URL": prefect_server}
 
-    missing = run_cli("embed", "s3://no-such-bucket/in.jsonl", str(tmp_path / "out"), "--model", str(tiny_bert), env=env)
+    missing = run_cli(
+        "embed", "s3://no-such-bucket/in.jsonl", str(tmp_path / "out"), "--model", str(tiny_bert), env=env
+    )
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "Traceback" not in missing.stderr
     assert "s3://no-such-bucket/in.jsonl" in missing.stderr
@@ -115,10 +122,24 @@ def test_credentials_never_reach_parameters_logs_or_manifest(s3, tiny_bert, pref
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PREFECT_API_URL"] = prefect_server
     result = subprocess.run(
-        [BERTFLOW, "embed", "s3://sec/in.jsonl", "s3://sec/out/", "--model", str(tiny_bert),
-         "--storage-option", f"key={key}", "--storage-option", f"secret={secret}",
-         "--storage-option", f"endpoint_url={s3.url}"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            BERTFLOW,
+            "embed",
+            "s3://sec/in.jsonl",
+            "s3://sec/out/",
+            "--model",
+            str(tiny_bert),
+            "--storage-option",
+            f"key={key}",
+            "--storage-option",
+            f"secret={secret}",
+            "--storage-option",
+            f"endpoint_url={s3.url}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert secret not in result.stdout + result.stderr
@@ -133,7 +154,7 @@ def test_credentials_never_reach_parameters_logs_or_manifest(s3, tiny_bert, pref
             ids = [r.id for r in runs]
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
             runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-            return json.dumps([r.parameters for r in runs], default=str) + "\n".join(l.message for l in logs)
+            return json.dumps([r.parameters for r in runs], default=str) + "\n".join(entry.message for entry in logs)
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         seen = anyio.run(collect)
@@ -189,7 +210,9 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tiny_bert, tmp_pa
     assert _parts(dest) == stamp  # refused before touching anything
     assert json.loads((dest / "_manifest.json").read_text())["pooling"] == "mean"
 
-    again = run_cli("embed", str(source), str(dest), "--model", str(tiny_bert), "--pooling", "cls", "--overwrite", env=env)
+    again = run_cli(
+        "embed", str(source), str(dest), "--model", str(tiny_bert), "--pooling", "cls", "--overwrite", env=env
+    )
     assert again.returncode == 0, again.stderr
     manifest = json.loads((dest / "_manifest.json").read_text())
     assert manifest["pooling"] == "cls" and manifest["status"] == "complete"
@@ -217,8 +240,9 @@ def test_credentials_from_a_prefect_secret_block(s3, tiny_bert, monkeypatch):
     fs = s3fs.S3FileSystem()
     fs.mkdir("blk")
     put_jsonl(fs, "blk/in.jsonl", docs(20))
-    Secret(value={"key": s3.env["AWS_ACCESS_KEY_ID"], "secret": s3.env["AWS_SECRET_ACCESS_KEY"],
-                  "endpoint_url": s3.url}).save("lake-creds", overwrite=True)
+    Secret(
+        value={"key": s3.env["AWS_ACCESS_KEY_ID"], "secret": s3.env["AWS_SECRET_ACCESS_KEY"], "endpoint_url": s3.url}
+    ).save("lake-creds", overwrite=True)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(key)
     s3fs.S3FileSystem.clear_instance_cache()

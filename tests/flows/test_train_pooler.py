@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bertflow.flows.embed import embed_dataset
-from bertflow.flows.train_pooler import train_pooler
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
+from bertflow.flows.embed import embed_dataset
+from bertflow.flows.train_pooler import train_pooler
 from bertflow.tasks.train_pooler import TrainConfig
 from tests.conftest import REPO, run_cli, write_rows
 
@@ -48,13 +48,19 @@ def test_head_beats_the_majority_class_and_embeds(tmp_path, labelled, tiny_bert)
     assert head["labels"] == sorted(CLASSES)
     assert json.loads((tmp_path / "head" / "report.json").read_text()) == report.model_dump(mode="json")
 
-    manifest = embed_dataset(labelled, str(tmp_path / "dest"), EmbedConfig(
-        pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64, keep=("package",)))
+    manifest = embed_dataset(
+        labelled,
+        str(tmp_path / "dest"),
+        EmbedConfig(pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64, keep=("package",)),
+    )
     assert manifest.model.dimension == 384 + 32 and manifest.totals.rows == 331
     assert manifest.pooler.sha256 == report.pooler_sha256 == manifest.fingerprint["pooler_sha256"]
     with pytest.raises(InputError, match="was trained on the encoder sentence-transformers/all-MiniLM-L6-v2"):
-        embed_dataset(labelled, str(tmp_path / "other"), EmbedConfig(
-            model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64))
+        embed_dataset(
+            labelled,
+            str(tmp_path / "other"),
+            EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64),
+        )
 
 
 def test_the_same_seed_trains_the_same_head(tmp_path, labelled, tiny_bert):
@@ -71,16 +77,32 @@ def test_the_same_seed_trains_the_same_head(tmp_path, labelled, tiny_bert):
 def test_labels_that_cannot_train_are_refused(tmp_path, labelled):
     with pytest.raises(InputError, match="has no column 'topic'.*--keep"):
         train_pooler(labelled, str(tmp_path / "x"), CONFIG.model_copy(update={"label_column": "topic"}))
-    few = write_rows(tmp_path / "few.jsonl", [{"id": i, "text": f"text {i}", "label": "ab"[i % 2] if i < 12 else "c"}
-                                             for i in range(14)])
+    few = write_rows(
+        tmp_path / "few.jsonl",
+        [{"id": i, "text": f"text {i}", "label": "ab"[i % 2] if i < 12 else "c"} for i in range(14)],
+    )
     with pytest.raises(InputError, match="label 'c' has 2 rows; give every label at least 5 rows or drop it"):
         train_pooler(str(few), str(tmp_path / "x"), CONFIG.model_copy(update={"label_column": "label"}))
     assert not Path(tmp_path / "x").exists()
 
 
 def test_train_pooler_command(tmp_path, labelled, tiny_bert):
-    result = run_cli("train-pooler", labelled, str(tmp_path / "head"), "--label-column", "package",
-                     "--model", str(tiny_bert), "--epochs", "2", "--hidden", "8", "--bidirectional", "--max-length", "32")
+    result = run_cli(
+        "train-pooler",
+        labelled,
+        str(tmp_path / "head"),
+        "--label-column",
+        "package",
+        "--model",
+        str(tiny_bert),
+        "--epochs",
+        "2",
+        "--hidden",
+        "8",
+        "--bidirectional",
+        "--max-length",
+        "32",
+    )
     assert result.returncode == 0, result.stderr
     assert "held-out accuracy" in result.stdout and "mean+bilstm" in result.stdout
     report = json.loads((tmp_path / "head" / "report.json").read_text())

@@ -115,7 +115,9 @@ def test_ids_that_are_integers_in_one_file_and_strings_in_another_are_refused(tm
 def test_duplicate_ids_across_files_are_refused(tmp_path):
     write_rows(tmp_path / "a.jsonl", [{"id": "x", "text": "1"}, {"id": "y", "text": "2"}])
     write_rows(tmp_path / "b.parquet", [{"id": "y", "text": "3"}])
-    with pytest.raises(InputError, match=r"^1 ids occur more than once in column 'id' \(e.g. 'y'\); ids must be unique$"):
+    with pytest.raises(
+        InputError, match=r"^1 ids occur more than once in column 'id' \(e.g. 'y'\); ids must be unique$"
+    ):
         plan(tmp_path)
 
 

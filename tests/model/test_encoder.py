@@ -33,8 +33,15 @@ def tiny(tiny_bert):
 
 def encoder(tiny, *, precision="fp32", batch_tokens=None, fused=None, max_length=64) -> Encoder:
     tokenizer, model = tiny
-    return Encoder(tokenizer, model, device="cpu", precision=precision, max_length=max_length,
-                   batch_tokens=batch_tokens, fused=fused)
+    return Encoder(
+        tokenizer,
+        model,
+        device="cpu",
+        precision=precision,
+        max_length=max_length,
+        batch_tokens=batch_tokens,
+        fused=fused,
+    )
 
 
 def each_alone(tiny, texts, **kw) -> np.ndarray:
@@ -138,8 +145,8 @@ def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
     import torch.nn.functional as F
 
     from bertflow.config import EmbedConfig
-    from bertflow.tasks.embed import embed_tokens, tokenize_texts
     from bertflow.model.loading import resolve_config
+    from bertflow.tasks.embed import embed_tokens, tokenize_texts
 
     config = resolve_config(EmbedConfig(model=str(tiny_bert), device="cpu", max_length=64, batch_tokens=1 << 20))
     tok = tokenize_texts.fn(TEXTS, config)
@@ -158,9 +165,15 @@ def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
     assert np.abs(split - clean).max() < 1e-6
 
 
-@pytest.mark.parametrize(("pooling", "layers", "layer_mode"), [
-    ("mean", (-1,), "mean"), ("cls", (-1,), "mean"), ("max", (-2, -1), "concat"), ("mean_max", (-2, -1), "mean"),
-])
+@pytest.mark.parametrize(
+    ("pooling", "layers", "layer_mode"),
+    [
+        ("mean", (-1,), "mean"),
+        ("cls", (-1,), "mean"),
+        ("max", (-2, -1), "concat"),
+        ("mean_max", (-2, -1), "mean"),
+    ],
+)
 def test_fused_forward_matches_transformers(tiny, pooling, layers, layer_mode):
     fast, plain = encoder(tiny), encoder(tiny, fused=False)
     assert fast._fused is not None and plain._fused is None

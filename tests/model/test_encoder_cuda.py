@@ -48,8 +48,9 @@ def model_path() -> str:
 def encoder(model_path, device: str, precision: str, batch_tokens: int | None = None) -> Encoder:
     config = resolve_config(EmbedConfig(model=model_path, device=device, precision=precision))
     tokenizer, model = load_model(config.model_path, device, precision)
-    return Encoder(tokenizer, model, device=device, precision=precision, max_length=config.max_length,
-                   batch_tokens=batch_tokens)
+    return Encoder(
+        tokenizer, model, device=device, precision=precision, max_length=config.max_length, batch_tokens=batch_tokens
+    )
 
 
 def embed(enc: Encoder, texts: list[str], **kw) -> np.ndarray:

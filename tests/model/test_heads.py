@@ -7,10 +7,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from bertflow.model import fitted
 from bertflow.config import EmbedConfig
-from bertflow.model.encoder import Encoder
 from bertflow.errors import InputError
+from bertflow.model import fitted
+from bertflow.model.encoder import Encoder
 from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes, head_to_bytes
 from bertflow.model.loading import load_model, resolve_config, weights_sha256
 from bertflow.model.pooling import pool
@@ -78,15 +78,28 @@ def test_mean_lstm_through_the_engine_equals_concat_of_mean_and_head_by_hand(tin
     assert got.shape == (4, 42)
     for row, ids in enumerate(tok.ids):
         with torch.no_grad():
-            states = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                           token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)).last_hidden_state[0]  # (n, H)
+            states = model(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                token_type_ids=torch.zeros(1, len(ids), dtype=torch.long),
+            ).last_hidden_state[0]  # (n, H)
             want = torch.cat([states.mean(0), lstm_by_hand(head, states)])
         np.testing.assert_allclose(got[row], want.numpy(), rtol=0, atol=2e-5)
 
 
 def head_config(**kw) -> HeadConfig:
-    base = dict(input_size=32, hidden=5, bidirectional=False, model="tiny", model_sha256="0" * 64, layers=(-1,),
-                layer_mode="mean", max_length=16, labels=("a", "b"), seed=0)
+    base = dict(
+        input_size=32,
+        hidden=5,
+        bidirectional=False,
+        model="tiny",
+        model_sha256="0" * 64,
+        layers=(-1,),
+        layer_mode="mean",
+        max_length=16,
+        labels=("a", "b"),
+        seed=0,
+    )
     return HeadConfig(**{**base, **kw})
 
 
@@ -108,8 +121,11 @@ def test_saved_head_reloads_to_the_same_outputs(tmp_path):
 
 def test_a_head_trained_on_another_encoder_is_refused(tmp_path, tiny_bert):
     tiny_sha = weights_sha256(tiny_bert)
-    fitted.save_head(str(tmp_path / "head"), *head_to_bytes(LstmHead(32, 5, False),
-                     head_config(model=str(tiny_bert), model_sha256=tiny_sha)), b"{}")
+    fitted.save_head(
+        str(tmp_path / "head"),
+        *head_to_bytes(LstmHead(32, 5, False), head_config(model=str(tiny_bert), model_sha256=tiny_sha)),
+        b"{}",
+    )
     pooler = str(tmp_path / "head")
     ok = resolve_config(EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=pooler, max_length=16))
     assert ok.dimension == 32 + 5 and ok.pooler_sha256 and ok.output_fingerprint()["pooler_sha256"] == ok.pooler_sha256
@@ -118,8 +134,9 @@ def test_a_head_trained_on_another_encoder_is_refused(tmp_path, tiny_bert):
     with pytest.raises(InputError, match="pass --max-length 16"):
         resolve_config(EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=pooler))
     with pytest.raises(InputError, match="pass --layers=-1"):
-        resolve_config(EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=pooler, max_length=16,
-                                   layers=(-2, -1)))
+        resolve_config(
+            EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=pooler, max_length=16, layers=(-2, -1))
+        )
 
 
 def test_mean_lstm_and_pooler_go_together():

@@ -31,7 +31,9 @@ def test_bundled_model_defaults_come_from_its_sentence_transformers_files(bundle
 
 
 def test_plain_transformers_model_gets_mean_unnormalized_and_its_position_limit(tiny_bert):
-    resolved = resolve_config(EmbedConfig(model=str(tiny_bert), pooling="mean_max", layers=(-2, -1), layer_mode="concat"))
+    resolved = resolve_config(
+        EmbedConfig(model=str(tiny_bert), pooling="mean_max", layers=(-2, -1), layer_mode="concat")
+    )
     assert (resolved.pooling, resolved.normalize, resolved.max_length) == ("mean_max", False, 512)
     assert resolved.dimension == 32 * 2 * 2
 
@@ -47,7 +49,9 @@ def test_explicit_options_override_model_defaults_and_are_checked_against_it(bun
 
 def test_hub_id_outside_the_local_cache_is_refused_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(ModelError, match=r"never downloads at run time: fetch it once with `hf download org/missing-model`"):
+    with pytest.raises(
+        ModelError, match=r"never downloads at run time: fetch it once with `hf download org/missing-model`"
+    ):
         resolve_model_path("org/missing-model")
     with pytest.raises(ModelError, match="does not exist"):
         resolve_model_path(str(tmp_path / "nowhere"))

@@ -61,19 +61,27 @@ def cls_reference(bundled_model, hf_tokenizer, parity_texts) -> np.ndarray:
     with torch.inference_mode():
         for k in range(0, len(order), 32):
             rows = order[k : k + 32]
-            batch = hf_tokenizer([parity_texts[i] for i in rows], padding=True, truncation=True, max_length=256,
-                                 return_tensors="pt")
+            batch = hf_tokenizer(
+                [parity_texts[i] for i in rows], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             out[rows] = model(**batch).last_hidden_state[:, 0].numpy()
     return out
 
 
 def make_encoder(bundled_model, batch_tokens: int | None = None) -> Encoder:
     """Our engine as the embedding task builds it: resolved config, the process's cached model."""
-    config = resolve_config(EmbedConfig(model=str(bundled_model), pooling="mean", normalize=True, device="cpu",
-                                        batch_tokens=batch_tokens))
+    config = resolve_config(
+        EmbedConfig(model=str(bundled_model), pooling="mean", normalize=True, device="cpu", batch_tokens=batch_tokens)
+    )
     tokenizer, model = load_model(config.model_path, "cpu", config.precision)
-    return Encoder(tokenizer, model, device="cpu", precision=config.precision, max_length=config.max_length,
-                   batch_tokens=config.batch_tokens)
+    return Encoder(
+        tokenizer,
+        model,
+        device="cpu",
+        precision=config.precision,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +161,17 @@ def test_several_layers_match_transformers_hidden_states(tiny_bert, parity_texts
     from transformers import AutoModel, AutoTokenizer
 
     texts = parity_texts[:40]
-    config = resolve_config(EmbedConfig(model=str(tiny_bert), pooling=pooling, layers=(-2, -1),
-                                        layer_mode=layer_mode, normalize=False, max_length=64, device="cpu"))
+    config = resolve_config(
+        EmbedConfig(
+            model=str(tiny_bert),
+            pooling=pooling,
+            layers=(-2, -1),
+            layer_mode=layer_mode,
+            normalize=False,
+            max_length=64,
+            device="cpu",
+        )
+    )
     assert config.dimension == (64 if layer_mode == "concat" else 32)
     tokenizer, model = load_model(config.model_path, "cpu", "fp32")
     encoder = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=64, batch_tokens=2048)
@@ -165,8 +182,9 @@ def test_several_layers_match_transformers_hidden_states(tiny_bert, parity_texts
     expected = []
     with torch.inference_mode():
         for text in texts:
-            hs = hf(**hf_tok(text, truncation=True, max_length=64, return_tensors="pt"),
-                    output_hidden_states=True).hidden_states
+            hs = hf(
+                **hf_tok(text, truncation=True, max_length=64, return_tensors="pt"), output_hidden_states=True
+            ).hidden_states
             if layer_mode == "concat":  # [CLS] of layer -2, then of layer -1
                 expected.append(torch.cat([hs[-2][0, 0], hs[-1][0, 0]]).numpy())
             else:  # the two layers averaged, then averaged over the tokens

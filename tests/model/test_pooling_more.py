@@ -5,15 +5,14 @@ import torch
 from bertflow.model.pooling import first_last_layers, pool
 
 # two rows, three positions, hidden size 2; row 1 has one padding position
-H = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
-                  [[2.0, 0.0], [4.0, 8.0], [9.0, 9.0]]])
+H = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [[2.0, 0.0], [4.0, 8.0], [9.0, 9.0]]])
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 
 
 def test_mean_sqrt_len_divides_the_sum_by_the_root_of_the_count():
     out = pool(H, MASK, "mean_sqrt_len")
     # row 0: (9, 12) / sqrt(3); row 1: (6, 8) / sqrt(2)
-    torch.testing.assert_close(out, torch.tensor([[9 / 3 ** 0.5, 12 / 3 ** 0.5], [6 / 2 ** 0.5, 8 / 2 ** 0.5]]))
+    torch.testing.assert_close(out, torch.tensor([[9 / 3**0.5, 12 / 3**0.5], [6 / 2**0.5, 8 / 2**0.5]]))
 
 
 def test_last_token_takes_the_last_real_position_and_zeros_for_an_empty_row():

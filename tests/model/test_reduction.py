@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertflow.model import fitted
 from bertflow.config import ResolvedConfig
+from bertflow.model import fitted
 from bertflow.model.reduction import (
     Moments,
     ReductionConfig,
@@ -26,7 +26,7 @@ def correlated(n: int = 600, d: int = 8, seed: int = 0) -> np.ndarray:
 def streamed(x: np.ndarray, sizes: list[int]) -> Moments:
     moments, start = Moments.empty(x.shape[1]), 0
     for size in sizes:
-        moments = moments.merge(Moments.of(x[start:start + size]))
+        moments = moments.merge(Moments.of(x[start : start + size]))
         start += size
     assert start == len(x)
     return moments
@@ -36,8 +36,9 @@ def test_streamed_moments_equal_the_whole_data_at_once():
     x = correlated()
     moments = streamed(x, [1, 250, 0, 17, 332])  # uneven batches, one single row, one empty
     np.testing.assert_allclose(moments.mean, x.astype(np.float64).mean(0), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(moments.scatter / (moments.n - 1), np.cov(x.astype(np.float64), rowvar=False),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        moments.scatter / (moments.n - 1), np.cov(x.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-10
+    )
     assert moments.n == 600
 
 
@@ -78,9 +79,16 @@ def test_fit_refuses_what_it_cannot_do():
 
 
 def reduction_config(**kw) -> ReductionConfig:
-    base = dict(method="whiten", dim=4, input_dim=8, rows=600, explained_variance=0.9, source="/dest", model="m",
-                input={"model_sha256": "a" * 64, "pooling": "mean", "layers": [-1], "layer_mode": "mean",
-                       "normalize": True})
+    base = dict(
+        method="whiten",
+        dim=4,
+        input_dim=8,
+        rows=600,
+        explained_variance=0.9,
+        source="/dest",
+        model="m",
+        input={"model_sha256": "a" * 64, "pooling": "mean", "layers": [-1], "layer_mode": "mean", "normalize": True},
+    )
     return ReductionConfig(**{**base, **kw})
 
 
@@ -97,9 +105,25 @@ def test_saved_reduction_reloads_to_the_same_transform(tmp_path):
 
 
 def resolved(**kw) -> ResolvedConfig:
-    base = dict(model="m", model_path="/m", model_sha256="a" * 64, dimension=8, pooling="mean", layers=(-1,),
-                layer_mode="mean", normalize=True, max_length=16, id_column="id", text_column="text", keep=(),
-                shard_rows=10, batch_tokens=None, device="cpu", precision="fp32", trust_remote_code=False)
+    base = dict(
+        model="m",
+        model_path="/m",
+        model_sha256="a" * 64,
+        dimension=8,
+        pooling="mean",
+        layers=(-1,),
+        layer_mode="mean",
+        normalize=True,
+        max_length=16,
+        id_column="id",
+        text_column="text",
+        keep=(),
+        shard_rows=10,
+        batch_tokens=None,
+        device="cpu",
+        precision="fp32",
+        trust_remote_code=False,
+    )
     return ResolvedConfig(**{**base, **kw})
 
 
@@ -118,10 +142,15 @@ def test_reduction_is_checked_against_the_run_and_renormalizes(tmp_path):
     assert fitted.reduce_vectors(config, np.empty((0, 0), np.float32)).shape == (0, 4)
     from bertflow.errors import InputError
 
-    with pytest.raises(InputError, match=r"embedded with normalize True .* this run has False: embed with the same "
-                                         r"--normalize/--no-normalize"):
+    with pytest.raises(
+        InputError,
+        match=r"embedded with normalize True .* this run has False: embed with the same "
+        r"--normalize/--no-normalize",
+    ):
         fitted.attach(resolved(normalize=False), None, str(tmp_path / "r"))
     with pytest.raises(InputError, match="embedded with pooling 'mean'.* this run has 'cls'"):
         fitted.attach(resolved(pooling="cls"), None, str(tmp_path / "r"))
-    with pytest.raises(InputError, match="no reduction.json there; give a directory written by `bertflow fit-reduction`"):
+    with pytest.raises(
+        InputError, match="no reduction.json there; give a directory written by `bertflow fit-reduction`"
+    ):
         fitted.attach(resolved(), None, str(tmp_path / "nothing"))
