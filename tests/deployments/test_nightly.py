@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 from bertflow import partitions
 from bertflow.io import parts
 from tests.deployments.service import DEST_TEMPLATE, SOURCE_TEMPLATE, make_bucket, wait_for, write_day
-)
 
 NIGHTLY = "embed-dataset/embed-nightly"
 

@@ -11,7 +11,6 @@ from bertflow import partitions
 from bertflow.io import parts
 from bertflow.io.verify import verify_dest
 from tests.deployments.service import DEST_TEMPLATE, POOL, SOURCE_TEMPLATE, make_bucket, write_day
-)
 
 NIGHTLY = "embed-dataset/embed-nightly"
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]

@@ -17,7 +17,6 @@ from bertflow.io.verify import verify_dest
 from bertflow.tasks.gpu import host_limit_name
 from tests.conftest import BERTFLOW
 from tests.deployments.service import POOL, descendants, make_bucket, stop_process, wait_for, write_docs
-)
 
 SHARD = "embed-shard/embed-shard"
 
