@@ -67,7 +67,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    from bertflow.model.encoder import cpu_threads
+    from bertflow.model.threads import cpu_threads
 
     threads = args.threads or cpu_threads()
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the engine leaves torch's count alone when this is set
@@ -90,7 +90,8 @@ def prepare(args: argparse.Namespace, work: Path, n_docs: int) -> tuple[Bench, f
 
     from bertflow.config import DEFAULT_MODEL, EmbedConfig
     from bertflow.model.encoder import Encoder
-    from bertflow.model.loading import load_model, resolve_config
+    from bertflow.model.loading import load_model
+from bertflow.model.resolve import resolve_config
 
     device = args.device
     t = time.perf_counter()
@@ -102,9 +103,9 @@ def prepare(args: argparse.Namespace, work: Path, n_docs: int) -> tuple[Bench, f
     write_jsonl(src, rows_in)
 
     config = resolve_config(EmbedConfig(model=args.model or DEFAULT_MODEL, device=device, max_length=args.max_length))
-    tokenizer, model = load_model(config.model_path, device, "fp32")
+    tokenizer, model = load_model(config.model.path, device, "fp32")
     probe = Encoder(tokenizer, model, device=device, precision="fp32", max_length=args.max_length)
-    tok = probe.tokenize(texts)
+    tok = probe.tokenizer.tokenize(texts)
     n_tokens = int(tok.n_tokens.sum())
     flops = model_flops(tok.n_tokens, model.config)
     say(
@@ -120,7 +121,7 @@ def machine(threads: int, device: str) -> dict:
     import torch
     import transformers
 
-    from bertflow.model.encoder import cpu_threads
+    from bertflow.model.threads import cpu_threads
 
     info = {
         "cpu": cpu_model(),

@@ -19,7 +19,7 @@ def st_runners(bench: Bench) -> dict[str, Runner]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    path, device = bench.config.model_path, bench.args.device
+    path, device = bench.config.model.path, bench.args.device
 
     def load(dtype):  # dtype given: left alone, transformers loads weights in the dtype they were saved in.
         model = SentenceTransformer(path, device=device, model_kwargs={"dtype": dtype})
@@ -58,12 +58,12 @@ def engine_runners(bench: Bench, tokenizer, model) -> tuple[dict[str, Runner], d
                 say(f"engine {precision}: skipped, this CPU has no bf16 matmul support")
             continue
         weights = (
-            model if device == "cpu" or precision == "fp32" else load_model(config.model_path, device, precision)[1]
+            model if device == "cpu" or precision == "fp32" else load_model(config.model.path, device, precision)[1]
         )
         enc = Encoder(tokenizer, weights, device=device, precision=precision, max_length=max_length)
         encoders[precision] = enc
         runners[precision] = lambda xs, enc=enc: enc.embed(
-            enc.tokenize(xs), pooling=config.pooling, normalize_output=config.normalize
+            enc.tokenizer.tokenize(xs), pooling=config.pooling, normalize_output=config.normalize
         )
     return runners, encoders
 

@@ -108,7 +108,7 @@ def whole_corpus_row(bench: Bench, enc, ref) -> None:
     say("engine fp32 on the whole corpus at once ...")
     texts, config = bench.texts, bench.config
     with CpuMeter() as m:
-        whole = enc.embed(enc.tokenize(texts), pooling=config.pooling, normalize_output=config.normalize)
+        whole = enc.embed(enc.tokenizer.tokenize(texts), pooling=config.pooling, normalize_output=config.normalize)
     name = "bertflow engine, whole corpus at once (the flows' reference)"
     bench.add(name, "fp32", m.seconds, m.others_cores, (whole, ref, "sentence-transformers"))
 

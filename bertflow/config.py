@@ -1,12 +1,16 @@
-"""The one validated configuration of a run, passed down from the CLI or a deployment."""
+"""The one validated configuration of a run, passed down from the CLI or a deployment.
+
+`EmbedConfig` is what a user asks for (`None`: the model's own default); `ResolvedConfig` is the
+same with every default filled in from the model, and is what the manifest records, as is.
+Choices are a `Literal` plus the tuple of its valid names. Pure: pydantic only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-
-from bertflow.model.pooling import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -18,21 +22,23 @@ LongText = Literal["truncate", "chunk"]
 LONG_TEXTS: tuple[str, ...] = get_args(LongText)
 Aggregate = Literal["none", "mean", "max"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
-# `--pooling none`: no pooling, one vector per token (token-level output)
+LayerMode = Literal["mean", "concat"]
+LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
+# Strategies that need nothing but the token states (bertflow.model.pooling implements each).
+PoolingName = Literal["cls", "mean", "max", "mean_max", "mean_sqrt_len", "last_token", "first_last_avg"]
+POOLINGS: tuple[str, ...] = get_args(PoolingName)
+# Strategies that also need a trained head (`--pooler`, see bertflow.model.heads).
+HeadPooling = Literal["mean_lstm"]
+HEAD_POOLINGS: tuple[str, ...] = get_args(HeadPooling)
+# `--pooling none`: no pooling, one vector per token (token-level output).
 TOKEN_LEVEL = "none"
-
-
-def split_pooling(pooling: str) -> tuple[str, ...]:
-    """`mean,cls,max` -> ("mean", "cls", "max"): the strategies of one run, in column order."""
-    return tuple(p.strip() for p in pooling.split(","))
-
-
-def embedding_column(pooling: str, name: str) -> str:
-    """`embedding` for a single pooling, `embedding_<name>` for each of several."""
-    return "embedding" if len(split_pooling(pooling)) == 1 else f"embedding_{name}"
-
+# A run's pooling, parsed once: one strategy, several pooled from one forward pass (a vector column
+# each, in this order), ("mean_lstm",) with a head, or ("none",) for token-level output.
+Pooling = tuple[str, ...]
 
 CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")  # leading columns of a chunked part
+TOKEN_COLUMNS = ("tokens", "offsets", "special", "token_embeddings")  # vector columns of a token-level part
+
 # Fields whose value must be one of a fixed set: field -> (name in messages, valid values).
 _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "long_text": ("long-text mode", LONG_TEXTS),
@@ -43,10 +49,39 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def _one_of(kind: str, value: object, valid: tuple[str, ...]) -> str:
+def one_of(kind: str, value: object, valid: Sequence[str]) -> str:
+    """`value` if it is one of `valid`; else a ValueError that lists the valid names."""
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(valid)}")
-    return value  # type: ignore[return-value]
+    return str(value)
+
+
+def parse_pooling(value: str | Sequence[str]) -> Pooling:
+    """`"mean,cls"` or `["mean", "cls"]` -> ("mean", "cls"), each name checked."""
+    names = tuple(p.strip() for p in (value.split(",") if isinstance(value, str) else value))
+    if len(names) == 1:
+        return (one_of("pooling", names[0], POOLINGS + HEAD_POOLINGS + (TOKEN_LEVEL,)),)
+    for name in names:
+        one_of("pooling", name, POOLINGS)
+    if len(set(names)) != len(names):
+        raise ValueError(f"pooling {','.join(names)!r} repeats a strategy")
+    return names
+
+
+def pooling_label(pooling: Pooling) -> str:
+    """How manifests, fingerprints, tags and log lines write a pooling: `mean,cls,max`."""
+    return ",".join(pooling)
+
+
+def embedding_column(pooling: Pooling, name: str) -> str:
+    """`embedding` for a single pooling, `embedding_<name>` for each of several."""
+    return "embedding" if len(pooling) == 1 else f"embedding_{name}"
+
+
+def fingerprint_diff(recorded: dict[str, object], now: dict[str, object], keys: Sequence[str] = ()) -> list[str]:
+    """The settings (of `keys`, default all on either side) on which two embedding fingerprints differ."""
+    names = keys or list({**recorded, **now})
+    return [k for k in names if recorded.get(k) != now.get(k)]
 
 
 class EmbedConfig(BaseModel):
@@ -55,7 +90,7 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
-    pooling: str | None = None  # one strategy, several comma-separated (one pass), or "none"
+    pooling: Pooling | None = None
     exclude_special: bool = False
     long_text: LongText = "truncate"
     chunk_tokens: int | None = Field(default=None, gt=2)
@@ -78,50 +113,16 @@ class EmbedConfig(BaseModel):
     # Name of a Prefect Secret block holding storage options as JSON; each process loads it itself.
     storage_block: str | None = None
 
-    @model_validator(mode="after")
-    def _pooler(self) -> EmbedConfig:
-        if (self.pooling in HEAD_POOLINGS) != bool(self.pooler):
-            raise ValueError(
-                "--pooling mean_lstm and --pooler PATH (a head from `bertflow train-pooler`) "
-                "go together: give both or neither"
-            )
-        return self
-
     @field_validator("pooling", mode="before")
     @classmethod
     def _pooling(cls, v: object) -> object:
-        if v is None:
-            return v
-        names = split_pooling(str(v))
-        if len(names) == 1:
-            return _one_of("pooling", names[0], POOLINGS + HEAD_POOLINGS + (TOKEN_LEVEL,))
-        for name in names:
-            _one_of("pooling", name, POOLINGS)
-        if len(set(names)) != len(names):
-            raise ValueError(f"pooling {v!r} repeats a strategy")
-        return ",".join(names)
-
-    @model_validator(mode="after")
-    def _long_text(self) -> EmbedConfig:
-        if self.long_text != "chunk":
-            if self.aggregate != "none":
-                raise ValueError("--aggregate needs --long-text chunk (there are no chunks to aggregate)")
-            if self.chunk_tokens is not None or self.stride:
-                raise ValueError("--chunk-tokens and --stride need --long-text chunk")
-        elif self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
-            raise ValueError(f"--stride {self.stride} must be less than --chunk-tokens {self.chunk_tokens}")
-        several = self.pooling is not None and len(split_pooling(self.pooling)) > 1
-        if (several or self.pooling == TOKEN_LEVEL) and (self.pooler or self.reduction):
-            raise ValueError("--pooler and --reduction work with one pooling strategy, not a list or none")
-        if self.pooling == TOKEN_LEVEL and self.long_text == "chunk":
-            raise ValueError("--pooling none writes every token already; drop --long-text chunk")
-        return self
+        return v if v is None else parse_pooling(v)  # type: ignore[arg-type]
 
     @field_validator(*_CHOICES, mode="before")
     @classmethod
     def _choice(cls, v: object, info: ValidationInfo) -> object:
-        kind, valid = _CHOICES[info.field_name]
-        return _one_of(kind, v, valid)
+        kind, valid = _CHOICES[info.field_name or ""]
+        return one_of(kind, v, valid)
 
     @field_validator("layers")
     @classmethod
@@ -139,30 +140,34 @@ class EmbedConfig(BaseModel):
     @field_validator("keep")
     @classmethod
     def _keep(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        reserved = {
-            "id",
-            "embedding",
-            "n_tokens",
-            "truncated",
-            *CHUNK_COLUMNS,
-            "tokens",
-            "offsets",
-            "special",
-            "token_embeddings",
-        }
+        reserved = {"id", "embedding", "n_tokens", "truncated", *CHUNK_COLUMNS, *TOKEN_COLUMNS}
         clash = sorted(set(v) & reserved)
         if clash:
             raise ValueError(f"--keep {','.join(clash)} clashes with an output column; rename it")
         return v
 
     @model_validator(mode="after")
-    def _first_last(self) -> EmbedConfig:
-        if self.pooling and "first_last_avg" in split_pooling(self.pooling) and self.layers != (-1,):
+    def _combinations(self) -> EmbedConfig:
+        pooling = self.pooling or ()
+        if (pooling == HEAD_POOLINGS) != bool(self.pooler):
+            raise ValueError(
+                "--pooling mean_lstm and --pooler PATH (a head from `bertflow train-pooler`) "
+                "go together: give both or neither"
+            )
+        if self.long_text != "chunk":
+            if self.aggregate != "none":
+                raise ValueError("--aggregate needs --long-text chunk (there are no chunks to aggregate)")
+            if self.chunk_tokens is not None or self.stride:
+                raise ValueError("--chunk-tokens and --stride need --long-text chunk")
+        elif self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
+            raise ValueError(f"--stride {self.stride} must be less than --chunk-tokens {self.chunk_tokens}")
+        token_level = pooling == (TOKEN_LEVEL,)
+        if (len(pooling) > 1 or token_level) and (self.pooler or self.reduction):
+            raise ValueError("--pooler and --reduction work with one pooling strategy, not a list or none")
+        if token_level and self.long_text == "chunk":
+            raise ValueError("--pooling none writes every token already; drop --long-text chunk")
+        if "first_last_avg" in pooling and self.layers != (-1,):
             raise ValueError("first_last_avg uses the first and last layers itself; drop --layers")
-        return self
-
-    @model_validator(mode="after")
-    def _columns(self) -> EmbedConfig:
         if self.id_column == self.text_column:
             raise ValueError(f"id column and text column are both {self.id_column!r}")
         overlap = sorted({self.id_column, self.text_column} & set(self.keep))
@@ -171,16 +176,33 @@ class EmbedConfig(BaseModel):
         return self
 
 
+class ModelRef(BaseModel):
+    """The encoder of a run: the name asked for, the directory it resolved to, its weights' sha256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    path: str
+    sha256: str
+
+
+class FittedRef(BaseModel):
+    """A trained head (`--pooler`) or fitted reduction (`--reduction`): where it is, its weights' sha256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str
+    sha256: str
+
+
 class ResolvedConfig(BaseModel):
     """EmbedConfig with every default filled in from the model; what the manifest records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str
-    model_path: str
-    model_sha256: str
-    dimension: int
-    pooling: str
+    model: ModelRef
+    pooling: Pooling
+    dimensions: dict[str, int]  # width of each pooling's vector, in pooling order
     layers: tuple[int, ...]
     layer_mode: LayerMode
     normalize: bool
@@ -193,48 +215,56 @@ class ResolvedConfig(BaseModel):
     device: Device
     precision: Precision
     trust_remote_code: bool
-    pooler: str | None = None
-    pooler_sha256: str | None = None
-    reduction: str | None = None
-    reduction_sha256: str | None = None
-    storage_block: str | None = None
     exclude_special: bool = False
     long_text: LongText = "truncate"
     chunk_tokens: int | None = None  # set when long_text is "chunk"
     stride: int = 0
     aggregate: Aggregate = "none"
-    dimensions: dict[str, int] = {}  # width of each pooling of a list
+    pooler: FittedRef | None = None
+    reduction: FittedRef | None = None
+    storage_block: str | None = None
 
     @property
-    def poolings(self) -> tuple[str, ...]:
-        return split_pooling(self.pooling)
+    def dimension(self) -> int:
+        """Width of the first (for one pooling: the only) vector column."""
+        return self.dimensions[self.pooling[0]]
+
+    @property
+    def token_level(self) -> bool:
+        return self.pooling == (TOKEN_LEVEL,)
+
+    @property
+    def chunked(self) -> bool:
+        return self.long_text == "chunk"
+
+    @property
+    def aggregated(self) -> bool:
+        """Whether a documents/ part (one row per document) is written beside each chunk part."""
+        return self.aggregate != "none"
 
     def embedding_columns(self) -> dict[str, int]:
-        """Vector column name -> width, as written."""
-        if len(self.poolings) == 1:
-            return {"embedding": self.dimension}
-        return {embedding_column(self.pooling, p): self.dimensions[p] for p in self.poolings}
+        """Vector column name -> width, as written; empty for token-level output."""
+        if self.token_level:
+            return {}
+        return {embedding_column(self.pooling, p): self.dimensions[p] for p in self.pooling}
 
     def columns(self) -> list[str]:
         """The columns of a part, in order."""
-        if self.pooling == TOKEN_LEVEL:
-            vectors = ["tokens", "offsets", "special", "token_embeddings"]
-        else:
-            vectors = list(self.embedding_columns())
-        chunk = list(CHUNK_COLUMNS) if self.long_text == "chunk" else []
+        vectors = list(TOKEN_COLUMNS) if self.token_level else list(self.embedding_columns())
+        chunk = list(CHUNK_COLUMNS) if self.chunked else []
         return ["id", *chunk, *vectors, "n_tokens", "truncated", *self.keep]
 
     def document_columns(self) -> list[str]:
         """The columns of a documents/ part (`--aggregate`), in order; empty without one."""
-        if self.aggregate == "none":
+        if not self.aggregated:
             return []
         return ["id", *self.embedding_columns(), "n_tokens", "n_chunks", *self.keep]
 
     def output_fingerprint(self) -> dict[str, object]:
-        """The settings that change the embeddings written; a rerun must match them."""
+        """The settings that change the vectors written; a rerun into the same DEST must match them."""
         return {
-            "model_sha256": self.model_sha256,
-            "pooling": self.pooling,
+            "model_sha256": self.model.sha256,
+            "pooling": pooling_label(self.pooling),
             "layers": list(self.layers),
             "layer_mode": self.layer_mode,
             "normalize": self.normalize,
@@ -245,8 +275,8 @@ class ResolvedConfig(BaseModel):
             "keep": list(self.keep),
             "shard_rows": self.shard_rows,
             # only when used, so DESTs made without them keep their fingerprints
-            **({"pooler_sha256": self.pooler_sha256} if self.pooler_sha256 else {}),
-            **({"reduction_sha256": self.reduction_sha256} if self.reduction_sha256 else {}),
+            **({"pooler_sha256": self.pooler.sha256} if self.pooler else {}),
+            **({"reduction_sha256": self.reduction.sha256} if self.reduction else {}),
             **({"exclude_special": True} if self.exclude_special else {}),
             **(
                 {
@@ -255,7 +285,7 @@ class ResolvedConfig(BaseModel):
                     "stride": self.stride,
                     "aggregate": self.aggregate,
                 }
-                if self.long_text == "chunk"
+                if self.chunked
                 else {}
             ),
         }

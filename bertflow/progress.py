@@ -1,7 +1,9 @@
-"""Progress of the rows of a run, for whoever watches this process (the CLI's progress bar).
+"""Progress of a run's documents, for whoever watches: the CLI's bar, the parent run's Prefect artifact.
 
-A context variable, not a flow parameter: a callback cannot travel to another process, and
-shard runs on workers report through Prefect artifacts instead.
+Code that does the work calls `start` and `advance`; whoever watches installs a reporter with
+`reporting_to`. Reporters nest: each one installed in an enclosing context hears every call. A
+context variable, not a flow parameter: a callback cannot travel to another process, and shard
+runs on workers report through their parts in DEST instead.
 """
 
 from __future__ import annotations
@@ -13,28 +15,31 @@ from typing import Protocol
 
 
 class ProgressReporter(Protocol):
-    def start(self, total_rows: int, done_rows: int) -> None: ...
+    def start(self, total: int, done: int) -> None: ...
 
-    def advance(self, rows: int) -> None: ...
+    def advance(self, n: int) -> None: ...
 
 
-_REPORTER: contextvars.ContextVar[ProgressReporter | None] = contextvars.ContextVar("progress", default=None)
+_REPORTERS: contextvars.ContextVar[tuple[ProgressReporter, ...]] = contextvars.ContextVar("progress", default=())
 
 
 @contextlib.contextmanager
 def reporting_to(reporter: ProgressReporter | None) -> Iterator[None]:
-    token = _REPORTER.set(reporter)
+    """Send `start`/`advance` calls in this context to `reporter` too."""
+    token = _REPORTERS.set(_REPORTERS.get() + ((reporter,) if reporter is not None else ()))
     try:
         yield
     finally:
-        _REPORTER.reset(token)
+        _REPORTERS.reset(token)
 
 
-def start(total_rows: int, done_rows: int) -> None:
-    if (r := _REPORTER.get()) is not None:
-        r.start(total_rows, done_rows)
+def start(total: int, done: int) -> None:
+    """A unit of work of `total` items begins, `done` of them already finished (resumed)."""
+    for r in _REPORTERS.get():
+        r.start(total, done)
 
 
-def advance(rows: int) -> None:
-    if (r := _REPORTER.get()) is not None:
-        r.advance(rows)
+def advance(n: int) -> None:
+    """`n` more items finished."""
+    for r in _REPORTERS.get():
+        r.advance(n)

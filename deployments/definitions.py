@@ -16,12 +16,8 @@ import bertflow
 from bertflow.flows.backfill import backfill
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.shard import embed_shard
+from bertflow.names import ADHOC, BACKFILL, DEFAULT_POOL, NIGHTLY, SHARD
 
-NIGHTLY = "embed-nightly"
-ADHOC = "embed-adhoc"
-SHARD = "embed-shard"
-BACKFILL = "backfill"
-DEFAULT_POOL = "bertflow"
 DEFAULT_CRON = "0 2 * * *"  # daily 02:00 UTC; each run embeds the day before its scheduled start
 TIMEZONE = "UTC"
 DEFAULT_MAX_IN_FLIGHT = 4

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from bertflow import partitions
 from bertflow.config import EmbedConfig
-from bertflow.deployments.definitions import DEFAULT_CRON, NIGHTLY, ServiceSettings, definitions
+from bertflow.deployments.definitions import DEFAULT_CRON, ServiceSettings, definitions
 from bertflow.errors import InputError
-from bertflow.flows.embed import embed_dataset
-from bertflow.tasks.gpu import GPU_LIMIT, set_slots_per_host, slots_per_host
+from bertflow.names import GPU_LIMIT, NIGHTLY_DEPLOYMENT
+from bertflow.tasks.gpu import set_slots_per_host, slots_per_host
 
 Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged")
 
@@ -34,7 +34,7 @@ def settings(
 ) -> ServiceSettings:
     """The CLI's options over what the nightly deployment already has; defaults for the rest."""
     try:
-        current = client.read_deployment_by_name(f"{embed_dataset.name}/{NIGHTLY}")
+        current = client.read_deployment_by_name(NIGHTLY_DEPLOYMENT)
     except ObjectNotFound:
         current = None
     params = dict(current.parameters) if current else {}

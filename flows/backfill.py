@@ -5,21 +5,25 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from bertflow import progress
-from bertflow.tasks.artifacts import BACKFILL_TAG, one_line, quiet_expected_errors, tag_this_run
-from bertflow.tasks.backfill import Day, plan_backfill, run_backfill
+from bertflow.errors import one_line
+from bertflow.names import BACKFILL_FLOW, BACKFILL_TAG, NIGHTLY
+from bertflow.pipeline.backfill import BackfillPlan, Day
+from bertflow.tasks.backfill import plan_backfill, run_backfill
+from bertflow.tasks.reporting import quiet_expected_errors, tag_this_run
 
 quiet_expected_errors()
 
 
-@flow(name="backfill", flow_run_name="backfill-{deployment}-{start}-to-{end}", persist_result=False)
+@flow(name=BACKFILL_FLOW, flow_run_name="backfill-{deployment}-{start}-to-{end}", persist_result=False)
 def backfill(
     start: str,
     end: str,
-    deployment: str = "embed-nightly",
+    deployment: str = NIGHTLY,
     every: str = "1d",
     max_in_flight: int = 4,
     overwrite: bool = False,
     dry_run: bool = False,
+    plan: BackfillPlan | None = None,
 ) -> dict[str, str]:
     """One run of DEPLOYMENT per day from START to END (YYYY-MM-DD), skipping days already complete.
 
@@ -28,37 +32,27 @@ def backfill(
         max_in_flight: at most this many days' runs at once.
         overwrite: redo days whose DEST is already complete.
         dry_run: log the plan and start nothing.
+        plan: the plan `bertflow backfill` already made and showed (default: planned here).
     """
     logger = get_run_logger()
     tag_this_run([BACKFILL_TAG])
     try:
-        return _backfill(start, end, deployment, every, max_in_flight, overwrite, dry_run)
+        plan = plan or plan_backfill(deployment, start, end, every, overwrite)
+        for day in plan.days:
+            logger.info(
+                "%s: %s (%s) %s -> %s", day.partition, "will run" if day.action == "run" else "skip", day.why,
+                day.source, day.dest,
+            )  # fmt: skip
+        skipped = {d.partition: d.why for d in plan.days if d.action == "skip"}
+        if dry_run or not plan.to_run:
+            return {d.partition: d.why for d in plan.days}
+        progress.start(len(plan.to_run), 0)
+
+        def finished(day: Day, state: str) -> None:
+            logger.info("%s: %s", day.partition, state)
+            progress.advance(1)
+
+        return {**skipped, **run_backfill(plan, max_in_flight, overwrite, finished)}
     except Exception as e:
         logger.error("backfill failed: %s", one_line(e))
         raise
-
-
-def _backfill(
-    start: str, end: str, deployment: str, every: str, max_in_flight: int, overwrite: bool, dry_run: bool
-) -> dict[str, str]:
-    logger = get_run_logger()
-    plan = plan_backfill(deployment, start, end, every, overwrite)
-    for day in plan.days:
-        logger.info(
-            "%s: %s (%s) %s -> %s",
-            day.partition,
-            "will run" if day.action == "run" else "skip",
-            day.why,
-            day.source,
-            day.dest,
-        )
-    if dry_run or not plan.to_run:
-        return {d.partition: d.why for d in plan.days}
-    progress.start(len(plan.to_run), 0)
-
-    def finished(day: Day, state: str) -> None:
-        logger.info("%s: %s", day.partition, state)
-        progress.advance(1)
-
-    results = run_backfill(plan, max_in_flight, overwrite, finished)
-    return {**{d.partition: d.why for d in plan.days if d.action == "skip"}, **results}

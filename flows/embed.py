@@ -11,23 +11,19 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 
-from bertflow import partitions
+from bertflow import partitions, progress
 from bertflow.config import EmbedConfig
-from bertflow.errors import BertflowError
+from bertflow.errors import BertflowError, one_line
 from bertflow.flows.shard import embed_shard
-from bertflow.io import parts
 from bertflow.io.manifest import Manifest
-from bertflow.tasks.artifacts import RunReport, one_line, quiet_expected_errors, run_tags, tag_this_run
-from bertflow.tasks.embed import (
-    finalize_dest,
-    fingerprints,
-    plan_source,
-    prepare_dest,
-    resolve_embed_config,
-    storage_from_block,
-)
+from bertflow.names import EMBED_FLOW
+from bertflow.pipeline.dest import fingerprints
+from bertflow.pipeline.shard import ShardJob
+from bertflow.tasks.embed import collect_parts, finalize_dest, plan_shards, prepare_dest, resolve_config
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
+from bertflow.tasks.reporting import RunReport, quiet_expected_errors, run_tags, tag_this_run
+from bertflow.tasks.secrets import storage_from_block
 
 quiet_expected_errors()
 
@@ -47,11 +43,11 @@ def _run_name() -> str:
     return partitions.run_name(dest, partition)
 
 
-@flow(name="embed-dataset", flow_run_name=_run_name, persist_result=False)
+@flow(name=EMBED_FLOW, flow_run_name=_run_name, persist_result=False)
 def embed_dataset(
     source: str,
     dest: str,
-    config: EmbedConfig = EmbedConfig(),
+    config: EmbedConfig | None = None,
     overwrite: bool = False,
     pool: str | None = None,
     partition: str | None = None,
@@ -60,11 +56,13 @@ def embed_dataset(
     """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume.
 
     Args:
+        config: how to embed (default: the bundled model with its own pooling and length).
         pool: run each shard as an `embed-shard` run on this work pool's workers (see `bertflow deploy`).
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
+    config = config or EmbedConfig()
     # Storage credentials from a named block are loaded here, in this process, never passed along.
     with storage_from_block(config.storage_block):
         report = None
@@ -73,35 +71,33 @@ def embed_dataset(
             if pool:
                 check_pool(pool)
             report = RunReport(dest)
-            resolved = resolve_embed_config(config)
-            child_tags = tag_this_run(run_tags(resolved))
-            plan = plan_source(source, resolved)
-            done = prepare_dest(source, dest, resolved, plan, overwrite)
-            prints = fingerprints(plan, resolved)
-            report.planned(plan, sum(s.rows for s in plan if s.name in done))
-            pending = [s for s in plan if s.name not in done]
-            results = list(done.values())
-            if pool:
-                failed = fan_out(pending, resolved, dest, prints, child_tags, report.part_written)
-                # Results come back through DEST: each part's footer, read here.
-                collected = parts.complete_parts(dest, pending, prints, documents=resolved.aggregate != "none")
-                for s in pending:
-                    if s.name not in collected and s.name not in failed:
-                        failed[s.name] = (
-                            f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
-                        )
-                results += [r.model_copy(update={"resumed": False}) for r in collected.values()]
-                if failed:
-                    report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
-                    raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
-            else:
-                # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot throughout.
-                with gpu_slot(in_deployment_run()), tags(*child_tags):
-                    for spec in pending:
-                        r = _local_shard(spec, resolved, dest, prints[spec.name])
-                        report.shard_done(spec, r.rows, r.tokens, r.seconds, r.truncated, r.rejected)
-                        results.append(r)
-            manifest = finalize_dest(source, dest, resolved, plan, results, time.perf_counter() - started, created_at)
+            with progress.reporting_to(report):
+                resolved = resolve_config(config)
+                child_tags = tag_this_run(run_tags(resolved))
+                plan = plan_shards(source, resolved)
+                done = prepare_dest(source, dest, resolved, plan, overwrite, created_at)
+                prints = fingerprints(plan, resolved)
+                jobs = [ShardJob(spec=s, config=resolved, dest=dest, fingerprint=prints[s.name]) for s in plan]
+                pending = [j for j in jobs if j.spec.name not in done]
+                results = list(done.values())
+                if pool:
+                    failed = fan_out(pending, child_tags, report.part_written)
+                    # Results come back through DEST: each part's footer, read here.
+                    collected, failed = collect_parts(dest, resolved, [j.spec for j in pending], failed)
+                    results += collected
+                    if failed:
+                        report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
+                        raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
+                else:
+                    # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
+                    with gpu_slot(in_deployment_run()), tags(*child_tags):
+                        for job in pending:
+                            result = _local_shard(job)
+                            report.shard_done(job.spec, result)
+                            results.append(result)
+                manifest = finalize_dest(
+                    source, dest, resolved, plan, results, time.perf_counter() - started, created_at
+                )
             report.finished(manifest)
             return manifest
         except Exception as e:

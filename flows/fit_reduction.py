@@ -5,14 +5,16 @@ from __future__ import annotations
 from prefect import flow
 
 from bertflow.model.reduction import Method, Moments, ReductionConfig
-from bertflow.tasks.fit_reduction import accumulate_part, fit_transform, read_embedded
+from bertflow.names import FIT_REDUCTION_FLOW
+from bertflow.tasks import fit_reduction as steps
 
 
-@flow(name="fit-reduction", persist_result=False)
+@flow(name=FIT_REDUCTION_FLOW, persist_result=False)
 def fit_reduction(dest: str, out: str, method: Method = "pca", dim: int | None = None) -> ReductionConfig:
     """Stream DEST's parts into running moments, fit the transform, save it to OUT."""
-    manifest = read_embedded(dest)
-    moments = Moments.empty(manifest.model.dimension)
+    manifest = steps.read_fittable(dest)
+    width = manifest.config.dimension
+    moments = Moments.empty(width)
     for shard in manifest.shards:
-        moments = accumulate_part(dest, shard.name, manifest.model.dimension, moments)
-    return fit_transform(dest, out, manifest, moments, method, dim)
+        moments = steps.accumulate_part(dest, shard.name, width, moments)
+    return steps.fit_reduction(dest, out, manifest, moments, method, dim)

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from bertflow.tasks.train_pooler import (
-    PoolerReport,
-    TrainConfig,
-    encode_states,
-    evaluate,
-    head_config,
-    read_examples,
-    resolve_encoder,
-    save_pooler,
-    train,
-)
+from bertflow.names import TRAIN_POOLER_FLOW
+from bertflow.pipeline.pooler import PoolerReport, TrainConfig, head_config
+from bertflow.tasks.train_pooler import encode_states, evaluate, read_examples, resolve_encoder, save_pooler, train
 
 
-@flow(name="train-pooler", persist_result=False)
+@flow(name=TRAIN_POOLER_FLOW, persist_result=False)
 def train_pooler(data: str, out: str, config: TrainConfig) -> PoolerReport:
     """Train a (Bi)LSTM head on DATA's labels, compare it with plain mean pooling, save both to OUT."""
     resolved = resolve_encoder(config)

@@ -1,99 +1,42 @@
-"""Backfill: one run of a partitioned deployment per day, skipping days already done the same way.
+"""Backfill on a Prefect server: plan from the deployment's parameters, then one run per day to run.
 
-Planning reads the deployment (Prefect API) and each day's DEST manifest (storage); it starts
-nothing, so `--dry-run` and bad input change nothing. Submitting gives each day's run an
-idempotency key, so repeating a backfill joins the runs in flight instead of doubling them.
+Submitting gives each day's run an idempotency key, so repeating a backfill joins the runs in
+flight instead of doubling them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+
+from prefect import task
 
 from bertflow import partitions
-from bertflow.config import EmbedConfig
-from bertflow.errors import BertflowError, InputError
-from bertflow.io import parts
-from bertflow.model.loading import resolve_config
-from bertflow.tasks.artifacts import BACKFILL_TAG
+from bertflow.errors import InputError, RunFailedError
+from bertflow.names import BACKFILL_TAG, EMBED_FLOW, full_name
+from bertflow.pipeline.backfill import BackfillPlan, Day, plan_days
+from bertflow.tasks.policy import IN_MEMORY, RETRY
 from bertflow.tasks.runs import Job, describe, read_deployment, run_all
 
-PARENT_FLOW = "embed-dataset"
 
-
-class BackfillFailedError(BertflowError):
+class BackfillFailedError(RunFailedError):
     """Some days' runs failed; repeating the backfill reruns only those."""
 
 
-@dataclass(frozen=True)
-class Day:
-    """One partition of the plan: where it reads and writes, and whether it will run and why."""
-
-    partition: str
-    source: str
-    dest: str
-    action: Literal["run", "skip"]
-    why: str
+def deployment_name(deployment: str) -> str:
+    """`embed-nightly` -> `embed-dataset/embed-nightly`; a full `flow/deployment` name as is."""
+    return deployment if "/" in deployment else full_name(EMBED_FLOW, deployment)
 
 
-@dataclass(frozen=True)
-class Plan:
-    deployment: str  # flow/deployment
-    deployment_id: str
-    dest_template: str
-    days: list[Day]
-
-    @property
-    def to_run(self) -> list[Day]:
-        return [d for d in self.days if d.action == "run"]
-
-
-def full_name(deployment: str) -> str:
-    return deployment if "/" in deployment else f"{PARENT_FLOW}/{deployment}"
-
-
-def plan_backfill(deployment: str, start: str, end: str, every: str = "1d", overwrite: bool = False) -> Plan:
-    """The days from start to end and, for each, run or skip (complete with the same config)."""
-    first, last = partitions.parse_date(start, "--start"), partitions.parse_date(end, "--end")
-    days = partitions.partition_range(first, last, partitions.parse_every(every))
-    dep = read_deployment(full_name(deployment))
-    params = dep.parameters or {}
-    source_t, dest_t = params.get("source"), params.get("dest")
-    if not source_t or not dest_t:
-        raise InputError(
-            f"deployment {full_name(deployment)} has no source and dest templates to fill in; "
-            "backfill a deployment made by `bertflow deploy`, such as embed-nightly"
-        )
-    partitions.check_templates(source_t, dest_t)
-    try:
-        config = EmbedConfig.model_validate(params.get("config") or {})
-    except ValueError as e:
-        raise InputError(f"deployment {full_name(deployment)} has an invalid config parameter: {e}") from None
-    fingerprint = resolve_config(config).output_fingerprint()
-    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite) for d in days]
-    return Plan(full_name(deployment), str(dep.id), dest_t, planned)
-
-
-def _day(day: str, source_t: str, dest_t: str, fingerprint: dict, overwrite: bool) -> Day:
-    source, dest = partitions.render(source_t, day), partitions.render(dest_t, day)
-    manifest = parts.read_manifest(dest)
-    if overwrite:
-        return Day(day, source, dest, "run", "--overwrite: redo from scratch")
-    if manifest is None:
-        return Day(day, source, dest, "run", "no output yet")
-    if manifest.fingerprint != fingerprint:
-        raise InputError(
-            f"partition {day}: DEST {dest} holds output made with other settings; "
-            "pass --overwrite to replace it, or change the deployment's config back"
-        )
-    if manifest.status != "complete":
-        return Day(day, source, dest, "run", "incomplete: resumes the missing shards")
-    return Day(day, source, dest, "skip", "complete with the same config")
+@task(**IN_MEMORY, **RETRY)
+def plan_backfill(deployment: str, start: str, end: str, every: str = "1d", overwrite: bool = False) -> BackfillPlan:
+    """Read the deployment (Prefect API) and each day's DEST manifest (storage): the days to run or skip."""
+    name = deployment_name(deployment)
+    dep = read_deployment(name)
+    return plan_days(name, str(dep.id), dict(dep.parameters or {}), start, end, every, overwrite)
 
 
 def run_backfill(
-    plan: Plan,
+    plan: BackfillPlan,
     max_in_flight: int,
     overwrite: bool,
     on_final: Callable[[Day, str], None] | None = None,

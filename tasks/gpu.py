@@ -18,9 +18,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from bertflow.names import GPU_LIMIT
 from bertflow.partitions import slug
 
-GPU_LIMIT = "bertflow-gpu"
 # A slot held by a process that died (power loss, SIGKILL) comes back when its lease runs out;
 # a live holder renews the lease in the background.
 LEASE_SECONDS = 60

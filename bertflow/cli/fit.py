@@ -1,59 +1,15 @@
-"""`bertflow train-pooler`, `fit-reduction` and `search`, registered on the app of `bertflow.cli`."""
+"""`bertflow train-pooler` and `bertflow fit-reduction`: fit what `bertflow embed --pooler/--reduction` apply."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from bertflow.cli import _layers, _options, _validation_message, app, err, fail, out
+from bertflow.cli.app import app
+from bertflow.cli.common import Bar, StorageOption, fail, out, running, table, validated
+from bertflow.cli.common import layers as parse_layers
 from bertflow.config import DEFAULT_MODEL
-from bertflow.errors import BertflowError
-
-StorageOption = Annotated[
-    list[str] | None, typer.Option(help="KEY=VALUE for the filesystem; repeatable; never logged or stored")
-]
-
-
-class _Stages:
-    """One progress bar per stage a flow reports through `bertflow.progress`."""
-
-    def __init__(self, progress: Progress, names: tuple[str, ...]) -> None:
-        self.progress, self.names, self.task = progress, list(names), None
-
-    def start(self, total: int, done: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        name = self.names.pop(0) if self.names else "working"
-        self.task = self.progress.add_task(name, total=total, completed=done)
-
-    def advance(self, n: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, n)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-
-
-def _table(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    for k, v in rows:
-        table.add_row(k, v)
-    return table
 
 
 @app.command("train-pooler")
@@ -82,49 +38,34 @@ def train_pooler(
     storage_option: StorageOption = None,
 ) -> None:
     """Train a mean_lstm pooling head on DATA's labels (encoder frozen); report accuracy against plain mean pooling."""
-    from bertflow.tasks.train_pooler import TrainConfig
+    from bertflow.pipeline.pooler import TrainConfig
 
-    try:
-        config = TrainConfig(
+    config = validated(
+        lambda: TrainConfig(
             label_column=label_column,
             text_column=text_column,
             id_column=id_column,
             model=model,
-            layers=_layers(layers),
+            layers=parse_layers(layers),
             layer_mode=layer_mode,
             max_length=max_length,
             epochs=epochs,
             hidden=hidden,
             bidirectional=bidirectional,
             seed=seed,
-        )
-    except ValidationError as e:
-        fail(_validation_message(e))
-
+        )  # fmt: skip
+    )
     from bertflow.flows.train_pooler import train_pooler as train_flow
-    from bertflow.io.storage import storage_options
-    from bertflow.progress import reporting_to
 
-    progress = _progress()
-    try:
-        with (
-            progress,
-            reporting_to(_Stages(progress, ("encoding", "epochs"))),
-            storage_options(_options(storage_option)),
-        ):
-            report = train_flow(data, out_dir, config)
-    except BertflowError as e:
-        fail(str(e))
+    with running(Bar("encoding", "epochs"), storage_option):
+        report = train_flow(data, out_dir, config)
     acc, rows = report.test_accuracy, report.rows
+    examples = f"{rows['train']:,} train, {rows['validation']:,} validation, {rows['test']:,} test"
     out.print(
-        _table(
+        table(
             "bertflow train-pooler",
             [
-                (
-                    "examples",
-                    f"{rows['train']:,} train, {rows['validation']:,} validation, {rows['test']:,} test"
-                    + (f", {rows['skipped']:,} skipped" if rows["skipped"] else ""),
-                ),
+                ("examples", examples + (f", {rows['rejected']:,} rejected" if rows["rejected"] else "")),
                 ("classes", str(len(report.classes))),
                 ("epochs", f"{report.epochs_run} run, kept epoch {report.best_epoch}"),
                 (
@@ -158,15 +99,11 @@ def fit_reduction(
     if dim is not None and dim < 1:
         fail(f"--dim {dim}: give a positive dimension")
     from bertflow.flows.fit_reduction import fit_reduction as fit_flow
-    from bertflow.io.storage import storage_options
 
-    try:
-        with storage_options(_options(storage_option)):
-            config = fit_flow(dest, out_dir, method, dim)
-    except BertflowError as e:
-        fail(str(e))
+    with running(storage=storage_option):
+        config = fit_flow(dest, out_dir, method, dim)  # type: ignore[arg-type]
     out.print(
-        _table(
+        table(
             "bertflow fit-reduction",
             [
                 ("method", f"{config.method}, {config.input_dim} -> {config.dim} dimensions"),
@@ -176,35 +113,3 @@ def fit_reduction(
             ],
         )
     )
-
-
-@app.command()
-def search(
-    dest: Annotated[str, typer.Argument(help="Output directory of `bertflow embed` (local or s3://)")],
-    query: Annotated[str, typer.Argument(help="Text to search for")],
-    k: Annotated[int, typer.Option("-k", "--top-k", help="How many results")] = 10,
-    column: Annotated[
-        str | None, typer.Option(help="Vector column to search in a DEST with several poolings (default: the first)")
-    ] = None,
-    storage_option: StorageOption = None,
-) -> None:
-    """Embed QUERY with DEST's own model, pooling, layers, reduction and normalization; print the k nearest rows.
-
-    In a chunked DEST each result is one window of a text: its chunk index and character span are shown.
-    """
-    from bertflow.io.storage import storage_options
-    from bertflow.pipeline.search import search as run_search
-
-    try:
-        with storage_options(_options(storage_option)):
-            hits = run_search(dest, query, k, column)
-    except BertflowError as e:
-        fail(str(e))
-    chunked = any(hit.chunk is not None for hit in hits)
-    table = Table(title=f"top {len(hits)} for {query!r} (cosine)", title_justify="left")
-    for name in ("#", "score", "id", *(("chunk", "chars") if chunked else ()), "text"):
-        table.add_column(name, overflow="fold")
-    for rank, hit in enumerate(hits, 1):
-        where = (str(hit.chunk[0]), f"{hit.chunk[1]}-{hit.chunk[2]}") if hit.chunk is not None else ()
-        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), *where, hit.snippet or "")
-    out.print(table)

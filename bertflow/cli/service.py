@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from bertflow.cli import app, err, fail, out
-from bertflow.errors import BertflowError
+from bertflow.cli.app import app
+from bertflow.cli.common import Bar, fail, out, reported, running
+from bertflow.names import DEFAULT_POOL, NIGHTLY
 
 _TEMPLATE_HELP = "with {date} where the day goes"
 
@@ -27,7 +27,7 @@ def _require_server(command: str) -> None:
 
 @app.command()
 def deploy(
-    pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = "bertflow",
+    pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = DEFAULT_POOL,
     gpus_per_host: Annotated[
         int | None, typer.Option(help="Models on the devices of one host at once (default 1, or what is deployed)")
     ] = None,
@@ -50,10 +50,8 @@ def deploy(
     _require_server("deploy")
     from bertflow.deployments.service import deploy as deploy_all
 
-    try:
+    with reported():
         changes = deploy_all(pool, gpus_per_host, cron, source_template, dest_template, model)
-    except BertflowError as e:
-        fail(str(e))
     table = Table(title="bertflow deploy", title_justify="left")
     for col in ("kind", "name", "change"):
         table.add_column(col)
@@ -71,9 +69,7 @@ def serve(
     source_template: Annotated[str | None, typer.Option(help=f"embed-nightly's SOURCE, {_TEMPLATE_HELP}")] = None,
     dest_template: Annotated[str | None, typer.Option(help=f"embed-nightly's DEST, {_TEMPLATE_HELP}")] = None,
     model: Annotated[str | None, typer.Option(help="Model of embed-nightly and embed-adhoc")] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="At most this many runs at once (default: no limit)")
-    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many runs at once (default: no limit)")] = None,
 ) -> None:
     """Serve embed-nightly, embed-adhoc and backfill from this process, no workers needed (Ctrl-C stops)."""
     from prefect import serve as prefect_serve
@@ -81,32 +77,16 @@ def serve(
     _require_server("serve")
     from bertflow.deployments.service import served_deployments
 
-    try:
+    with reported():
         deployments = served_deployments(cron, source_template, dest_template, model)
-    except BertflowError as e:
-        fail(str(e))
     prefect_serve(*deployments, limit=limit)
-
-
-class _Partitions:
-    """Partitions-done bar fed by the backfill flow through `bertflow.progress`."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.task = progress, None
-
-    def start(self, total_rows: int, done_rows: int) -> None:
-        self.task = self.progress.add_task("backfill", total=total_rows, completed=done_rows)
-
-    def advance(self, rows: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, rows)
 
 
 @app.command()
 def backfill(
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD")],
     end: Annotated[str, typer.Option(help="Last day, YYYY-MM-DD (included)")],
-    deployment: Annotated[str, typer.Option(help="Partitioned deployment to run per day")] = "embed-nightly",
+    deployment: Annotated[str, typer.Option(help="Partitioned deployment to run per day")] = NIGHTLY,
     every: Annotated[str, typer.Option(help="Days between partitions: 1d, 7d")] = "1d",
     max_in_flight: Annotated[int, typer.Option(min=1, help="At most this many days' runs at once")] = 4,
     overwrite: Annotated[bool, typer.Option(help="Redo days whose DEST is already complete")] = False,
@@ -114,12 +94,11 @@ def backfill(
 ) -> None:
     """One run of DEPLOYMENT per day, skipping days already complete with the same config; rerun-safe."""
     _require_server("backfill")
+    from bertflow.flows.backfill import backfill as backfill_flow
     from bertflow.tasks.backfill import plan_backfill
 
-    try:
-        plan = plan_backfill(deployment, start, end, every, overwrite)
-    except BertflowError as e:
-        fail(str(e))
+    with reported():
+        plan = plan_backfill.fn(deployment, start, end, every, overwrite)
     out.print(f"backfill {plan.deployment}: {len(plan.days)} partitions", highlight=False)
     for day in plan.days:
         action = "will run" if day.action == "run" else "skip"
@@ -130,30 +109,10 @@ def backfill(
     if not plan.to_run:
         out.print("nothing to run: every partition is complete")
         return
-
-    from bertflow.flows.backfill import backfill as backfill_flow
-    from bertflow.progress import reporting_to
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("partitions"),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-    try:
-        with bar, reporting_to(_Partitions(bar)):
-            results = backfill_flow(
-                start=start,
-                end=end,
-                deployment=deployment,
-                every=every,
-                max_in_flight=max_in_flight,
-                overwrite=overwrite,
-            )
-    except BertflowError as e:
-        fail(str(e), code=1)
+    with running(Bar("backfill", unit="partitions")):
+        results = backfill_flow(
+            start=start, end=end, deployment=deployment, every=every, max_in_flight=max_in_flight,
+            overwrite=overwrite, plan=plan,
+        )  # fmt: skip
     for partition, result in sorted(results.items()):
         out.print(f"{partition}  {result}", highlight=False, soft_wrap=True)

@@ -7,9 +7,12 @@ import json
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-FORMAT_VERSION = 1
+from bertflow.config import ResolvedConfig
+
+# 2: the resolved config embedded as `config` (format 1 repeated its fields at the top level)
+FORMAT_VERSION = 2
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.parquet"
 # `--aggregate`: one document-level part per shard, same name, in this folder of DEST
@@ -95,10 +98,14 @@ class DocumentsPart(BaseModel):
 
 
 class ShardResult(BaseModel):
-    """A finished shard, as the manifest records it."""
+    """A finished shard, as the manifest records it.
+
+    `rows` counts the part's rows: one per document, or one per chunk under `--long-text chunk`.
+    """
 
     name: str
     pieces: tuple[Piece, ...]
+    documents: int  # documents embedded (the shard's source rows less the rejected ones)
     rows: int
     rejected: int
     tokens: int
@@ -108,66 +115,50 @@ class ShardResult(BaseModel):
     resumed: bool = False
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
-    # Listed at the top of the manifest (`documents`), not per shard.
-    documents: DocumentsPart | None = Field(default=None, exclude=True)
+    # Listed at the top of the manifest (`documents_parts`), not per shard.
+    documents_part: DocumentsPart | None = Field(default=None, exclude=True)
 
 
 class Totals(BaseModel):
+    """Sums over every shard; `rows` equals `documents` except under `--long-text chunk` (chunks)."""
+
+    documents: int
     rows: int
-    skipped: int
+    rejected: int
     tokens: int
     truncated: int
     seconds: float
 
 
-class ModelInfo(BaseModel):
-    name: str
-    path: str
-    sha256: str
-    dimension: int
-    max_length: int
-
-
-class FittedInfo(BaseModel):
-    """A trained head (`--pooler`) or fitted reduction (`--reduction`) the vectors went through."""
-
-    uri: str
-    sha256: str
-
-
 class Manifest(BaseModel):
-    """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete")."""
+    """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete").
 
-    format_version: int = FORMAT_VERSION
+    The run's resolved config is embedded as is; columns are derived from it.
+    """
+
+    format_version: Literal[2] = FORMAT_VERSION
     bertflow_version: str
     status: Literal["running", "complete"]
     source: str
-    model: ModelInfo
-    pooling: str
-    layers: list[int]
-    layer_mode: str
-    normalize: bool
-    precision: str
-    device: str | None = None
-    id_column: str
-    text_column: str
-    keep: list[str]
-    shard_rows: int
-    columns: list[str]
-    fingerprint: dict[str, object]
+    config: ResolvedConfig
+    fingerprint: dict[str, object]  # the embedding fingerprint: config.output_fingerprint() when written
+    device: str | None = None  # the device the run resolved to ("cpu", "cuda"); None while running
     shards: list[ShardResult] = []
     planned_shards: int
     totals: Totals | None = None
     rejects: str | None = None
+    documents_parts: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per document
     created_at: datetime
     completed_at: datetime | None = None
-    pooler: FittedInfo | None = None
-    reduction: FittedInfo | None = None
-    embedding_columns: dict[str, int] | None = None  # vector column -> width; None in older manifests
-    exclude_special: bool = False
-    long_text: str = "truncate"
-    chunk_tokens: int | None = None
-    stride: int | None = None
-    aggregate: str | None = None
-    documents: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per id
-    document_columns: list[str] = []
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def columns(self) -> list[str]:
+        """The columns of every part, in order."""
+        return self.config.columns()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def document_columns(self) -> list[str]:
+        """The columns of every documents/ part (`--aggregate`); empty without one."""
+        return self.config.document_columns()

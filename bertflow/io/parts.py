@@ -1,4 +1,4 @@
-"""Build, serialize and inspect output parts and DEST's bookkeeping files. No Prefect."""
+"""DEST's files: serialize and inspect parts, list and clear them, read and write the manifest. No Prefect."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import io
 import json
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
-from bertflow.config import TOKEN_LEVEL
+from bertflow.config import fingerprint_diff
 from bertflow.errors import DestMismatchError, InputError
 from bertflow.io import storage
 from bertflow.io.manifest import (
     DOCUMENTS_DIR,
+    FORMAT_VERSION,
     MANIFEST_NAME,
     PART_METADATA_KEY,
     REJECTS_NAME,
@@ -25,115 +25,7 @@ from bertflow.io.manifest import (
     ShardResult,
     ShardSpec,
 )
-from bertflow.text.chunking import aggregate
-
-ID_DTYPES: dict[IdKind, pl.DataType] = {"int": pl.Int64(), "str": pl.String()}
-
-
-def vector_series(embeddings: np.ndarray, columns: dict[str, int] | None = None) -> list[pl.Series]:
-    """(N, sum D) vectors split into one Array(Float32, D) column per name (default: `embedding`)."""
-    columns = columns or {"embedding": embeddings.shape[1]}
-    out, at = [], 0
-    for name, width in columns.items():
-        block = embeddings[:, at : at + width].astype(np.float32, copy=False)  # (N, D)
-        out.append(pl.Series(name, block, dtype=pl.Array(pl.Float32, width)))
-        at += width
-    return out
-
-
-def part_frame(
-    frame: pl.DataFrame,
-    embeddings: np.ndarray,
-    n_tokens: np.ndarray,
-    truncated: np.ndarray,
-    keep: Sequence[str],
-    id_kind: IdKind,
-    columns: dict[str, int] | None = None,
-    leading: Sequence[pl.Series] = (),
-) -> pl.DataFrame:
-    """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D), n_tokens, truncated, kept columns.
-
-    Args:
-        columns: vector column name -> width, splitting `embeddings` in order; default one `embedding`.
-    """
-    return pl.DataFrame(
-        [
-            frame["id"].cast(ID_DTYPES[id_kind]),
-            *leading,
-            *vector_series(embeddings, columns),
-            pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
-            pl.Series("truncated", truncated, dtype=pl.Boolean),
-            *(frame[c] for c in keep),
-        ]
-    )
-
-
-def token_frame(
-    frame: pl.DataFrame,
-    tokens: list[list[str]],
-    offsets: list[list[tuple[int, int]]],
-    special: list[list[bool]],
-    states: list[np.ndarray],
-    n_tokens: np.ndarray,
-    truncated: np.ndarray,
-    keep: Sequence[str],
-    id_kind: IdKind,
-    width: int,
-) -> pl.DataFrame:
-    """Token-level part (`--pooling none`): per row its tokens, char spans, special flags and vectors."""
-    n = len(states)
-    flat = np.concatenate(states).reshape(-1, width) if n else np.zeros((0, width), np.float32)  # (sum T, H)
-    rows = pl.Series("row", np.repeat(np.arange(n), n_tokens), dtype=pl.Int64)
-    vectors = pl.DataFrame(
-        [rows, pl.Series("token_embeddings", flat.astype(np.float32, copy=False), dtype=pl.Array(pl.Float32, width))]
-    )
-    grouped = pl.DataFrame({"row": np.arange(n)}, schema={"row": pl.Int64}).join(
-        vectors.group_by("row", maintain_order=True).agg("token_embeddings"),
-        on="row",
-        how="left",
-        maintain_order="left",
-    )  # a row without tokens has no group: an empty list, not null
-    list_type = pl.List(pl.Array(pl.Float32, width))
-    token_embeddings = grouped["token_embeddings"].fill_null(pl.Series([[]], dtype=list_type)).cast(list_type)
-    return pl.DataFrame(
-        [
-            frame["id"].cast(ID_DTYPES[id_kind]),
-            pl.Series("tokens", tokens, dtype=pl.List(pl.String)),
-            pl.Series("offsets", [[list(o) for o in row] for row in offsets], dtype=pl.List(pl.Array(pl.Int64, 2))),
-            pl.Series("special", special, dtype=pl.List(pl.Boolean)),
-            token_embeddings,
-            pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
-            pl.Series("truncated", truncated, dtype=pl.Boolean),
-            *(frame[c] for c in keep),
-        ]
-    )
-
-
-def document_frame(
-    table: pl.DataFrame, columns: dict[str, int], keep: Sequence[str], how: str, normalize: bool
-) -> pl.DataFrame:
-    """One row per id from a chunk part: each vector column aggregated over the id's chunks
-    (token-weighted mean by n_tokens, or element-wise max), n_tokens summed, kept columns of the id."""
-    groups = table["id"].rle_id().to_numpy()  # (C,) the chunks of an id are adjacent
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.zeros(0, np.int64)
-    first = table[starts]  # (N rows) the first chunk of each id
-    weights = table["n_tokens"].to_numpy()
-    vectors = []
-    for name, width in columns.items():
-        v = aggregate(table[name].to_numpy().reshape(len(table), width), weights, groups, how)  # (N, D)
-        if normalize:  # the document vector is normalized like its chunks
-            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        vectors.append(pl.Series(name, v.astype(np.float32), dtype=pl.Array(pl.Float32, width)))
-    tokens = np.add.reduceat(weights, starts) if len(starts) else np.zeros(0, np.int32)
-    return pl.DataFrame(
-        [
-            first["id"],
-            *vectors,
-            pl.Series("n_tokens", tokens, dtype=pl.Int32),
-            pl.Series("n_chunks", np.diff(np.r_[starts, len(groups)]), dtype=pl.Int32),
-            *(first[c] for c in keep),
-        ]
-    )
+from bertflow.io.schema import rejects_frame
 
 
 def serialize_part(table: pl.DataFrame, info: PartInfo) -> bytes:
@@ -184,20 +76,28 @@ def complete_parts(
             if found is None or found[0].fingerprint != fingerprints[spec.name] or found[1] != found[0].rows:
                 continue
             docs = DocumentsPart(name=f"{DOCUMENTS_DIR}/{spec.name}", rows=found[1], sha256=storage.sha256(docs_uri))
-        done[spec.name] = ShardResult(
-            name=spec.name,
-            pieces=spec.pieces,
-            rows=info.rows,
-            rejected=len(info.rejects),
-            tokens=info.tokens,
-            truncated=info.truncated,
-            seconds=info.seconds,
-            sha256=storage.sha256(uri),
-            resumed=True,
-            rejects=info.rejects,
-            documents=docs,
-        )
+        done[spec.name] = shard_result(spec, info, storage.sha256(uri), docs)
     return done
+
+
+def shard_result(
+    spec: ShardSpec, info: PartInfo, sha256: str, documents_part: DocumentsPart | None = None
+) -> ShardResult:
+    """What the manifest records of a part already in DEST, from its footer."""
+    return ShardResult(
+        name=spec.name,
+        pieces=spec.pieces,
+        documents=spec.rows - len(info.rejects),
+        rows=info.rows,
+        rejected=len(info.rejects),
+        tokens=info.tokens,
+        truncated=info.truncated,
+        seconds=info.seconds,
+        sha256=sha256,
+        resumed=True,
+        rejects=info.rejects,
+        documents_part=documents_part,
+    )
 
 
 def list_names(dest: str) -> list[str]:
@@ -213,8 +113,18 @@ def read_manifest(dest: str) -> Manifest | None:
     uri = storage.join(dest, MANIFEST_NAME)
     if not storage.exists(uri):
         return None
+    raw = storage.read_bytes(uri)
     try:
-        return Manifest.model_validate_json(storage.read_bytes(uri))
+        version = json.loads(raw).get("format_version")
+    except (ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise InputError(
+            f"{uri} was written by an older bertflow (manifest format {version}, this one reads {FORMAT_VERSION}); "
+            "re-embed into a new DEST, or pass --overwrite to start this one over"
+        )
+    try:
+        return Manifest.model_validate_json(raw)
     except ValueError:
         raise InputError(f"{uri} is not a bertflow manifest; choose another DEST or pass --overwrite") from None
 
@@ -229,7 +139,7 @@ def read_pooled(dest: str, verb: str) -> Manifest:
         raise InputError(
             f"DEST {dest} is not complete (status {manifest.status!r}); rerun its embed command to finish it"
         )
-    if manifest.pooling == TOKEN_LEVEL:
+    if manifest.config.token_level:
         raise InputError(
             f"DEST {dest} holds every token's vector (--pooling none), not one per row; "
             f"{verb} a DEST embedded with a pooling"
@@ -243,7 +153,7 @@ def check_compatible(dest: str, existing: Manifest | None, fingerprint: dict[str
         return
     old = existing.fingerprint
     # keys on either side: a DEST made with --reduction/--pooler has keys a run without them lacks
-    diffs = [k for k in {**old, **fingerprint} if old.get(k) != fingerprint.get(k)]
+    diffs = fingerprint_diff(old, fingerprint)
     if diffs:
         shown = "; ".join(f"{k}: {old.get(k)!r} in DEST, {fingerprint.get(k)!r} now" for k in diffs[:3])
         raise DestMismatchError(
@@ -274,12 +184,8 @@ def rejects_bytes(results: Sequence[ShardResult], id_kind: IdKind) -> bytes | No
     rows: list[Reject] = [r for res in results for r in res.rejects]
     if not rows:
         return None
-    table = pl.DataFrame(
-        {"id": [r.id for r in rows], "reason": [r.reason for r in rows]},
-        schema={"id": ID_DTYPES[id_kind], "reason": pl.String},
-    )
     buf = io.BytesIO()
-    table.write_parquet(buf)
+    rejects_frame(rows, id_kind).write_parquet(buf)
     return buf.getvalue()
 
 

@@ -16,6 +16,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import IO
 
 import fsspec
@@ -24,7 +25,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from bertflow.errors import InputError, StorageError, TransientStorageError
 
-_OPTIONS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("storage_options", default={})
+_OPTIONS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "storage_options", default=MappingProxyType({})
+)
 
 
 @contextlib.contextmanager
@@ -37,7 +40,7 @@ def storage_options(options: Mapping[str, str]) -> Iterator[None]:
         _OPTIONS.reset(token)
 
 
-def _client_kwargs(protocol: str, options: dict[str, str]) -> dict:
+def _client_kwargs(protocol: str, options: Mapping[str, str]) -> dict:
     """Map flat KEY=VALUE options onto fsspec's constructor arguments."""
     if protocol not in ("s3", "s3a"):
         return dict(options)
@@ -265,9 +268,3 @@ def remove(uri: str) -> None:
     with translated(uri):
         if fs.exists(path):
             fs.rm(path, recursive=True)
-
-
-def info(uri: str) -> dict:
-    fs, path = filesystem(uri)
-    with translated(uri):
-        return fs.info(path)

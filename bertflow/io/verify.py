@@ -67,12 +67,8 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
     if manifest.status == "complete" and len(manifest.shards) != manifest.planned_shards:
         problems.append(f"manifest lists {len(manifest.shards)} shards of {manifest.planned_shards} planned")
 
-    chunked = manifest.long_text == "chunk"
-    vectors = (
-        {}
-        if "token_embeddings" in manifest.columns
-        else (manifest.embedding_columns or {"embedding": manifest.model.dimension})
-    )
+    chunked = manifest.config.chunked
+    vectors = manifest.config.embedding_columns()
     found = [
         k
         for s in manifest.shards
@@ -89,7 +85,7 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         dup = keys.filter(keys.is_duplicated())
         if len(dup):
             problems.append(f"{len(dup)} (id, chunk_index) pairs occur more than once, e.g. {dup.head(5).rows()}")
-    if manifest.aggregate and manifest.aggregate != "none":
+    if manifest.config.aggregated:
         _check_documents(dest, manifest, vectors, part_ids, problems)
 
     rejected: list[pl.Series] = []
@@ -115,7 +111,10 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
 
     if source is not None:
         scans = sources.scan_source(
-            source, id_column=manifest.id_column, text_column=manifest.text_column, keep=manifest.keep
+            source,
+            id_column=manifest.config.id_column,
+            text_column=manifest.config.text_column,
+            keep=manifest.config.keep,
         )
         want = pl.concat([s.ids.cast(pl.String) for s in scans])
         missing = want.filter(~want.is_in(all_ids.implode()))
@@ -133,15 +132,17 @@ def _check_documents(
     dest: str, manifest: Manifest, vectors: dict[str, int], part_ids: pl.Series, problems: list[str]
 ) -> None:
     """documents/ (`--aggregate`): every listed part intact, each id of the chunk parts exactly once."""
-    listed = {d.name for d in manifest.documents}
+    listed = {d.name for d in manifest.documents_parts}
     for name in parts.list_names(storage.join(dest, DOCUMENTS_DIR)):
         if name.startswith("part-") and name.endswith(".parquet") and f"{DOCUMENTS_DIR}/{name}" not in listed:
             problems.append(f"{DOCUMENTS_DIR}/{name}: in DEST but not in the manifest")
-    if manifest.status == "complete" and len(manifest.documents) != len(manifest.shards):
-        problems.append(f"manifest lists {len(manifest.documents)} document parts for {len(manifest.shards)} shards")
+    if manifest.status == "complete" and len(manifest.documents_parts) != len(manifest.shards):
+        problems.append(
+            f"manifest lists {len(manifest.documents_parts)} document parts for {len(manifest.shards)} shards"
+        )
     found = [
         k
-        for d in manifest.documents
+        for d in manifest.documents_parts
         if (k := _check_part(dest, d.name, d.sha256, d.rows, manifest.document_columns, vectors, problems)) is not None
     ]
     ids = pl.concat([k["id"] for k in found]) if found else pl.Series("id", [], pl.String)

@@ -1,67 +1,35 @@
-"""The embedding engine: texts -> token ids -> forward passes -> pooled float32 vectors.
+"""The embedding engine: token ids -> forward passes -> pooled (or per-token) float32 vectors.
 
-No Prefect and no storage here: the tasks in `embed.py` wrap this.
+One forward pass serves embedding, training and search. No Prefect and no storage here.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bertflow.config import Precision
-from bertflow.errors import InputError
+from bertflow.config import Precision, ResolvedConfig
+from bertflow.model.fitted import head_for
 from bertflow.model.fused import fused_encoder
+from bertflow.model.loading import load_model, pick_device
 from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
+from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
-from bertflow.text.chunking import window_bounds
+from bertflow.text.tokenize import TextTokenizer, Tokenized
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
 # activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
 # core; at 8k every elementwise pass goes to DRAM (-20 to -30% on a 2-core EPYC, fp32). On a GPU
 # batches are limited by memory, not cache.
 DEFAULT_BATCH_TOKENS = {"cpu": 1024, "mps": 16384, "cuda": 65536}
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    """Token ids per row, as fed to the model (after truncation, with special tokens)."""
-
-    ids: list[list[int]]
-    n_tokens: np.ndarray  # (N,) int32
-    truncated: np.ndarray  # (N,) bool
-
-
-@dataclass(frozen=True)
-class Chunks:
-    """Token windows of long texts (`--long-text chunk`): one row per window, each wrapped in special tokens."""
-
-    tok: Tokenized  # the windows as fed to the model
-    doc: np.ndarray  # (C,) int64: the text each window comes from
-    chunk_index: np.ndarray  # (C,) int32: position of the window within its text
-    char_start: np.ndarray  # (C,) int64: offsets into the original text
-    char_end: np.ndarray  # (C,) int64
-
-
-@dataclass(frozen=True)
-class TokenText:
-    """Tokenized texts with what token-level output (`--pooling none`) writes beside each vector."""
-
-    tok: Tokenized
-    tokens: list[list[str]]  # token strings, special tokens included
-    offsets: list[list[tuple[int, int]]]  # char spans in the original text ((0, 0) for special tokens)
-    special: list[list[bool]]
 
 
 # Attention kernels on CUDA: all of PyTorch's but cuDNN's, which builds an execution plan for each new
@@ -101,10 +69,7 @@ class Encoder:
         self.head = head.to(device) if head is not None else None  # trained head of pooling mean_lstm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
-        # A private copy: truncation settings must not leak into the shared tokenizer.
-        self._tokenizer = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length)
+        self.tokenizer = TextTokenizer(tokenizer.backend_tokenizer, max_length)
         self.special_ids = sorted(set(tokenizer.all_special_ids))
         self._fused = None
         if device == "cpu":
@@ -114,27 +79,6 @@ class Encoder:
                 self._fused = fused_encoder(model, dtype, self.uses_token_types)
             if fused and self._fused is None:
                 raise ValueError(f"no fused CPU forward for this model ({type(model).__name__}, {precision})")
-
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length."""
-        encodings = self._tokenizer.encode_batch_fast(list(texts))
-        ids = [e.ids for e in encodings]
-        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
-        return Tokenized(ids, n_tokens, truncated)
-
-    def tokenize_tokens(self, texts: Sequence[str]) -> TokenText:
-        """Like `tokenize`, keeping each token's string, char span and whether it is special."""
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = [e.ids for e in encodings]
-        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
-        return TokenText(
-            Tokenized(ids, n_tokens, truncated),
-            [e.tokens for e in encodings],
-            [e.offsets for e in encodings],
-            [[bool(m) for m in e.special_tokens_mask] for e in encodings],
-        )
 
     def token_states(
         self,
@@ -158,40 +102,6 @@ class Encoder:
             if on_rows is not None:
                 on_rows(len(batch))
         return out
-
-    def tokenize_chunks(self, texts: Sequence[str], chunk_tokens: int, stride: int) -> Chunks:
-        """Cut each text on token boundaries into windows of `chunk_tokens` (special tokens included)
-        sharing `stride` tokens; nothing is truncated, however long the text."""
-        whole = Tokenizer.from_str(self._tokenizer.to_str())  # no truncation: every token of the text
-        whole.no_truncation()
-        probe = self._tokenizer.encode("a")  # the model's wrapping, e.g. [CLS] ... [SEP]
-        real = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
-        prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1 :]
-        content = chunk_tokens - len(prefix) - len(suffix)
-        if content <= stride:
-            raise InputError(
-                f"--chunk-tokens {chunk_tokens} leaves {content} text tokens per window besides the model's "
-                f"{len(prefix) + len(suffix)} special tokens, not more than --stride {stride}; raise --chunk-tokens"
-            )
-        ids: list[list[int]] = []
-        doc, index, start, end = [], [], [], []
-        for d, enc in enumerate(whole.encode_batch(list(texts), add_special_tokens=False)):
-            offsets = enc.offsets
-            for k, (s, e) in enumerate(window_bounds(len(enc.ids), content, stride)):
-                ids.append(prefix + enc.ids[s:e] + suffix)
-                doc.append(d)
-                index.append(k)
-                start.append(offsets[s][0] if e > s else 0)
-                end.append(offsets[e - 1][1] if e > s else 0)
-        n_tokens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        tok = Tokenized(ids, n_tokens, np.zeros(len(ids), dtype=bool))
-        return Chunks(
-            tok,
-            np.array(doc, dtype=np.int64),
-            np.array(index, dtype=np.int32),
-            np.array(start, dtype=np.int64),
-            np.array(end, dtype=np.int64),
-        )
 
     def embed(
         self,
@@ -363,37 +273,16 @@ class Encoder:
         return torch.cat(pooled, dim=-1).float().cpu()  # (B, sum D_p)
 
 
-def cpu_threads() -> int:
-    """Physical cores this process may use: its CPU affinity, one per core, within a cgroup quota."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:  # hyperthreads of one core share its FMA units: count the core once
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f:
-                core = f.read().strip()
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as f:
-                cores.add((f.read().strip(), core))
-        except OSError:
-            cores.add(("", str(cpu)))
-    n = len(cores)
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "<quota> <period>" or "max <period>"
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(n, 1)
-
-
-def use_cpu_threads() -> None:
-    """One torch thread per physical core given to this process (unless OMP_NUM_THREADS says otherwise).
-
-    More threads than cores makes OpenMP workers wait on each other at every op; torch's own
-    default counts every CPU of the machine, not the ones a container or `taskset` grants.
-    """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    n = cpu_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+def encoder_for(config: ResolvedConfig) -> Encoder:
+    """The process-wide model (loaded once per path, device and precision) set up for this run."""
+    device = pick_device(config.device)
+    tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code)
+    return Encoder(
+        tokenizer,
+        model,
+        device=device,
+        precision=config.precision,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+        head=head_for(config),
+    )

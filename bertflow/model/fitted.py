@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from bertflow.config import ResolvedConfig
+from bertflow.config import FittedRef, ResolvedConfig, fingerprint_diff
 from bertflow.errors import InputError
 from bertflow.io import storage
 from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes
@@ -95,10 +95,10 @@ def load_reduction(reduction: str, sha256: str) -> Reduction:
 
 
 def _check_head(head: HeadConfig, config: ResolvedConfig, pooler: str) -> None:
-    if head.model_sha256 != config.model_sha256:
+    if head.model_sha256 != config.model.sha256:
         raise InputError(
             f"--pooler {pooler} was trained on the encoder {head.model} (weights sha256 {head.model_sha256[:12]}), "
-            f"not on {config.model} (sha256 {config.model_sha256[:12]}): embed with --model {head.model}, "
+            f"not on {config.model.name} (sha256 {config.model.sha256[:12]}): embed with --model {head.model}, "
             "or train a head for this model with `bertflow train-pooler`"
         )
     if tuple(head.layers) != tuple(config.layers) or (len(head.layers) > 1 and head.layer_mode != config.layer_mode):
@@ -120,13 +120,12 @@ def _check_head(head: HeadConfig, config: ResolvedConfig, pooler: str) -> None:
 
 def _check_reduction(red: ReductionConfig, config: ResolvedConfig, reduction: str) -> None:
     now = config.output_fingerprint()
-    for key, flag in REDUCTION_INPUT.items():
-        if red.input.get(key) != now.get(key):
-            raise InputError(
-                f"--reduction {reduction} was fitted on {red.source}, embedded with {key} {red.input.get(key)!r} "
-                f"(model {red.model}), this run has {now.get(key)!r}: embed with the same {flag}, or fit a "
-                "reduction on output of these settings"
-            )
+    for key in fingerprint_diff(red.input, now, list(REDUCTION_INPUT))[:1]:
+        raise InputError(
+            f"--reduction {reduction} was fitted on {red.source}, embedded with {key} {red.input.get(key)!r} "
+            f"(model {red.model}), this run has {now.get(key)!r}: embed with the same {REDUCTION_INPUT[key]}, "
+            "or fit a reduction on output of these settings"
+        )
     if red.input_dim != config.dimension:
         raise InputError(
             f"--reduction {reduction} expects {red.input_dim}-dimensional vectors, this run "
@@ -140,20 +139,23 @@ def attach(config: ResolvedConfig, pooler: str | None, reduction: str | None) ->
         pooler = storage.canonical(pooler)  # recorded in the manifest: absolute, usable from anywhere
         head, sha = read_head_config(pooler)
         _check_head(head, config, pooler)
+        width = config.dimension + head.output_size
         config = config.model_copy(
-            update={"pooler": pooler, "pooler_sha256": sha, "dimension": config.dimension + head.output_size}
+            update={"pooler": FittedRef(uri=pooler, sha256=sha), "dimensions": {config.pooling[0]: width}}
         )
     if reduction:
         reduction = storage.canonical(reduction)
         red, sha = read_reduction_config(reduction)
         _check_reduction(red, config, reduction)
-        config = config.model_copy(update={"reduction": reduction, "reduction_sha256": sha, "dimension": red.dim})
+        config = config.model_copy(
+            update={"reduction": FittedRef(uri=reduction, sha256=sha), "dimensions": {config.pooling[0]: red.dim}}
+        )
     return config
 
 
 def head_for(config: ResolvedConfig) -> LstmHead | None:
     """The run's trained pooling head, if it pools with one."""
-    return load_head(config.pooler, config.pooler_sha256) if config.pooler else None
+    return load_head(config.pooler.uri, config.pooler.sha256) if config.pooler else None
 
 
 def reduce_vectors(config: ResolvedConfig, vectors: np.ndarray) -> np.ndarray:
@@ -164,11 +166,11 @@ def reduce_vectors(config: ResolvedConfig, vectors: np.ndarray) -> np.ndarray:
     """
     if not config.reduction:
         return vectors
-    red = load_reduction(config.reduction, config.reduction_sha256)
+    red = load_reduction(config.reduction.uri, config.reduction.sha256)
     if len(vectors) == 0:
         return np.empty((0, red.components.shape[1]), dtype=np.float32)
     out = red.apply(vectors)  # (N, K)
-    return normalize(torch.from_numpy(out)).numpy() if config.normalize else out
+    return normalize(torch.from_numpy(out)).numpy() if config.normalize else out  # in torch, as it always was
 
 
 def save_head(out: str, weights: bytes, meta: bytes, report: bytes) -> None:

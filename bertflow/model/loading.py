@@ -12,18 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertflow.config import (
-    DEFAULT_MODEL,
-    TOKEN_LEVEL,
-    Device,
-    EmbedConfig,
-    Precision,
-    ResolvedConfig,
-    split_pooling,
-)
+from bertflow.config import DEFAULT_MODEL, Device, Precision, ResolvedConfig
 from bertflow.errors import InputError, ModelError
-from bertflow.model.fitted import attach
-from bertflow.model.pooling import output_dim
 
 _ST_POOLING_MODES = {  # sentence-transformers Pooling config keys -> our names
     ("pooling_mode_cls_token",): "cls",
@@ -170,73 +160,6 @@ def check_custom_code(path: Path, trust_remote_code: bool) -> None:
         )
 
 
-def resolve_config(config: EmbedConfig) -> ResolvedConfig:
-    """Fill every default from the model's own files; validate what depends on the model."""
-    path = resolve_model_path(config.model)
-    check_custom_code(path, config.trust_remote_code)
-    sha = weights_sha256(path)
-    d = model_defaults(path)
-    max_length = config.max_length or d.max_length
-    if max_length > d.position_limit:
-        raise InputError(
-            f"--max-length {max_length} exceeds the model's limit of {d.position_limit} tokens; "
-            f"use at most {d.position_limit}"
-        )
-    if any(-i > d.num_layers for i in config.layers):
-        raise InputError(
-            f"--layers {','.join(map(str, config.layers))}: this model has {d.num_layers} layers "
-            f"(use -1 .. -{d.num_layers})"
-        )
-    pooling = config.pooling or d.pooling
-    names = split_pooling(pooling)
-    widths = {
-        p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
-        for p in names
-    }
-    chunk_tokens = None
-    if config.long_text == "chunk":
-        chunk_tokens = config.chunk_tokens or max_length
-        if chunk_tokens > d.position_limit:
-            raise InputError(
-                f"--chunk-tokens {chunk_tokens} exceeds the model's limit of {d.position_limit} tokens; "
-                f"use at most {d.position_limit}"
-            )
-        content = chunk_tokens - special_tokens(path)
-        if config.stride >= content:
-            raise InputError(
-                f"--stride {config.stride} must be less than the {content} text tokens of a window "
-                f"(--chunk-tokens {chunk_tokens} less the model's special tokens)"
-            )
-    resolved = ResolvedConfig(
-        model=config.model,
-        model_path=str(path),
-        model_sha256=sha,
-        dimension=widths[names[0]],
-        dimensions=widths if len(names) > 1 else {},
-        exclude_special=config.exclude_special,
-        long_text=config.long_text,
-        chunk_tokens=chunk_tokens,
-        stride=config.stride,
-        aggregate=config.aggregate,
-        pooling=pooling,
-        layers=config.layers,
-        layer_mode=config.layer_mode,
-        # token-level output is the model's own states unless asked otherwise
-        normalize=(d.normalize and pooling != TOKEN_LEVEL) if config.normalize is None else config.normalize,
-        max_length=max_length,
-        id_column=config.id_column,
-        text_column=config.text_column,
-        keep=config.keep,
-        shard_rows=config.shard_rows,
-        batch_tokens=config.batch_tokens,
-        device=config.device,
-        precision=config.precision,
-        trust_remote_code=config.trust_remote_code,
-        storage_block=config.storage_block,
-    )
-    return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
-
-
 def pick_device(device: Device) -> str:
     """`auto` takes CUDA, then MPS, then CPU; an explicit device must exist."""
     import torch
@@ -283,3 +206,17 @@ def load_model(model_path: str, device: str, precision: Precision, trust_remote_
         raise ModelError(f"model {model_path!r} has no fast tokenizer (tokenizer.json); bertflow needs one")
     model.eval().to(device)
     return tokenizer, model
+
+
+def localize(config: ResolvedConfig) -> ResolvedConfig:
+    """The config with the model's path on this host; its weights must be the ones the run planned."""
+    path = Path(config.model.path) if Path(config.model.path).is_dir() else resolve_model_path(config.model.name)
+    sha = weights_sha256(path)
+    if sha != config.model.sha256:
+        raise ModelError(
+            f"model {config.model.name!r} on this host ({path}) has weights sha256 {sha[:12]}, the run planned "
+            f"{config.model.sha256[:12]}; install the same model on every worker host"
+        )
+    if str(path) == config.model.path:
+        return config
+    return config.model_copy(update={"model": config.model.model_copy(update={"path": str(path)})})

@@ -6,18 +6,18 @@ Pure tensor code: no Prefect, no I/O. Shapes: B sequences, T tokens, H hidden si
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-Pooling = Literal["cls", "mean", "max", "mean_max", "mean_sqrt_len", "last_token", "first_last_avg"]
-POOLINGS: tuple[str, ...] = get_args(Pooling)
-LayerMode = Literal["mean", "concat"]
-LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
-# Poolings that also need a trained head (`--pooler`, see lstm_head.py); POOLINGS need nothing else.
-HeadPooling = Literal["mean_lstm"]
-HEAD_POOLINGS: tuple[str, ...] = get_args(HeadPooling)
+from bertflow.config import HEAD_POOLINGS, LAYER_MODES, POOLINGS, HeadPooling, LayerMode, PoolingName
+
+T = TypeVar("T", torch.Tensor, np.ndarray)
+
+# A single strategy's name; the names and their tuples live in bertflow.config.
+Pooling = PoolingName
 
 
 def combine_layers(
@@ -119,8 +119,10 @@ def pool(
     return fn(h, mask)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalize rows; a zero row stays zero."""
+def normalize(x: T) -> T:
+    """L2-normalize rows; a zero row stays zero. A tensor stays on its device; an array is computed in numpy."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     return F.normalize(x, p=2, dim=-1)
 
 

@@ -1,4 +1,4 @@
-"""`bertflow search`: embed a query exactly as DEST's vectors were made, then scan DEST's parts.
+"""Search a DEST: embed a query exactly as DEST's vectors were made, then scan DEST's parts.
 
 An interactive look-up, so no flow. Storage only through `storage`; parts are read one at a
 time and only the best k rows of each are kept, so memory follows the largest part, not DEST.
@@ -16,11 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
-from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig
+from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig, fingerprint_diff
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
+from bertflow.model.encoder import encoder_for
+from bertflow.model.resolve import resolve_config
+from bertflow.pipeline import shard as steps
 
 SNIPPET_CHARS = 160
 # The recorded settings a query must be embedded with, as the manifest's fingerprint names them.
@@ -52,7 +56,7 @@ def read_searchable(dest: str) -> Manifest:
 def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
     """The column to search and where its block lies in the query's vector (several poolings are
     embedded together, in the manifest's column order)."""
-    columns = manifest.embedding_columns or {"embedding": manifest.model.dimension}
+    columns = manifest.config.embedding_columns()
     names, widths = list(columns), list(columns.values())
     name = column or names[0]
     if name not in columns:
@@ -63,52 +67,47 @@ def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
 
 def query_config(manifest: Manifest) -> ResolvedConfig:
     """The run's settings as DEST's manifest records them; the model must still have the same weights."""
-    import torch
-
-    from bertflow.model.loading import resolve_config
-
+    recorded = manifest.config
     # The resolved path first (a relative --model may not resolve from here), else the name.
-    model = manifest.model.path if Path(manifest.model.path).is_dir() else manifest.model.name
-    precision = manifest.precision if manifest.precision != "fp16" or torch.cuda.is_available() else "fp32"
+    model = recorded.model.path if Path(recorded.model.path).is_dir() else recorded.model.name
+    precision = recorded.precision if recorded.precision != "fp16" or torch.cuda.is_available() else "fp32"
     resolved = resolve_config(
         EmbedConfig(
             model=model,
-            pooling=manifest.pooling,
-            layers=tuple(manifest.layers),
-            layer_mode=manifest.layer_mode,
-            normalize=manifest.normalize,
-            max_length=manifest.model.max_length,
+            pooling=recorded.pooling,
+            layers=recorded.layers,
+            layer_mode=recorded.layer_mode,
+            normalize=recorded.normalize,
+            max_length=recorded.max_length,
             precision=precision,
-            exclude_special=manifest.exclude_special,
-            pooler=manifest.pooler.uri if manifest.pooler else None,
-            reduction=manifest.reduction.uri if manifest.reduction else None,
+            exclude_special=recorded.exclude_special,
+            pooler=recorded.pooler.uri if recorded.pooler else None,
+            reduction=recorded.reduction.uri if recorded.reduction else None,
         )
     )
     now = resolved.output_fingerprint()
-    for key in QUERY_SETTINGS:
-        if manifest.fingerprint.get(key) != now.get(key):
-            raise InputError(
-                f"DEST was embedded with {key} {manifest.fingerprint.get(key)!r}, but {manifest.model.name} "
-                f"gives {now.get(key)!r} here; search needs the model, head and reduction that made DEST"
-            )
+    for key in fingerprint_diff(manifest.fingerprint, now, QUERY_SETTINGS)[:1]:
+        raise InputError(
+            f"DEST was embedded with {key} {manifest.fingerprint.get(key)!r}, but {recorded.model.name} "
+            f"gives {now.get(key)!r} here; search needs the model, head and reduction that made DEST"
+        )
     return resolved
 
 
 def embed_query(query: str, config: ResolvedConfig) -> np.ndarray:
-    """The query's vector (D,), through the very tasks that embedded DEST's rows."""
-    from bertflow.tasks.embed import embed_tokens, tokenize_texts
-
-    return embed_tokens.fn(tokenize_texts.fn([query], config), config)[0]
+    """The query's vector (D,), through the very steps that embedded DEST's rows."""
+    encoder = encoder_for(config)
+    return steps.embed(encoder, steps.tokenize(encoder, [query], config), config)[0]  # type: ignore[index]
 
 
 def _snippet_column(manifest: Manifest, dest: str) -> str | None:
     """The first kept column holding strings, whose text the results show."""
-    if not manifest.keep or not manifest.shards:
+    if not manifest.config.keep or not manifest.shards:
         return None
     uri = storage.join(dest, manifest.shards[0].name)
     with storage.translated(uri), storage.open_input(uri) as src:
         schema = pl.read_parquet_schema(src)
-    return next((c for c in manifest.keep if schema.get(c) == pl.String), None)
+    return next((c for c in manifest.config.keep if schema.get(c) == pl.String), None)
 
 
 def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -119,7 +118,7 @@ def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
 def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding") -> list[Hit]:
     """The k rows of DEST nearest the query in column `vectors`, best first (ties keep DEST's order)."""
     column = _snippet_column(manifest, dest)
-    chunked = manifest.long_text == "chunk"
+    chunked = manifest.config.chunked
     extra = [*(CHUNK_COLUMNS if chunked else ()), *([column] if column else [])]
     scores, rows = np.empty(0, np.float32), []  # rows: (id, snippet, chunk) of each score
     for shard in manifest.shards:

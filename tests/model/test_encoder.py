@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from bertflow.model import fused as fused_module
-from bertflow.model.encoder import Encoder, Tokenized, cpu_threads, use_cpu_threads
+from bertflow.model.encoder import Encoder
 from bertflow.model.loading import load_model
+from bertflow.model.threads import cpu_threads, use_cpu_threads
+from bertflow.text.tokenize import Tokenized
 
 TEXTS = [
     "A short one.",
@@ -47,7 +49,7 @@ def encoder(tiny, *, precision="fp32", batch_tokens=None, fused=None, max_length
 def each_alone(tiny, texts, **kw) -> np.ndarray:
     """transformers' forward (no fusion), one text per forward pass: no padding anywhere."""
     enc = encoder(tiny, batch_tokens=1, fused=False)
-    return enc.embed(enc.tokenize(texts), **kw)
+    return enc.embed(enc.tokenizer.tokenize(texts), **kw)
 
 
 class Recorder:
@@ -81,7 +83,7 @@ def wrap_forward(monkeypatch, enc: Encoder, max_rows: int | None = None) -> Reco
 @pytest.mark.parametrize("budget", [1, 40, 97, 300])
 def test_token_budget_batches_feed_every_row_once_within_budget_and_restore_order(tiny, monkeypatch, fused, budget):
     enc = encoder(tiny, batch_tokens=budget, fused=fused)
-    tok = enc.tokenize(TEXTS)
+    tok = enc.tokenizer.tokenize(TEXTS)
     seen = wrap_forward(monkeypatch, enc)
     out = enc.embed(tok, pooling="mean")
 
@@ -97,7 +99,7 @@ def test_token_budget_batches_feed_every_row_once_within_budget_and_restore_orde
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "mean_max"])
 def test_small_budget_equals_one_batch_for_all(tiny, pooling):
     small, huge = encoder(tiny, batch_tokens=16), encoder(tiny, batch_tokens=1 << 20)
-    tok = small.tokenize(TEXTS)
+    tok = small.tokenizer.tokenize(TEXTS)
     a = small.embed(tok, pooling=pooling, normalize_output=True)
     b = huge.embed(tok, pooling=pooling, normalize_output=True)
     assert np.abs(a - b).max() < 1e-6
@@ -106,7 +108,7 @@ def test_small_budget_equals_one_batch_for_all(tiny, pooling):
 @pytest.mark.parametrize("fused", [None, False])
 def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(tiny, monkeypatch, fused):
     enc = encoder(tiny, batch_tokens=1 << 20, fused=fused)  # one batch of 8 rows unless it is split
-    tok = enc.tokenize(TEXTS)
+    tok = enc.tokenizer.tokenize(TEXTS)
     clean = enc.embed(tok, pooling="mean", normalize_output=True)
 
     seen = wrap_forward(monkeypatch, enc, max_rows=3)
@@ -122,7 +124,7 @@ def test_out_of_memory_splits_the_batch_and_gives_the_same_vectors(tiny, monkeyp
 def test_out_of_memory_splits_token_level_batches_and_gives_the_same_token_vectors(tiny, monkeypatch, fused):
     """`--pooling none`: every token's vector, split like pooled batches."""
     enc = encoder(tiny, batch_tokens=1 << 20, fused=fused)
-    tok = enc.tokenize(TEXTS)
+    tok = enc.tokenizer.tokenize(TEXTS)
     clean = enc.token_states(tok, layers=(-2, -1), layer_mode="concat")
 
     seen = wrap_forward(monkeypatch, enc, max_rows=3)
@@ -137,32 +139,7 @@ def test_out_of_memory_on_a_single_row_is_raised_for_the_task_to_retry(tiny, mon
     enc = encoder(tiny, batch_tokens=1 << 20)
     wrap_forward(monkeypatch, enc, max_rows=0)
     with pytest.raises(torch.OutOfMemoryError):
-        enc.embed(enc.tokenize(TEXTS[:3]), pooling="mean")
-
-
-def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
-    """The Prefect task as the flow runs it; the device "runs out of memory" in attention above 2 rows."""
-    import torch.nn.functional as F
-
-    from bertflow.config import EmbedConfig
-    from bertflow.model.loading import resolve_config
-    from bertflow.tasks.embed import embed_tokens, tokenize_texts
-
-    config = resolve_config(EmbedConfig(model=str(tiny_bert), device="cpu", max_length=64, batch_tokens=1 << 20))
-    tok = tokenize_texts.fn(TEXTS, config)
-    clean = embed_tokens.fn(tok, config)
-    sdpa, calls = F.scaled_dot_product_attention, []
-
-    def tight_memory(q, *args, **kwargs):
-        calls.append(len(q))
-        if len(q) > 2:
-            raise torch.OutOfMemoryError("injected: CUDA out of memory")
-        return sdpa(q, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", tight_memory)
-    split = embed_tokens.fn(tok, config)
-    assert max(calls) == 8 and calls.count(8) == 1  # tried whole once, then only halves that fit
-    assert np.abs(split - clean).max() < 1e-6
+        enc.embed(enc.tokenizer.tokenize(TEXTS[:3]), pooling="mean")
 
 
 @pytest.mark.parametrize(
@@ -177,7 +154,7 @@ def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
 def test_fused_forward_matches_transformers(tiny, pooling, layers, layer_mode):
     fast, plain = encoder(tiny), encoder(tiny, fused=False)
     assert fast._fused is not None and plain._fused is None
-    tok = fast.tokenize(TEXTS)
+    tok = fast.tokenizer.tokenize(TEXTS)
     kw = {"pooling": pooling, "layers": layers, "layer_mode": layer_mode}
     assert np.abs(fast.embed(tok, **kw) - plain.embed(tok, **kw)).max() < 1e-5
 
@@ -192,7 +169,7 @@ def test_a_row_without_tokens_gives_zeros_not_nan(tiny):
 @pytest.mark.parametrize("fused", [None, False])
 def test_bf16_is_close_to_fp32(tiny, fused):
     fp32, bf16 = encoder(tiny, fused=fused), encoder(tiny, precision="bf16", fused=fused)
-    tok = fp32.tokenize(TEXTS)
+    tok = fp32.tokenizer.tokenize(TEXTS)
     a = fp32.embed(tok, pooling="mean", normalize_output=True)
     b = bf16.embed(tok, pooling="mean", normalize_output=True)
     assert b.dtype == np.float32
@@ -213,7 +190,7 @@ def test_models_the_fused_forward_does_not_cover_run_through_transformers(tmp_pa
     assert enc._fused is None
     with pytest.raises(ValueError, match="no fused CPU forward"):
         Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=64, fused=True)
-    out = enc.embed(enc.tokenize(TEXTS[:3]), pooling="mean")
+    out = enc.embed(enc.tokenizer.tokenize(TEXTS[:3]), pooling="mean")
     assert out.shape == (3, 32) and np.isfinite(out).all()
 
 

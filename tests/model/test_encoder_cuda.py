@@ -21,7 +21,8 @@ import torch
 
 from bertflow.config import EmbedConfig
 from bertflow.model.encoder import Encoder
-from bertflow.model.loading import load_model, resolve_config
+from bertflow.model.loading import load_model
+from bertflow.model.resolve import resolve_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -47,14 +48,14 @@ def model_path() -> str:
 
 def encoder(model_path, device: str, precision: str, batch_tokens: int | None = None) -> Encoder:
     config = resolve_config(EmbedConfig(model=model_path, device=device, precision=precision))
-    tokenizer, model = load_model(config.model_path, device, precision)
+    tokenizer, model = load_model(config.model.path, device, precision)
     return Encoder(
         tokenizer, model, device=device, precision=precision, max_length=config.max_length, batch_tokens=batch_tokens
     )
 
 
 def embed(enc: Encoder, texts: list[str], **kw) -> np.ndarray:
-    return enc.embed(enc.tokenize(texts), pooling=kw.pop("pooling", "mean"), normalize_output=True, **kw)
+    return enc.embed(enc.tokenizer.tokenize(texts), pooling=kw.pop("pooling", "mean"), normalize_output=True, **kw)
 
 
 def top10(x: np.ndarray) -> np.ndarray:
@@ -94,7 +95,7 @@ def test_cuda_half_precision_keeps_the_neighbours(model_path, texts, cpu_fp32, p
 def test_pinned_batches_give_the_cpu_results_for_other_poolings(model_path, texts, pooling):
     cpu = embed(encoder(model_path, "cpu", "fp32"), texts[:100], pooling=pooling)
     enc = encoder(model_path, "cuda", "fp32")
-    ids, mask = enc._padded(enc.tokenize(texts[:4]), np.arange(4), False)
+    ids, mask = enc._padded(enc.tokenizer.tokenize(texts[:4]), np.arange(4), False)
     assert ids.is_pinned() and mask.is_pinned()  # so the host-to-device copy is asynchronous
     assert np.abs(embed(enc, texts[:100], pooling=pooling) - cpu).max() < 1e-5
 
@@ -129,11 +130,11 @@ def test_a_real_out_of_memory_splits_the_batch_and_gives_the_same_vectors(model_
 def test_a_real_out_of_memory_splits_token_level_batches_too(model_path, texts):
     long_texts = [t * 20 for t in texts[:300]]
     enc = encoder(model_path, "cuda", "fp32")
-    reference = enc.token_states(enc.tokenize(long_texts))
+    reference = enc.token_states(enc.tokenizer.tokenize(long_texts))
     huge = encoder(model_path, "cuda", "fp32", batch_tokens=1 << 24)
     with gpu_memory_limit(768 << 20):
         ooms = torch.cuda.memory_stats().get("num_ooms", 0)
-        got = huge.token_states(huge.tokenize(long_texts))
+        got = huge.token_states(huge.tokenizer.tokenize(long_texts))
         assert torch.cuda.memory_stats()["num_ooms"] > ooms
     assert [a.shape for a in got] == [a.shape for a in reference]
     assert max(np.abs(a - b).max() for a, b in zip(got, reference)) < 1e-5

@@ -7,7 +7,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from bertflow.config import EmbedConfig
 from bertflow.model.encoder import Encoder
-from bertflow.model.loading import load_model, resolve_config
+from bertflow.model.loading import load_model
+from bertflow.model.resolve import resolve_config
 
 TEXTS = ["a short one", "a somewhat longer sentence with more words in it", "x"]
 
@@ -24,9 +25,9 @@ def reference(tiny_bert):
 
 def run(tiny_bert, pooling):
     resolved = resolve_config(EmbedConfig(model=str(tiny_bert), pooling=pooling))
-    tokenizer, model = load_model(resolved.model_path, "cpu", "fp32")
+    tokenizer, model = load_model(resolved.model.path, "cpu", "fp32")
     enc = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=resolved.max_length)
-    return resolved, enc.embed(enc.tokenize(TEXTS), pooling=pooling)
+    return resolved, enc.embed(enc.tokenizer.tokenize(TEXTS), pooling=pooling)
 
 
 def test_first_last_avg_is_the_masked_mean_of_layers_one_and_last(tiny_bert, reference):

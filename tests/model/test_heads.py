@@ -12,8 +12,9 @@ from bertflow.errors import InputError
 from bertflow.model import fitted
 from bertflow.model.encoder import Encoder
 from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes, head_to_bytes
-from bertflow.model.loading import load_model, resolve_config, weights_sha256
+from bertflow.model.loading import load_model, weights_sha256
 from bertflow.model.pooling import pool
+from bertflow.model.resolve import resolve_config
 from bertflow.model.training import Split, fit_probe, stratified_split
 
 
@@ -73,7 +74,7 @@ def test_mean_lstm_through_the_engine_equals_concat_of_mean_and_head_by_hand(tin
     tokenizer, model = load_model(str(tiny_bert), "cpu", "fp32")
     encoder = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=16, batch_tokens=40, head=head)
     texts = ["a short one", "a somewhat longer sentence about embeddings and heads", "", "x " * 40]
-    tok = encoder.tokenize(texts)
+    tok = encoder.tokenizer.tokenize(texts)
     got = encoder.embed(tok, pooling="mean_lstm")  # (N, 32 + 10)
     assert got.shape == (4, 42)
     for row, ids in enumerate(tok.ids):
@@ -128,7 +129,7 @@ def test_a_head_trained_on_another_encoder_is_refused(tmp_path, tiny_bert):
     )
     pooler = str(tmp_path / "head")
     ok = resolve_config(EmbedConfig(model=str(tiny_bert), pooling="mean_lstm", pooler=pooler, max_length=16))
-    assert ok.dimension == 32 + 5 and ok.pooler_sha256 and ok.output_fingerprint()["pooler_sha256"] == ok.pooler_sha256
+    assert ok.dimension == 32 + 5 and ok.pooler and ok.output_fingerprint()["pooler_sha256"] == ok.pooler.sha256
     with pytest.raises(InputError, match=r"was trained on the encoder .* not on .*: embed with --model"):
         resolve_config(EmbedConfig(pooling="mean_lstm", pooler=pooler, max_length=16))
     with pytest.raises(InputError, match="pass --max-length 16"):

@@ -9,7 +9,8 @@ import pytest
 
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
-from bertflow.model.loading import load_model, model_defaults, resolve_config, resolve_model_path
+from bertflow.model.loading import load_model, model_defaults, resolve_model_path
+from bertflow.model.resolve import resolve_config
 
 CUSTOM_CODE = '''
 from transformers import BertModel
@@ -26,21 +27,21 @@ def test_bundled_model_defaults_come_from_its_sentence_transformers_files(bundle
     d = model_defaults(bundled_model)
     assert (d.pooling, d.normalize, d.max_length, d.hidden_size, d.num_layers) == ("mean", True, 256, 384, 6)
     resolved = resolve_config(EmbedConfig())
-    assert resolved.model_path == str(bundled_model)
-    assert (resolved.pooling, resolved.normalize, resolved.max_length, resolved.dimension) == ("mean", True, 256, 384)
+    assert resolved.model.path == str(bundled_model)
+    assert (resolved.pooling, resolved.normalize, resolved.max_length, resolved.dimension) == (("mean",), True, 256, 384)
 
 
 def test_plain_transformers_model_gets_mean_unnormalized_and_its_position_limit(tiny_bert):
     resolved = resolve_config(
         EmbedConfig(model=str(tiny_bert), pooling="mean_max", layers=(-2, -1), layer_mode="concat")
     )
-    assert (resolved.pooling, resolved.normalize, resolved.max_length) == ("mean_max", False, 512)
+    assert (resolved.pooling, resolved.normalize, resolved.max_length) == (("mean_max",), False, 512)
     assert resolved.dimension == 32 * 2 * 2
 
 
 def test_explicit_options_override_model_defaults_and_are_checked_against_it(bundled_model):
     resolved = resolve_config(EmbedConfig(pooling="cls", normalize=False, max_length=128))
-    assert (resolved.pooling, resolved.normalize, resolved.max_length) == ("cls", False, 128)
+    assert (resolved.pooling, resolved.normalize, resolved.max_length) == (("cls",), False, 128)
     with pytest.raises(InputError, match="exceeds the model's limit of 512"):
         resolve_config(EmbedConfig(max_length=1024))
     with pytest.raises(InputError, match=r"this model has 6 layers \(use -1 .. -6\)"):
@@ -69,7 +70,7 @@ def test_model_with_own_code_needs_trust_remote_code(tiny_bert, tmp_path):
         resolve_config(EmbedConfig(model=str(custom)))
 
     resolved = resolve_config(EmbedConfig(model=str(custom), trust_remote_code=True))
-    _, model = load_model(resolved.model_path, "cpu", "fp32", True)
+    _, model = load_model(resolved.model.path, "cpu", "fp32", True)
     assert type(model).__name__ == "MarkedBert" and model.bertflow_custom_code_ran
 
 

@@ -15,7 +15,8 @@ import torch
 
 from bertflow.config import EmbedConfig
 from bertflow.model.encoder import Encoder
-from bertflow.model.loading import load_model, resolve_config
+from bertflow.model.loading import load_model
+from bertflow.model.resolve import resolve_config
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def make_encoder(bundled_model, batch_tokens: int | None = None) -> Encoder:
     config = resolve_config(
         EmbedConfig(model=str(bundled_model), pooling="mean", normalize=True, device="cpu", batch_tokens=batch_tokens)
     )
-    tokenizer, model = load_model(config.model_path, "cpu", config.precision)
+    tokenizer, model = load_model(config.model.path, "cpu", config.precision)
     return Encoder(
         tokenizer,
         model,
@@ -91,13 +92,13 @@ def engine(bundled_model) -> Encoder:
 
 @pytest.fixture(scope="session")
 def tokenized(engine, parity_texts):
-    return engine.tokenize(parity_texts)
+    return engine.tokenizer.tokenize(parity_texts)
 
 
 def test_model_defaults_resolve_to_what_sentence_transformers_uses(st_model, bundled_model):
     config = resolve_config(EmbedConfig())  # the default model is the bundled one
-    assert config.model_path == str(bundled_model)
-    assert config.pooling == "mean"
+    assert config.model.path == str(bundled_model)
+    assert config.pooling == ("mean",)
     assert config.normalize is True
     assert config.max_length == st_model.max_seq_length == 256
     assert config.dimension == st_model.get_embedding_dimension() == 384
@@ -129,7 +130,7 @@ def test_a_text_embeds_the_same_alone_and_inside_a_batch_of_long_texts(bundled_m
     long = [parity_texts[i] for i in by_length[-4:]]
     everything = make_encoder(bundled_model, batch_tokens=1 << 20)  # one forward pass for all 8
     alone = make_encoder(bundled_model, batch_tokens=1)  # one forward pass per text
-    mixed = everything.tokenize(long + short)
+    mixed = everything.tokenizer.tokenize(long + short)
     assert mixed.n_tokens[:4].min() == 256 and mixed.n_tokens[4:].max() < 20  # heavy padding for the short ones
     for pooling, norm in (("mean", True), ("max", False)):
         together = everything.embed(mixed, pooling=pooling, normalize_output=norm)
@@ -173,9 +174,9 @@ def test_several_layers_match_transformers_hidden_states(tiny_bert, parity_texts
         )
     )
     assert config.dimension == (64 if layer_mode == "concat" else 32)
-    tokenizer, model = load_model(config.model_path, "cpu", "fp32")
+    tokenizer, model = load_model(config.model.path, "cpu", "fp32")
     encoder = Encoder(tokenizer, model, device="cpu", precision="fp32", max_length=64, batch_tokens=2048)
-    ours = encoder.embed(encoder.tokenize(texts), pooling=pooling, layers=(-2, -1), layer_mode=layer_mode)
+    ours = encoder.embed(encoder.tokenizer.tokenize(texts), pooling=pooling, layers=(-2, -1), layer_mode=layer_mode)
 
     hf_tok = AutoTokenizer.from_pretrained(str(tiny_bert))
     hf = AutoModel.from_pretrained(str(tiny_bert)).eval()

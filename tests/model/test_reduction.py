@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertflow.config import ResolvedConfig
+from bertflow.config import ModelRef, ResolvedConfig
 from bertflow.model import fitted
 from bertflow.model.reduction import (
     Moments,
@@ -105,12 +105,11 @@ def test_saved_reduction_reloads_to_the_same_transform(tmp_path):
 
 
 def resolved(**kw) -> ResolvedConfig:
+    pooling = kw.pop("pooling", "mean")
     base = dict(
-        model="m",
-        model_path="/m",
-        model_sha256="a" * 64,
-        dimension=8,
-        pooling="mean",
+        model=ModelRef(name="m", path="/m", sha256="a" * 64),
+        dimensions={pooling: 8},
+        pooling=(pooling,),
         layers=(-1,),
         layer_mode="mean",
         normalize=True,
@@ -133,7 +132,7 @@ def test_reduction_is_checked_against_the_run_and_renormalizes(tmp_path):
     reduction, _ = fit(Moments.of(unit), "whiten", 4)
     fitted.save_reduction(str(tmp_path / "r"), *reduction_to_bytes(reduction, reduction_config()))
     config = fitted.attach(resolved(), None, str(tmp_path / "r"))
-    assert config.dimension == 4 and config.output_fingerprint()["reduction_sha256"] == config.reduction_sha256
+    assert config.dimension == 4 and config.output_fingerprint()["reduction_sha256"] == config.reduction.sha256
     out = fitted.reduce_vectors(config, unit)
     want = reduction.apply(unit)
     np.testing.assert_allclose(out, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=0, atol=1e-6)

@@ -1,7 +1,7 @@
 """What a person watching the Prefect UI sees of an embedding run: tags, artifacts, log lines.
 
 Artifact keys are stable per DEST, so each DEST's artifacts page shows its history:
-`bertflow-progress-...` (created at the start, updated as each shard finishes),
+`bertflow-progress-...` (created at the start, updated as documents finish),
 `bertflow-summary-...` (a table at the end) and `bertflow-manifest-...` (markdown: the manifest
 summary and where the output is, or why the run failed).
 """
@@ -9,7 +9,9 @@ summary and where the output is, or why the run failed).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from prefect import get_client, get_run_logger
 from prefect.artifacts import (
@@ -21,11 +23,15 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 
 from bertflow import progress
-from bertflow.config import ResolvedConfig
+from bertflow.config import ResolvedConfig, pooling_label
 from bertflow.errors import BertflowError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
+from bertflow.names import BACKFILL_TAG
 from bertflow.partitions import stable_key
+
+# The progress artifact is updated at most this often (an API call each), and always at the end.
+UPDATE_SECONDS = 1.0
 
 
 class _NoTracebackForBertflowErrors(logging.Filter):
@@ -44,24 +50,15 @@ def quiet_expected_errors() -> None:
         logger.addFilter(_NoTracebackForBertflowErrors())
 
 
-def one_line(e: BaseException) -> str:
-    """Why a run failed, in one line: a bertflow error as is, anything else with its type."""
-    text = str(e).strip().splitlines()
-    first = text[0] if text else ""
-    return first if isinstance(e, BertflowError) and first else f"{type(e).__name__}: {first}".rstrip(": ")
-
-
 def artifact_keys(dest: str) -> dict[str, str]:
     return {kind: stable_key(f"bertflow-{kind}", dest) for kind in ("progress", "summary", "manifest")}
 
 
 def run_tags(config: ResolvedConfig) -> list[str]:
     """`model:<name>` (a local directory by its last component) and `pooling:<p>`."""
-    model = config.model.rstrip("/").rsplit("/", 1)[-1] if config.model.startswith((".", "/", "~")) else config.model
-    return [f"model:{model}", f"pooling:{config.pooling}"]
-
-
-BACKFILL_TAG = "backfill"
+    name = config.model.name
+    model = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith((".", "/", "~")) else name
+    return [f"model:{model}", f"pooling:{pooling_label(config.pooling)}"]
 
 
 def tag_this_run(tags: Sequence[str]) -> list[str]:
@@ -78,69 +75,56 @@ def tag_this_run(tags: Sequence[str]) -> list[str]:
 
 
 class RunReport:
-    """Progress artifact and per-shard log lines of one parent run, then its closing artifacts."""
+    """The parent run's progress artifact (a `bertflow.progress` reporter), per-shard log lines, closing artifacts."""
 
     def __init__(self, dest: str) -> None:
         self.dest = dest
         self.keys = artifact_keys(dest)
         self.logger = get_run_logger()
-        self.total_rows = self.done_rows = 0
+        self.total = self.done = 0
+        self.updated = 0.0
         self.progress_id = create_progress_artifact(
-            0.0, key=self.keys["progress"], description=f"Rows embedded into {dest}"
+            0.0, key=self.keys["progress"], description=f"Documents embedded into {dest}"
         )
 
-    def planned(self, plan: Sequence[ShardSpec], done_rows: int) -> None:
-        self.total_rows, self.done_rows = sum(s.rows for s in plan), done_rows
-        self._update()
+    def start(self, total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self._update(force=True)
 
-    def shard_done(
-        self, spec: ShardSpec, rows: int, tokens: int, seconds: float, truncated: int, rejected: int
-    ) -> None:
-        """One log line per shard: rows, tokens, seconds, throughput."""
-        self.done_rows += spec.rows
-        rate = max(seconds, 1e-9)
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._update(force=self.done >= self.total)
+
+    def _update(self, force: bool) -> None:
+        if force or time.monotonic() - self.updated >= UPDATE_SECONDS:
+            pct = 100.0 if self.total == 0 else round(100.0 * self.done / self.total, 2)
+            update_progress_artifact(self.progress_id, min(pct, 100.0))
+            self.updated = time.monotonic()
+
+    def shard_done(self, spec: ShardSpec, result: ShardResult) -> None:
+        """One log line per shard: documents, tokens, seconds, throughput."""
+        rate = max(result.seconds, 1e-9)
         self.logger.info(
-            "shard %d of %d (%s): %d rows, %d tokens in %.1f s (%.0f docs/s, %.0f tokens/s)%s%s",
-            spec.index,
-            spec.count,
-            spec.name,
-            rows,
-            tokens,
-            seconds,
-            rows / rate,
-            tokens / rate,
-            f", {truncated} truncated" if truncated else "",
-            f", {rejected} rejected" if rejected else "",
-        )
-        self._update()
+            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s",
+            spec.index, spec.count, spec.name, result.documents, result.tokens, result.seconds,
+            result.documents / rate, result.tokens / rate,
+            f", {result.truncated} truncated" if result.truncated else "",
+            f", {result.rejected} rejected" if result.rejected else "",
+        )  # fmt: skip
 
     def part_written(self, spec: ShardSpec) -> None:
         """A shard finished elsewhere (a worker): its numbers come from its part's footer in DEST."""
         found = parts.read_part_info(storage.join(self.dest, spec.name))
-        if found is None:
-            self.done_rows += spec.rows
-            self._update()
-        else:
+        if found is not None:
             info, _ = found
-            self.shard_done(spec, info.rows, info.tokens, info.seconds, info.truncated, len(info.rejects))
+            self.shard_done(spec, parts.shard_result(spec, info, ""))
         progress.advance(spec.rows)
-
-    def _update(self) -> None:
-        pct = 100.0 if self.total_rows == 0 else round(100.0 * self.done_rows / self.total_rows, 2)
-        update_progress_artifact(self.progress_id, min(pct, 100.0))
 
     def finished(self, manifest: Manifest) -> None:
         """Progress 100, the summary table and the manifest markdown."""
         update_progress_artifact(self.progress_id, 100.0)
-        row = summary_row(
-            manifest.shards,
-            0,
-            manifest.totals.seconds,
-            manifest.model.name,
-            manifest.pooling,
-            manifest.precision,
-            manifest.device,
-        )
+        assert manifest.totals is not None
+        row = summary_row(manifest.shards, 0, manifest.totals.seconds, manifest.config, manifest.device)
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
         create_markdown_artifact(
             _manifest_markdown(manifest, self.dest, row),
@@ -150,7 +134,7 @@ class RunReport:
 
     def unfinished(self, shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig) -> None:
         """The summary table of a run that ended with failed shards (no manifest yet)."""
-        row = summary_row(shards, failed, seconds, config.model, config.pooling, config.precision, None)
+        row = summary_row(shards, failed, seconds, config, None)
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
 
     def failed(self, reason: str) -> None:
@@ -165,56 +149,60 @@ class RunReport:
 
 
 def summary_row(
-    shards: Sequence[ShardResult],
-    failed: int,
-    seconds: float,
-    model: str,
-    pooling: str,
-    precision: str,
-    device: str | None,
-) -> dict:
-    """rows, skipped, shards done / resumed / failed, tokens, truncated, docs/s, tokens/s, seconds, settings."""
+    shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig, device: str | None
+) -> dict[str, Any]:
+    """Documents (and chunks), rejected, shards done / resumed / failed, tokens, rates, seconds, settings."""
     fresh = [s for s in shards if not s.resumed]
-    fresh_rows, fresh_tokens = sum(s.rows + s.rejected for s in fresh), sum(s.tokens for s in fresh)
+    fresh_docs, fresh_tokens = sum(s.documents + s.rejected for s in fresh), sum(s.tokens for s in fresh)
+    chunks: dict[str, Any] = {}
+    if config.chunked:
+        fresh_chunks = sum(s.rows for s in fresh)
+        chunks = {
+            "chunks": sum(s.rows for s in shards),
+            "chunks_per_s": round(fresh_chunks / seconds, 1) if seconds else 0.0,
+        }
     return {
-        "rows": sum(s.rows for s in shards),
-        "skipped": sum(s.rejected for s in shards),
+        "documents": sum(s.documents for s in shards),
+        **chunks,
+        "rejected": sum(s.rejected for s in shards),
         "shards_done": len(fresh),
         "shards_resumed": len(shards) - len(fresh),
         "shards_failed": failed,
         "tokens": sum(s.tokens for s in shards),
         "truncated": sum(s.truncated for s in shards),
-        "docs_per_s": round(fresh_rows / seconds, 1) if seconds else 0.0,
+        "documents_per_s": round(fresh_docs / seconds, 1) if seconds else 0.0,
         "tokens_per_s": round(fresh_tokens / seconds, 1) if seconds else 0.0,
         "seconds": round(seconds, 1),
-        "model": model,
-        "pooling": pooling,
-        "precision": precision,
+        "model": config.model.name,
+        "pooling": pooling_label(config.pooling),
+        "precision": config.precision,
         "device": device or "",
     }
 
 
-def _manifest_markdown(manifest: Manifest, dest: str, row: dict) -> str:
-    totals = manifest.totals
+def _manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str:
+    totals, config = manifest.totals, manifest.config
+    assert totals is not None
+    chunks = f" in {totals.rows:,} chunks" if config.chunked else ""
     lines = [
         f"# Embeddings of `{manifest.source}`",
         "",
         f"**Output**: `{dest}`, manifest `{storage.join(dest, MANIFEST_NAME)}`"
-        + (f", rejected rows `{storage.join(dest, manifest.rejects)}`" if manifest.rejects else ""),
+        + (f", rejected documents `{storage.join(dest, manifest.rejects)}`" if manifest.rejects else ""),
         "",
         "| | |",
         "|---|---|",
         f"| status | {manifest.status} |",
-        f"| rows | {totals.rows:,} |",
-        f"| skipped | {totals.skipped:,} |",
+        f"| documents | {totals.documents:,}{chunks} |",
+        f"| rejected | {totals.rejected:,} |",
         f"| shards | {row['shards_done']} embedded, {row['shards_resumed']} resumed |",
-        f"| tokens | {totals.tokens:,} ({totals.truncated:,} rows truncated at {manifest.model.max_length}) |",
-        f"| docs/s | {row['docs_per_s']:,} |",
+        f"| tokens | {totals.tokens:,} ({totals.truncated:,} truncated at {config.max_length}) |",
+        f"| documents/s | {row['documents_per_s']:,} |",
         f"| seconds | {totals.seconds:,.1f} |",
-        f"| model | `{manifest.model.name}` (sha256 {manifest.model.sha256[:12]}, dimension {manifest.model.dimension}) |",
-        f"| pooling | {manifest.pooling}, layers {','.join(map(str, manifest.layers))} ({manifest.layer_mode}), "
-        f"{'normalized' if manifest.normalize else 'not normalized'} |",
-        f"| precision / device | {manifest.precision} / {manifest.device} |",
+        f"| model | `{config.model.name}` (sha256 {config.model.sha256[:12]}, dimension {config.dimension}) |",
+        f"| pooling | {pooling_label(config.pooling)}, layers {','.join(map(str, config.layers))} "
+        f"({config.layer_mode}), {'normalized' if config.normalize else 'not normalized'} |",
+        f"| precision / device | {config.precision} / {manifest.device} |",
     ]
     if manifest.completed_at:
         lines.append(f"| completed | {manifest.completed_at:%Y-%m-%d %H:%M:%S} UTC |")

@@ -1,0 +1,39 @@
+"""`bertflow search`: the rows of a DEST nearest a query text."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bertflow.cli.app import app
+from bertflow.cli.common import StorageOption, out, running
+
+
+@app.command()
+def search(
+    dest: Annotated[str, typer.Argument(help="Output directory of `bertflow embed` (local or s3://)")],
+    query: Annotated[str, typer.Argument(help="Text to search for")],
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many results")] = 10,
+    column: Annotated[
+        str | None, typer.Option(help="Vector column to search in a DEST with several poolings (default: the first)")
+    ] = None,
+    storage_option: StorageOption = None,
+) -> None:
+    """Embed QUERY with DEST's own model, pooling, layers, reduction and normalization; print the k nearest rows.
+
+    In a chunked DEST each result is one window of a text: its chunk index and character span are shown.
+    """
+    from bertflow.pipeline.search import search as run_search
+
+    with running(storage=storage_option):
+        hits = run_search(dest, query, k, column)
+    chunked = any(hit.chunk is not None for hit in hits)
+    table = Table(title=f"top {len(hits)} for {query!r} (cosine)", title_justify="left")
+    for name in ("#", "score", "id", *(("chunk", "chars") if chunked else ()), "text"):
+        table.add_column(name, overflow="fold")
+    for rank, hit in enumerate(hits, 1):
+        where = (str(hit.chunk[0]), f"{hit.chunk[1]}-{hit.chunk[2]}") if hit.chunk is not None else ()
+        table.add_row(str(rank), f"{hit.score:.4f}", str(hit.id), *where, hit.snippet or "")
+    out.print(table)

@@ -1,0 +1,90 @@
+"""EmbedConfig -> ResolvedConfig: every default filled in from the model's own files, checked against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bertflow.config import TOKEN_LEVEL, EmbedConfig, ModelRef, ResolvedConfig
+from bertflow.errors import InputError
+from bertflow.model.fitted import attach
+from bertflow.model.loading import (
+    ModelDefaults,
+    check_custom_code,
+    model_defaults,
+    resolve_model_path,
+    special_tokens,
+    weights_sha256,
+)
+from bertflow.model.pooling import output_dim
+
+
+def _check_lengths(config: EmbedConfig, d: ModelDefaults, max_length: int) -> None:
+    if max_length > d.position_limit:
+        raise InputError(
+            f"--max-length {max_length} exceeds the model's limit of {d.position_limit} tokens; "
+            f"use at most {d.position_limit}"
+        )
+    if any(-i > d.num_layers for i in config.layers):
+        raise InputError(
+            f"--layers {','.join(map(str, config.layers))}: this model has {d.num_layers} layers "
+            f"(use -1 .. -{d.num_layers})"
+        )
+
+
+def _chunk_tokens(config: EmbedConfig, d: ModelDefaults, path: Path, max_length: int) -> int | None:
+    """`--chunk-tokens` (default: the run's max length), checked against the model; None unless chunking."""
+    if config.long_text != "chunk":
+        return None
+    chunk_tokens = config.chunk_tokens or max_length
+    if chunk_tokens > d.position_limit:
+        raise InputError(
+            f"--chunk-tokens {chunk_tokens} exceeds the model's limit of {d.position_limit} tokens; "
+            f"use at most {d.position_limit}"
+        )
+    content = chunk_tokens - special_tokens(path)
+    if config.stride >= content:
+        raise InputError(
+            f"--stride {config.stride} must be less than the {content} text tokens of a window "
+            f"(--chunk-tokens {chunk_tokens} less the model's special tokens)"
+        )
+    return chunk_tokens
+
+
+def resolve_config(config: EmbedConfig) -> ResolvedConfig:
+    """Fill every default from the model's own files; validate what depends on the model."""
+    path = resolve_model_path(config.model)
+    check_custom_code(path, config.trust_remote_code)
+    d = model_defaults(path)
+    max_length = config.max_length or d.max_length
+    _check_lengths(config, d, max_length)
+    pooling = config.pooling or (d.pooling,)
+    token_level = pooling == (TOKEN_LEVEL,)
+    widths = {
+        p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)  # type: ignore[arg-type]
+        for p in pooling
+    }
+    resolved = ResolvedConfig(
+        model=ModelRef(name=config.model, path=str(path), sha256=weights_sha256(path)),
+        pooling=pooling,
+        dimensions=widths,
+        layers=config.layers,
+        layer_mode=config.layer_mode,
+        # token-level output is the model's own states unless asked otherwise
+        normalize=(d.normalize and not token_level) if config.normalize is None else config.normalize,
+        max_length=max_length,
+        id_column=config.id_column,
+        text_column=config.text_column,
+        keep=config.keep,
+        shard_rows=config.shard_rows,
+        batch_tokens=config.batch_tokens,
+        device=config.device,
+        precision=config.precision,
+        trust_remote_code=config.trust_remote_code,
+        exclude_special=config.exclude_special,
+        long_text=config.long_text,
+        chunk_tokens=_chunk_tokens(config, d, path, max_length),
+        stride=config.stride,
+        aggregate=config.aggregate,
+        storage_block=config.storage_block,
+    )
+    return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension

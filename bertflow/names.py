@@ -1,0 +1,33 @@
+"""Every name bertflow gives things on a Prefect server, defined once.
+
+Flows, deployments (`flow/deployment`), the default work pool, the GPU concurrency limit and the
+tag of backfill runs. The deployments module, the tasks that start runs and the CLI all read them here.
+"""
+
+from __future__ import annotations
+
+# Flows
+EMBED_FLOW = "embed-dataset"
+SHARD_FLOW = "embed-shard"
+BACKFILL_FLOW = "backfill"
+TRAIN_POOLER_FLOW = "train-pooler"
+FIT_REDUCTION_FLOW = "fit-reduction"
+
+# Deployments, by their short names
+NIGHTLY = "embed-nightly"
+ADHOC = "embed-adhoc"
+SHARD = "embed-shard"
+BACKFILL = "backfill"
+
+
+def full_name(flow: str, deployment: str) -> str:
+    """`flow/deployment`, as Prefect names a deployment."""
+    return f"{flow}/{deployment}"
+
+
+NIGHTLY_DEPLOYMENT = full_name(EMBED_FLOW, NIGHTLY)
+SHARD_DEPLOYMENT = full_name(SHARD_FLOW, SHARD)
+
+DEFAULT_POOL = "bertflow"
+GPU_LIMIT = "bertflow-gpu"  # slots per host; each host takes them from `bertflow-gpu-<host>`
+BACKFILL_TAG = "backfill"

@@ -1,0 +1,77 @@
+"""Backfill planning: the days of a range and, for each, run or skip (DEST complete with the same config).
+
+Reads each day's DEST manifest (storage); starts nothing, so `--dry-run` and bad input change nothing.
+The deployment's parameters come from the caller (the task reads them from the Prefect API).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from bertflow import partitions
+from bertflow.config import EmbedConfig, fingerprint_diff
+from bertflow.errors import InputError
+from bertflow.io import parts
+from bertflow.model.resolve import resolve_config
+
+
+class Day(BaseModel):
+    """One partition of the plan: where it reads and writes, and whether it will run and why."""
+
+    partition: str
+    source: str
+    dest: str
+    action: Literal["run", "skip"]
+    why: str
+
+
+class BackfillPlan(BaseModel):
+    deployment: str  # flow/deployment
+    deployment_id: str
+    dest_template: str
+    days: list[Day]
+
+    @property
+    def to_run(self) -> list[Day]:
+        return [d for d in self.days if d.action == "run"]
+
+
+def plan_days(
+    deployment: str, deployment_id: str, params: dict[str, Any], start: str, end: str, every: str, overwrite: bool
+) -> BackfillPlan:
+    """The days from start to end of `deployment` (whose parameters are `params`), each to run or skip."""
+    first, last = partitions.parse_date(start, "--start"), partitions.parse_date(end, "--end")
+    days = partitions.partition_range(first, last, partitions.parse_every(every))
+    source_t, dest_t = params.get("source"), params.get("dest")
+    if not source_t or not dest_t:
+        raise InputError(
+            f"deployment {deployment} has no source and dest templates to fill in; "
+            "backfill a deployment made by `bertflow deploy`, such as embed-nightly"
+        )
+    partitions.check_templates(source_t, dest_t)
+    try:
+        config = EmbedConfig.model_validate(params.get("config") or {})
+    except ValueError as e:
+        raise InputError(f"deployment {deployment} has an invalid config parameter: {e}") from None
+    fingerprint = resolve_config(config).output_fingerprint()
+    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite) for d in days]
+    return BackfillPlan(deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, days=planned)
+
+
+def _day(day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], overwrite: bool) -> Day:
+    source, dest = partitions.render(source_t, day), partitions.render(dest_t, day)
+    if overwrite:
+        return Day(partition=day, source=source, dest=dest, action="run", why="--overwrite: redo from scratch")
+    manifest = parts.read_manifest(dest)
+    if manifest is None:
+        return Day(partition=day, source=source, dest=dest, action="run", why="no output yet")
+    if fingerprint_diff(manifest.fingerprint, fingerprint):
+        raise InputError(
+            f"partition {day}: DEST {dest} holds output made with other settings; "
+            "pass --overwrite to replace it, or change the deployment's config back"
+        )
+    if manifest.status != "complete":
+        return Day(partition=day, source=source, dest=dest, action="run", why="incomplete: resumes the missing shards")
+    return Day(partition=day, source=source, dest=dest, action="skip", why="complete with the same config")

@@ -1,0 +1,139 @@
+"""DEST as a whole: check it against the run, find the parts already done, write the manifest.
+
+The manifest is written twice: "running" when the run starts (it records the settings, so a
+mismatched rerun is refused) and "complete" last, after every part and `_rejects.parquet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+import bertflow
+from bertflow.config import ResolvedConfig
+from bertflow.errors import InputError
+from bertflow.io import parts, storage
+from bertflow.io.manifest import (
+    MANIFEST_NAME,
+    REJECTS_NAME,
+    Manifest,
+    ShardResult,
+    ShardSpec,
+    Totals,
+    shard_fingerprint,
+)
+
+
+def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
+    """Part name -> the fingerprint its footer must carry: its rows and the run's embedding settings."""
+    output = config.output_fingerprint()
+    return {spec.name: shard_fingerprint(spec, output) for spec in plan}
+
+
+def manifest(
+    source: str,
+    config: ResolvedConfig,
+    plan: Sequence[ShardSpec],
+    results: Sequence[ShardResult] | None,
+    created_at: datetime,
+    device: str | None = None,
+    seconds: float = 0.0,
+    rejects: str | None = None,
+) -> Manifest:
+    """The "running" manifest (no results yet) or the "complete" one."""
+    done = list(results or ())
+    totals = None
+    if results is not None:
+        totals = Totals(
+            documents=sum(r.documents for r in done),
+            rows=sum(r.rows for r in done),
+            rejected=sum(r.rejected for r in done),
+            tokens=sum(r.tokens for r in done),
+            truncated=sum(r.truncated for r in done),
+            seconds=round(seconds, 3),
+        )
+    return Manifest(
+        bertflow_version=bertflow.__version__,
+        status="running" if results is None else "complete",
+        source=source,
+        config=config,
+        fingerprint=config.output_fingerprint(),
+        device=device,
+        shards=done,
+        planned_shards=len(plan),
+        totals=totals,
+        rejects=rejects,
+        documents_parts=[r.documents_part for r in done if r.documents_part is not None],
+        created_at=created_at,
+        completed_at=None if results is None else datetime.now(timezone.utc),
+    )
+
+
+def _check_not_inside(source: str, dest: str) -> None:
+    if storage.is_local(dest) and storage.is_local(source):
+        src, dst = storage.canonical(source).rstrip("/") + "/", storage.canonical(dest).rstrip("/") + "/"
+        if dst.startswith(src):
+            raise InputError(
+                f"DEST {dest} is inside SOURCE {source}; its parts would become input: choose another DEST"
+            )
+
+
+def prepare(
+    source: str,
+    dest: str,
+    config: ResolvedConfig,
+    plan: Sequence[ShardSpec],
+    overwrite: bool,
+    created_at: datetime,
+) -> dict[str, ShardResult]:
+    """Check DEST against this run, clear it on overwrite, mark it running; return the parts already done."""
+    _check_not_inside(source, dest)
+    if overwrite:
+        parts.clear_dest(dest)
+    else:
+        parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
+    parts.remove_temporaries(dest)
+    done = parts.complete_parts(dest, plan, fingerprints(plan, config), documents=config.aggregated)
+    running = manifest(source, config, plan, None, created_at)
+    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(running))
+    return done
+
+
+def collect(
+    dest: str, config: ResolvedConfig, pending: Sequence[ShardSpec], failed: dict[str, str]
+) -> tuple[list[ShardResult], dict[str, str]]:
+    """The parts that shard runs elsewhere wrote to DEST, read from their footers, and the failed shards:
+    `failed` (part name -> why) plus any whose run completed but whose part is missing or does not match."""
+    collected = parts.complete_parts(dest, pending, fingerprints(pending, config), documents=config.aggregated)
+    missing = {
+        s.name: f"shard-{s.index}-of-{s.count} (its run completed but DEST has no matching part)"
+        for s in pending
+        if s.name not in collected and s.name not in failed
+    }
+    return [r.model_copy(update={"resumed": False}) for r in collected.values()], {**failed, **missing}
+
+
+def finalize(
+    source: str,
+    dest: str,
+    config: ResolvedConfig,
+    plan: Sequence[ShardSpec],
+    results: Sequence[ShardResult],
+    seconds: float,
+    created_at: datetime,
+    device: str,
+) -> Manifest:
+    """Write `_rejects.parquet` (or remove a stale one), then the complete manifest last."""
+    by_name = {r.name: r for r in results}
+    ordered = [by_name[s.name] for s in plan]
+    rejects = parts.rejects_bytes(ordered, plan[0].id_kind)
+    rejects_uri = storage.join(dest, REJECTS_NAME)
+    if rejects is not None:
+        storage.write_atomic(rejects_uri, rejects)
+    else:
+        storage.remove(rejects_uri)
+    complete = manifest(
+        source, config, plan, ordered, created_at, device, seconds, REJECTS_NAME if rejects is not None else None
+    )
+    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(complete))
+    return complete

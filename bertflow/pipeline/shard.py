@@ -1,0 +1,202 @@
+"""One shard's work as library steps: read its rows -> tokenize -> embed -> write its part.
+
+Each step takes the run's `ResolvedConfig` and what the step before returned; `tasks/embed.py`
+wraps each in a Prefect task. The part of a shard is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from bertflow.config import ResolvedConfig
+from bertflow.io import schema, sources, storage
+from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject, ShardResult, ShardSpec
+from bertflow.io.parts import serialize_part
+from bertflow.model.encoder import Encoder
+from bertflow.model.fitted import reduce_vectors
+from bertflow.model.pooling import normalize
+from bertflow.text.tokenize import Chunks, Tokenized, TokenText
+
+OnRows = Callable[[int], None]
+
+
+class ShardJob(BaseModel):
+    """One shard to embed: which rows, with what settings, into which DEST, under which part fingerprint.
+
+    Small and serializable: it is what crosses to a worker (a flow parameter), never the data.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: ShardSpec
+    config: ResolvedConfig
+    dest: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ShardText:
+    """A shard's documents with a text (columns id, text, *keep), and those set aside with the reason."""
+
+    frame: pl.DataFrame
+    rejects: list[Reject]
+
+
+@dataclass(frozen=True)
+class ShardTokens:
+    """What the model is fed (`tok`, one row per document or per chunk) and what the part writes beside it."""
+
+    tok: Tokenized
+    documents: int  # the texts tokenized; rows of `tok` are windows of them under `--long-text chunk`
+    chunks: Chunks | None = None  # `--long-text chunk`: one row of `tok` per window
+    token_text: TokenText | None = None  # `--pooling none`: token strings and spans
+
+
+# (N, D) pooled vectors, or per document a (T_i, H) array of its tokens' vectors (`--pooling none`).
+Vectors = np.ndarray | list[np.ndarray]
+
+
+def read_text(spec: ShardSpec, config: ResolvedConfig) -> ShardText:
+    """Read one shard's rows from SOURCE; documents with a null text go to rejects."""
+    frame = sources.read_shard(spec, config.id_column, config.text_column, config.keep)
+    null = frame["text"].is_null()
+    if not null.any():
+        return ShardText(frame, [])
+    rejects = [Reject(id=i, reason="null text") for i in frame.filter(null)["id"].to_list()]
+    return ShardText(frame.filter(~null), rejects)
+
+
+def tokenize(encoder: Encoder, texts: list[str], config: ResolvedConfig) -> ShardTokens:
+    """Token ids for the run's mode: truncated at max length, cut into windows, or kept per token."""
+    if config.chunked:
+        chunks = encoder.tokenizer.tokenize_chunks(texts, config.chunk_tokens or config.max_length, config.stride)
+        return ShardTokens(chunks.tok, len(texts), chunks=chunks)
+    if config.token_level:
+        token_text = encoder.tokenizer.tokenize_tokens(texts)
+        return ShardTokens(token_text.tok, len(texts), token_text=token_text)
+    return ShardTokens(encoder.tokenizer.tokenize(texts), len(texts))
+
+
+def embed(encoder: Encoder, tokens: ShardTokens, config: ResolvedConfig, on_documents: OnRows | None = None) -> Vectors:
+    """Forward passes and pooling per batch; (N, sum D) float32 in row order, or per-token arrays.
+
+    Args:
+        on_documents: called with the number of documents each batch finished (not chunks).
+    """
+    tok = tokens.tok
+    if config.token_level:
+        return encoder.token_states(
+            tok,
+            layers=config.layers,
+            layer_mode=config.layer_mode,
+            normalize_output=config.normalize,
+            on_rows=on_documents,
+        )
+    several = len(config.pooling) > 1
+    vectors = encoder.embed(
+        tok,
+        pooling=config.pooling if several else config.pooling[0],  # type: ignore[arg-type]
+        layers=config.layers,
+        layer_mode=config.layer_mode,
+        normalize_output=config.normalize and not several,
+        on_rows=None if config.chunked else on_documents,  # rows are windows there, not documents
+        exclude_special=config.exclude_special,
+    )
+    if config.chunked and on_documents is not None:
+        on_documents(tokens.documents)
+    if not several:
+        vectors = reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
+        # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
+        return vectors.reshape(len(tok.ids), config.dimension)
+    widths = list(config.embedding_columns().values())
+    vectors = vectors.reshape(len(tok.ids), sum(widths))  # (N, sum D): one block per strategy
+    if config.normalize:  # each strategy's vector on its own, as its single-pooling run would
+        at = 0
+        for w in widths:
+            vectors[:, at : at + w] = normalize(torch.from_numpy(vectors[:, at : at + w])).numpy()
+            at += w
+    return vectors
+
+
+def part_table(
+    spec: ShardSpec, config: ResolvedConfig, text: ShardText, tokens: ShardTokens, vectors: Vectors
+) -> pl.DataFrame:
+    """The part's table in the output schema: a row per document (or per chunk), columns as `config.columns()`."""
+    tok, frame = tokens.tok, text.frame
+    if tokens.token_text is not None:
+        t = tokens.token_text
+        return schema.token_frame(
+            frame,
+            t.tokens,
+            t.offsets,
+            t.special,
+            vectors,
+            tok.n_tokens,
+            tok.truncated,  # type: ignore[arg-type]
+            config.keep,
+            spec.id_kind,
+            config.dimension,
+        )
+    leading: list[pl.Series] = []
+    if tokens.chunks is not None:
+        c = tokens.chunks
+        frame = frame[c.doc]  # (C rows) each window's id and kept columns
+        leading = [
+            pl.Series("chunk_index", c.chunk_index, dtype=pl.Int32),
+            pl.Series("char_start", c.char_start, dtype=pl.Int64),
+            pl.Series("char_end", c.char_end, dtype=pl.Int64),
+        ]
+    return schema.part_frame(
+        frame,
+        vectors,
+        tok.n_tokens,
+        tok.truncated,
+        config.keep,
+        spec.id_kind,  # type: ignore[arg-type]
+        config.embedding_columns(),
+        leading,
+    )
+
+
+def write_part(job: ShardJob, table: pl.DataFrame, rejects: list[Reject], seconds: float) -> ShardResult:
+    """Write the part (and, under `--aggregate`, its documents/ part first) to DEST, each atomically."""
+    dest, spec, config = job.dest, job.spec, job.config
+    n_tokens, truncated = table["n_tokens"], table["truncated"]
+    info = PartInfo(
+        fingerprint=job.fingerprint,
+        rows=len(table),
+        tokens=int(n_tokens.sum()),
+        truncated=int(truncated.sum()),
+        seconds=seconds,
+        rejects=rejects,
+    )
+    documents_part = None
+    if config.aggregated:  # written first: a main part on its own is not a finished shard
+        docs = schema.document_frame(table, config.embedding_columns(), config.keep, config.aggregate, config.normalize)
+        docs_data = serialize_part(docs, info.model_copy(update={"rows": len(docs)}))
+        storage.write_atomic(storage.join(dest, DOCUMENTS_DIR, spec.name), docs_data)
+        documents_part = DocumentsPart(
+            name=f"{DOCUMENTS_DIR}/{spec.name}", rows=len(docs), sha256=hashlib.sha256(docs_data).hexdigest()
+        )
+    data = serialize_part(table, info)
+    storage.write_atomic(storage.join(dest, spec.name), data)
+    return ShardResult(
+        name=spec.name,
+        pieces=spec.pieces,
+        documents=spec.rows - len(rejects),
+        rows=info.rows,
+        rejected=len(rejects),
+        tokens=info.tokens,
+        truncated=info.truncated,
+        seconds=seconds,
+        sha256=hashlib.sha256(data).hexdigest(),
+        rejects=rejects,
+        documents_part=documents_part,
+    )

@@ -1,0 +1,35 @@
+"""The embedding run's Prefect tasks, called as the flows call them (`.fn`: no server needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from bertflow.config import EmbedConfig
+from bertflow.io.manifest import ShardSpec
+from bertflow.model.resolve import resolve_config
+from bertflow.pipeline.shard import ShardJob, ShardText
+from bertflow.tasks.embed import embed, tokenize
+from tests.model.test_encoder import TEXTS
+
+
+def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
+    """The Prefect task as the flow runs it; the device "runs out of memory" in attention above 2 rows."""
+    config = resolve_config(EmbedConfig(model=str(tiny_bert), device="cpu", max_length=64, batch_tokens=1 << 20))
+    job = ShardJob(spec=ShardSpec(index=0, count=1, pieces=(), id_kind="int"), config=config, dest="", fingerprint="")
+    tokens = tokenize.fn(job, ShardText(pl.DataFrame({"id": range(len(TEXTS)), "text": TEXTS}), []))
+    clean = embed.fn(job, tokens)
+    sdpa, calls = F.scaled_dot_product_attention, []
+
+    def tight_memory(q, *args, **kwargs):
+        calls.append(len(q))
+        if len(q) > 2:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", tight_memory)
+    split = embed.fn(job, tokens)
+    assert max(calls) == 8 and calls.count(8) == 1  # tried whole once, then only halves that fit
+    assert np.abs(split - clean).max() < 1e-6
