@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 
 from bertflow.io.manifest import IdKind, Reject
-from bertflow.model.pooling import normalize as l2_normalize
 from bertflow.text.chunking import aggregate
+from bertflow.vectors import normalize as l2_normalize
 
 ID_DTYPES: dict[IdKind, pl.DataType] = {"int": pl.Int64(), "str": pl.String()}
 

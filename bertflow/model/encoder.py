@@ -20,10 +20,11 @@ from bertflow.config import Precision, ResolvedConfig
 from bertflow.model.fitted import head_for
 from bertflow.model.fused import fused_encoder
 from bertflow.model.loading import load_model, pick_device
-from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, normalize, pool
+from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, pool
 from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
 from bertflow.text.tokenize import TextTokenizer, Tokenized
+from bertflow.vectors import normalize
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
 # activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per

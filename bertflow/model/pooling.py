@@ -6,15 +6,10 @@ Pure tensor code: no Prefect, no I/O. Shapes: B sequences, T tokens, H hidden si
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bertflow.config import HEAD_POOLINGS, LAYER_MODES, POOLINGS, HeadPooling, LayerMode, PoolingName
-
-T = TypeVar("T", torch.Tensor, np.ndarray)
 
 # A single strategy's name; the names and their tuples live in bertflow.config.
 Pooling = PoolingName
@@ -117,13 +112,6 @@ def pool(
     except KeyError:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}") from None
     return fn(h, mask)
-
-
-def normalize(x: T) -> T:
-    """L2-normalize rows; a zero row stays zero. A tensor stays on its device; an array is computed in numpy."""
-    if isinstance(x, np.ndarray):
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return F.normalize(x, p=2, dim=-1)
 
 
 def output_dim(hidden: int, pooling: Pooling, n_layers: int, mode: LayerMode) -> int:

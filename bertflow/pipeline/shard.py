@@ -21,8 +21,8 @@ from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject,
 from bertflow.io.parts import serialize_part
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import reduce_vectors
-from bertflow.model.pooling import normalize
 from bertflow.text.tokenize import Chunks, Tokenized, TokenText
+from bertflow.vectors import normalize
 
 OnRows = Callable[[int], None]
 

@@ -209,8 +209,8 @@ def test_happy_path_prints_the_summary_and_records_the_run(tmp_path, tiny_bert, 
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = summary_rows(result.stdout)
-    assert summary["rows embedded"] == "4"
-    assert summary["skipped (see _rejects.parquet)"] == "1"
+    assert summary["documents embedded"] == "4"
+    assert summary["rejected (see _rejects.parquet)"] == "1"
     assert summary["dimension"] == "32"
     assert summary["truncated"] == "1 (at 16 tokens)"
     assert summary["shards"] == "3 embedded, 0 resumed"

@@ -112,10 +112,11 @@ def check_dest(
 
     manifest = json.loads((dest / "_manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["model"]["dimension"] == dim and manifest["model"]["max_length"] == max_length
+    assert list(manifest["config"]["dimensions"].values()) == [dim] and manifest["config"]["max_length"] == max_length
     assert manifest["columns"] == ["id", "embedding", "n_tokens", "truncated", *keep]
     assert manifest["totals"]["rows"] == len(embedded)
-    assert manifest["totals"]["skipped"] == len(rejected)
+    assert manifest["totals"]["rejected"] == len(rejected)
+    assert manifest["totals"]["documents"] == len(embedded)
     assert manifest["totals"]["tokens"] == sum(min(n, max_length) for n in full)
     assert manifest["totals"]["truncated"] == sum(n > max_length for n in full)
     shards = manifest["shards"]
@@ -165,7 +166,7 @@ def test_each_tabular_format_end_to_end(prefect_harness, tmp_path, tiny_bert, hf
         hf_tokenizer=hf_tokenizer,
         reference=tiny_reference,
     )
-    assert manifest.source == str(src) and manifest.pooling == "mean" and manifest.normalize is False
+    assert manifest.source == str(src) and manifest.config.pooling == ("mean",) and manifest.config.normalize is False
     long = parts.filter(pl.col("id") == make_id(3))
     assert long["truncated"].item() is True and long["n_tokens"].item() == MAX_LEN
     empty = parts.filter(pl.col("id") == make_id(1))  # "" is embedded: [CLS] [SEP]

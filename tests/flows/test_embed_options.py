@@ -65,8 +65,9 @@ def test_several_poolings_in_one_pass_equal_their_single_runs(prefect_harness, t
     assert multi.schema["embedding_mean_max"] == pl.Array(pl.Float32, 64)
     manifest = json.loads((tmp_path / "multi" / "_manifest.json").read_text())
     assert manifest["columns"] == multi.columns
-    assert manifest["embedding_columns"] == {"embedding_mean": 32, "embedding_cls": 32, "embedding_mean_max": 64}
-    assert manifest["pooling"] == "mean,cls,mean_max"
+    assert manifest["config"]["dimensions"] == {"mean": 32, "cls": 32, "mean_max": 64}
+    assert manifest["config"]["pooling"] == ["mean", "cls", "mean_max"]
+    assert manifest["fingerprint"]["pooling"] == "mean,cls,mean_max"
     summary = summary_text(Manifest.model_validate(manifest), tmp_path / "multi")
     assert "embedding_mean 32, embedding_cls 32, embedding_mean_max 64" in summary
     for p in ("mean", "cls", "mean_max"):
@@ -99,7 +100,7 @@ def test_exclude_special_leaves_cls_and_sep_out_of_mean_and_max(prefect_harness,
         assert np.abs(out["embedding_cls"][i].to_numpy() - h[0].numpy()).max() < 1e-5  # cls is unaffected
         assert out["n_tokens"][i] == len(h)  # tokens fed to the model still count the special ones
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["exclude_special"] is True and manifest["fingerprint"]["exclude_special"] is True
+    assert manifest["config"]["exclude_special"] is True and manifest["fingerprint"]["exclude_special"] is True
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     m = json.loads((dest / "_manifest.json").read_text())
     assert (m["long_text"], m["chunk_tokens"], m["stride"], m["aggregate"]) == ("chunk", 128, 16, "mean")
     assert m["columns"] == out.columns and m["document_columns"] == docs.columns
-    assert [(d["name"], d["rows"]) for d in m["documents"]] == [
+    assert [(d["name"], d["rows"]) for d in m["documents_parts"]] == [
         ("documents/part-00000.parquet", 2),
         ("documents/part-00001.parquet", 1),
     ]

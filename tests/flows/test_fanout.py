@@ -22,7 +22,7 @@ SHARD = "embed-shard/embed-shard"
 
 
 def shard_runs(svc, dest: str) -> list:
-    return [r for r in svc.runs(SHARD) if r.parameters.get("dest") == dest]
+    return [r for r in svc.runs(SHARD) if r.parameters.get("job", {}).get("dest") == dest]
 
 
 def parent_runs(svc, name: str) -> list:

@@ -56,8 +56,8 @@ def test_reduction_at_write_time_equals_reducing_afterwards(tmp_path, tiny_bert,
 
     stored = json.loads((tmp_path / "reduced" / "_manifest.json").read_text())
     assert stored["model"]["dimension"] == 12
-    assert stored["reduction"] == {"uri": str(tmp_path / "red"), "sha256": manifest.reduction.sha256}
-    assert stored["fingerprint"]["reduction_sha256"] == manifest.reduction.sha256
+    assert stored["config"]["reduction"] == {"uri": str(tmp_path / "red"), "sha256": manifest.config.reduction.sha256}
+    assert stored["fingerprint"]["reduction_sha256"] == manifest.config.reduction.sha256
     # resume refuses a DEST made with another reduction, or without one, either way round
     with pytest.raises(DestMismatchError, match="reduction_sha256"):
         embed_dataset(source, str(tmp_path / "reduced"), config)

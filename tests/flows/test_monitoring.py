@@ -6,7 +6,7 @@ import json
 import re
 
 from bertflow.io import parts, storage
-from bertflow.tasks.artifacts import artifact_keys
+from bertflow.tasks.reporting import artifact_keys
 from tests.deployments.service import POOL, make_bucket
 from tests.s3 import CREDENTIALS
 
@@ -60,7 +60,7 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
     model_tag = f"model:{service.model.name}"
     assert {model_tag, "pooling:mean"} <= set(parent.tags)
     shards = runs_named(service, "shard-0-of-2") + runs_named(service, "shard-1-of-2")
-    shards = [s for s in shards if s.parameters.get("dest") == dest]
+    shards = [s for s in shards if s.parameters.get("job", {}).get("dest") == dest]
     assert len(shards) == 2 and all({model_tag, "pooling:mean"} <= set(s.tags) for s in shards)
 
     # Three artifacts under keys stable for this DEST, all from the parent run.
@@ -72,14 +72,14 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
     [row] = json.loads(table.data)
     t = manifest.totals
     assert table.type == "table" and row == {
-        "rows": 19,
-        "skipped": 1,
+        "documents": 19,
+        "rejected": 1,
         "shards_done": 2,
         "shards_resumed": 0,
         "shards_failed": 0,
         "tokens": t.tokens,
         "truncated": t.truncated,
-        "docs_per_s": row["docs_per_s"],
+        "documents_per_s": row["documents_per_s"],
         "tokens_per_s": row["tokens_per_s"],
         "seconds": round(t.seconds, 1),
         "model": str(service.model),
@@ -88,10 +88,10 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
         "device": "cpu",
     }
     assert t.truncated == 19 and t.tokens == 19 * 8
-    assert row["docs_per_s"] == round(20 / t.seconds, 1) and row["tokens_per_s"] == round(t.tokens / t.seconds, 1)
+    assert row["documents_per_s"] == round(20 / t.seconds, 1) and row["tokens_per_s"] == round(t.tokens / t.seconds, 1)
     [markdown] = artifacts(service, keys["manifest"])
     assert markdown.type == "markdown" and f"`{dest}`" in markdown.data and "_manifest.json" in markdown.data
-    assert "| status | complete |" in markdown.data and "| rows | 19 |" in markdown.data
+    assert "| status | complete |" in markdown.data and "| documents | 19 |" in markdown.data
     assert {a.flow_run_id for a in (progress, table, markdown)} == {parent.id}
 
     # One log line per shard with its numbers; warnings carry counts, not rows.
@@ -100,15 +100,15 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
         m
         for _, m in messages
         if re.fullmatch(
-            r"shard \d of 2 \(part-0000\d\.parquet\): \d+ rows, \d+ tokens in [\d.]+ s \(\d+ docs/s, \d+ tokens/s\)"
+            r"shard \d of 2 \(part-0000\d\.parquet\): \d+ documents, \d+ tokens in [\d.]+ s \(\d+ documents/s, \d+ tokens/s\)"
             r", \d+ truncated(, 1 rejected)?",
             m,
         )
     ]
     assert len(per_shard) == 2, messages
     warnings = [m for level, m in messages if level == 30]
-    assert "19 rows were longer than 8 tokens and were truncated" in warnings
-    assert any(m.startswith("1 rows were not embedded") for m in warnings)
+    assert "19 documents were longer than 8 tokens and were truncated" in warnings
+    assert any(m.startswith("1 documents were not embedded") for m in warnings)
 
     # Workers read credentials from their own environment: none in parameters, logs or artifacts.
     seen = [json.dumps(r.parameters) for r in [parent, *shards]]

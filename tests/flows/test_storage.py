@@ -215,7 +215,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tiny_bert, tmp_pa
     )
     assert again.returncode == 0, again.stderr
     manifest = json.loads((dest / "_manifest.json").read_text())
-    assert manifest["pooling"] == "cls" and manifest["status"] == "complete"
+    assert manifest["config"]["pooling"] == ["cls"] and manifest["status"] == "complete"
     assert not any(s["resumed"] for s in manifest["shards"])
     assert run_cli("verify", str(dest), "--source", str(source)).returncode == 0
 

@@ -38,7 +38,7 @@ def test_head_beats_the_majority_class_and_embeds(tmp_path, labelled, tiny_bert)
     report = train_pooler(labelled, str(tmp_path / "head"), CONFIG)
     acc = report.test_accuracy
     assert report.classes == {"decimal": 101, "logging": 97, "ssl": 44, "typing": 89}
-    assert report.rows == {"train": 232, "validation": 33, "test": 66, "skipped": 0}  # 20% and 10% per class
+    assert report.rows == {"train": 232, "validation": 33, "test": 66, "rejected": 0}  # 20% and 10% per class
     assert acc["majority"] == pytest.approx(20 / 66, abs=1e-4)  # decimal's share of the test rows
     assert acc["mean_lstm"] >= acc["majority"] + 0.4
     assert acc["mean"] >= acc["majority"] + 0.4
@@ -53,8 +53,8 @@ def test_head_beats_the_majority_class_and_embeds(tmp_path, labelled, tiny_bert)
         str(tmp_path / "dest"),
         EmbedConfig(pooling="mean_lstm", pooler=str(tmp_path / "head"), max_length=64, keep=("package",)),
     )
-    assert manifest.model.dimension == 384 + 32 and manifest.totals.rows == 331
-    assert manifest.pooler.sha256 == report.pooler_sha256 == manifest.fingerprint["pooler_sha256"]
+    assert manifest.config.dimension == 384 + 32 and manifest.totals.rows == 331
+    assert manifest.config.pooler.sha256 == report.pooler_sha256 == manifest.fingerprint["pooler_sha256"]
     with pytest.raises(InputError, match="was trained on the encoder sentence-transformers/all-MiniLM-L6-v2"):
         embed_dataset(
             labelled,

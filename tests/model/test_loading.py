@@ -28,7 +28,12 @@ def test_bundled_model_defaults_come_from_its_sentence_transformers_files(bundle
     assert (d.pooling, d.normalize, d.max_length, d.hidden_size, d.num_layers) == ("mean", True, 256, 384, 6)
     resolved = resolve_config(EmbedConfig())
     assert resolved.model.path == str(bundled_model)
-    assert (resolved.pooling, resolved.normalize, resolved.max_length, resolved.dimension) == (("mean",), True, 256, 384)
+    assert (resolved.pooling, resolved.normalize, resolved.max_length, resolved.dimension) == (
+        ("mean",),
+        True,
+        256,
+        384,
+    )
 
 
 def test_plain_transformers_model_gets_mean_unnormalized_and_its_position_limit(tiny_bert):

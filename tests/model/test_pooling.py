@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertflow.model.pooling import POOLINGS, combine_layers, normalize, output_dim, pool
+from bertflow.model.pooling import POOLINGS, combine_layers, output_dim, pool
+from bertflow.vectors import normalize
 
 # Three sequences, four token slots, hidden size 2. Padding slots hold large values that
 # would show up in any result that let them in.

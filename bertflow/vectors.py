@@ -1,0 +1,18 @@
+"""L2 normalisation, the one function every vector goes through when normalizing is on."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+T = TypeVar("T", torch.Tensor, np.ndarray)
+
+
+def normalize(x: T) -> T:
+    """L2-normalize rows; a zero row stays zero. A tensor stays on its device; an array is computed in numpy."""
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return F.normalize(x, p=2, dim=-1)
