@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install lint typecheck demo test bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,6 +20,14 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/bertflow embed data/sample/docs.jsonl out/ --keep module --overwrite
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	VENV=$(VENV) bash .ci/import-contracts
+
+typecheck: install
+	$(VENV)/bin/mypy
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -91,7 +91,7 @@ def prepare(args: argparse.Namespace, work: Path, n_docs: int) -> tuple[Bench, f
     from bertflow.config import DEFAULT_MODEL, EmbedConfig
     from bertflow.model.encoder import Encoder
     from bertflow.model.loading import load_model
-from bertflow.model.resolve import resolve_config
+    from bertflow.model.resolve import resolve_config
 
     device = args.device
     t = time.perf_counter()

@@ -101,8 +101,8 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         if manifest.totals.rows != embedded:
             problems.append(f"totals.rows is {manifest.totals.rows} but the parts hold {embedded} rows")
         n_rejected = sum(len(i) for i in rejected)
-        if manifest.rejects and manifest.totals.skipped != n_rejected:
-            problems.append(f"totals.skipped is {manifest.totals.skipped} but {REJECTS_NAME} holds {n_rejected} rows")
+        if manifest.rejects and manifest.totals.rejected != n_rejected:
+            problems.append(f"totals.rejected is {manifest.totals.rejected} but {REJECTS_NAME} holds {n_rejected} rows")
 
     all_ids = pl.concat([part_ids if chunked else keys["id"], *rejected])
     dup = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)

@@ -59,7 +59,9 @@ def test_backfill_runs_only_missing_days_once(s3, service):
         assert run.state.is_completed(), (run.name, run.state)
         assert "backfill" in run.tags and run.name == f"embed-embeddings-{day}"
     backfilled = {partitions.render(DEST_TEMPLATE, run.parameters["partition"]) for run in runs}
-    shards = [s for s in service.runs("embed-shard/embed-shard") if s.parameters.get("job", {}).get("dest") in backfilled]
+    shards = [
+        s for s in service.runs("embed-shard/embed-shard") if s.parameters.get("job", {}).get("dest") in backfilled
+    ]
     assert len(shards) == 3 and all("backfill" in s.tags and "auto-scheduled" not in s.tags for s in shards)
     # Never more than two days in flight: at each start, count the runs already going.
     spans = [(run.start_time, run.end_time) for run in runs]

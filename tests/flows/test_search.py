@@ -104,7 +104,9 @@ def test_head_and_reduction_dests_are_queried_through_both(tmp_path, tiny_bert, 
     fit_reduction(str(tmp_path / "lstm"), str(tmp_path / "red"), "whiten", 20)
     embed_dataset(source, str(tmp_path / "both"), embed.model_copy(update={"reduction": str(tmp_path / "red")}))
     manifest = read_searchable(str(tmp_path / "both"))
-    assert manifest.config.pooler.uri == str(tmp_path / "head") and manifest.config.reduction.uri == str(tmp_path / "red")
+    assert manifest.config.pooler.uri == str(tmp_path / "head") and manifest.config.reduction.uri == str(
+        tmp_path / "red"
+    )
     query = embed_query(rows[33]["text"], query_config(manifest))
     assert query.shape == (20,)
     np.testing.assert_allclose(query, stored(tmp_path / "both")["embedding"][33].to_numpy(), rtol=0, atol=1e-5)
