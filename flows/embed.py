@@ -17,9 +17,14 @@ from bertflow.errors import BertflowError, one_line
 from bertflow.flows.shard import embed_shard
 from bertflow.io.manifest import Manifest
 from bertflow.names import EMBED_FLOW
-from bertflow.pipeline.dest import fingerprints
-from bertflow.pipeline.shard import ShardJob
-from bertflow.tasks.embed import collect_parts, finalize_dest, plan_shards, prepare_dest, resolve_config
+from bertflow.tasks.embed import (
+    collect_parts,
+    finalize_dest,
+    plan_shards,
+    prepare_dest,
+    resolve_config,
+    resolve_paths,
+)
 from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, run_tags, tag_this_run
@@ -67,7 +72,7 @@ def embed_dataset(
     with storage_from_block(config.storage_block):
         report = None
         try:
-            source, dest, _ = partitions.resolve(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            source, dest, _ = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             if pool:
                 check_pool(pool)
             report = RunReport(dest)
@@ -75,11 +80,7 @@ def embed_dataset(
                 resolved = resolve_config(config)
                 child_tags = tag_this_run(run_tags(resolved))
                 plan = plan_shards(source, resolved)
-                done = prepare_dest(source, dest, resolved, plan, overwrite, created_at)
-                prints = fingerprints(plan, resolved)
-                jobs = [ShardJob(spec=s, config=resolved, dest=dest, fingerprint=prints[s.name]) for s in plan]
-                pending = [j for j in jobs if j.spec.name not in done]
-                results = list(done.values())
+                results, pending = prepare_dest(source, dest, resolved, plan, overwrite, created_at)
                 if pool:
                     failed = fan_out(pending, child_tags, report.part_written)
                     # Results come back through DEST: each part's footer, read here.

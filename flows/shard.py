@@ -8,9 +8,8 @@ from prefect import flow
 from prefect.context import TagsContext
 from prefect.utilities.annotations import quote
 
-from bertflow.io.manifest import ShardResult
+from bertflow.io.manifest import ShardJob, ShardResult
 from bertflow.names import SHARD_FLOW
-from bertflow.pipeline.shard import ShardJob
 from bertflow.tasks.embed import embed, read_shard, tokenize, write_part
 from bertflow.tasks.fanout import localize_model
 from bertflow.tasks.gpu import gpu_slot

@@ -15,7 +15,7 @@ from bertflow.errors import InputError, RunFailedError
 from bertflow.names import BACKFILL_TAG, EMBED_FLOW, full_name
 from bertflow.pipeline.backfill import BackfillPlan, Day, plan_days
 from bertflow.tasks.policy import IN_MEMORY, RETRY
-from bertflow.tasks.runs import Job, describe, read_deployment, run_all
+from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
 
 class BackfillFailedError(RunFailedError):
@@ -45,26 +45,26 @@ def run_backfill(
     if max_in_flight < 1:
         raise InputError(f"--max-in-flight {max_in_flight}: give 1 or more")
     by_key: dict[str, Day] = {}
-    jobs = []
+    requests = []
     for day in plan.to_run:
-        job = Job(
+        request = RunRequest(
             key=partitions.stable_key("backfill", plan.deployment_id, day.partition),
             deployment=plan.deployment,
             parameters={"partition": day.partition, "overwrite": overwrite},
             name=partitions.run_name(plan.dest_template, day.partition),
             tags=(BACKFILL_TAG,),
         )
-        by_key[job.key] = day
-        jobs.append(job)
+        by_key[request.key] = day
+        requests.append(request)
     results: dict[str, str] = {}
 
-    def finished(job: Job, run) -> None:
-        day = by_key[job.key]
+    def finished(request: RunRequest, run) -> None:
+        day = by_key[request.key]
         results[day.partition] = "Completed" if run.state.is_completed() else describe(run)
         if on_final is not None:
             on_final(day, results[day.partition])
 
-    run_all(jobs, finished, max_in_flight=max_in_flight)
+    run_all(requests, finished, max_in_flight=max_in_flight)
     failed = {d: s for d, s in sorted(results.items()) if s != "Completed"}
     if failed:
         shown = ", ".join(f"{d} ({s})" for d, s in list(failed.items())[:5])

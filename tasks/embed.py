@@ -10,16 +10,16 @@ from datetime import datetime
 
 from prefect import get_run_logger, task
 
-from bertflow import progress
+from bertflow import partitions, progress
 from bertflow.config import EmbedConfig, ResolvedConfig
 from bertflow.io import sources
-from bertflow.io.manifest import Manifest, ShardResult, ShardSpec
+from bertflow.io.manifest import Manifest, ShardJob, ShardResult, ShardSpec
 from bertflow.model import resolve
 from bertflow.model.encoder import encoder_for
 from bertflow.model.loading import pick_device
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import shard
-from bertflow.pipeline.shard import ShardJob, ShardText, ShardTokens, Vectors
+from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
 
@@ -44,13 +44,22 @@ def plan_shards(source: str, config: ResolvedConfig) -> list[ShardSpec]:
 @task(**IN_MEMORY, **RETRY)
 def prepare_dest(
     source: str, dest: str, config: ResolvedConfig, plan: list[ShardSpec], overwrite: bool, created_at: datetime
-) -> dict[str, ShardResult]:
-    """Check DEST (storage) against this run, clear it on overwrite, mark it running; return finished parts."""
-    done = dest_.prepare(source, dest, config, plan, overwrite, created_at)
-    progress.start(sum(s.rows for s in plan), sum(s.rows for s in plan if s.name in done))
+) -> tuple[list[ShardResult], list[ShardJob]]:
+    """Check DEST (storage) against this run, clear it on overwrite, mark it running; return finished parts
+    and the jobs of the shards still to embed."""
+    done, pending = dest_.prepare(source, dest, config, plan, overwrite, created_at)
+    progress.start(sum(s.rows for s in plan), sum(s.rows for s in plan) - sum(j.spec.rows for j in pending))
     if done:
         get_run_logger().info("resuming: %d of %d shards already complete in %s", len(done), len(plan), dest)
-    return done
+    return done, pending
+
+
+@task(**IN_MEMORY)
+def resolve_paths(
+    source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime
+) -> tuple[str, str, str | None]:
+    """SOURCE and DEST of this run with `{date}` filled in, and the partition (None when unpartitioned)."""
+    return partitions.resolve(source, dest, partition, lag_days, scheduled)
 
 
 @task(**IN_MEMORY, **RETRY)

@@ -16,13 +16,12 @@ from prefect import get_run_logger, task
 
 from bertflow.errors import InputError, RunFailedError
 from bertflow.io import storage
-from bertflow.io.manifest import ShardSpec
+from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
 from bertflow.names import SHARD_DEPLOYMENT
 from bertflow.partitions import stable_key
-from bertflow.pipeline.shard import ShardJob
 from bertflow.tasks.policy import IN_MEMORY
-from bertflow.tasks.runs import Job, describe, read_deployment, run_all
+from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
 
 def check_pool(pool: str) -> None:
@@ -36,9 +35,9 @@ def check_pool(pool: str) -> None:
         )
 
 
-def shard_run(job: ShardJob, tags: Sequence[str]) -> Job:
+def shard_run(job: ShardJob, tags: Sequence[str]) -> RunRequest:
     """The run of one shard; its key is derived from DEST and the shard (rows and settings)."""
-    return Job(
+    return RunRequest(
         key=stable_key("shard", storage.canonical(job.dest), job.fingerprint),
         deployment=SHARD_DEPLOYMENT,
         parameters={"job": job.model_dump(mode="json"), "on_worker": True},
@@ -49,18 +48,18 @@ def shard_run(job: ShardJob, tags: Sequence[str]) -> Job:
 
 def fan_out(jobs: Sequence[ShardJob], tags: Sequence[str], on_done: Callable[[ShardSpec], None]) -> dict[str, str]:
     """Run every job on the workers and wait for all; failed parts: name -> 'shard-3-of-8 (why)'."""
-    runs = [shard_run(j, tags) for j in jobs]
-    spec_of = {run.key: job.spec for run, job in zip(runs, jobs)}
+    requests = [shard_run(j, tags) for j in jobs]
+    spec_of = {request.key: job.spec for request, job in zip(requests, jobs)}
     failed: dict[str, str] = {}
 
-    def finished(run: Job, flow_run) -> None:
-        spec = spec_of[run.key]
+    def finished(request: RunRequest, flow_run) -> None:
+        spec = spec_of[request.key]
         if flow_run.state.is_completed():
             on_done(spec)
         else:
-            failed[spec.name] = f"{run.name} ({describe(flow_run)})"
+            failed[spec.name] = f"{request.name} ({describe(flow_run)})"
 
-    run_all(runs, finished)
+    run_all(requests, finished)
     return failed
 
 

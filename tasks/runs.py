@@ -28,7 +28,7 @@ MAX_ATTEMPTS = 1000
 
 
 @dataclass(frozen=True)
-class Job:
+class RunRequest:
     """One run to start: which deployment, with what, under which name and key."""
 
     key: str
@@ -51,20 +51,20 @@ def read_deployment(name: str):
             ) from None
 
 
-def submit(job: Job) -> FlowRun:
-    """A live run for the job: the one in flight under its key, or a new one."""
+def submit(request: RunRequest) -> FlowRun:
+    """A live run for the request: the one in flight under its key, or a new one."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         run = run_deployment(
-            job.deployment,
-            parameters=job.parameters,
-            flow_run_name=job.name,
-            tags=list(job.tags),
-            idempotency_key=f"{job.key}-{attempt}",
+            request.deployment,
+            parameters=request.parameters,
+            flow_run_name=request.name,
+            tags=list(request.tags),
+            idempotency_key=f"{request.key}-{attempt}",
             timeout=0,
         )
         if run.state is None or not run.state.is_final():
             return run
-    raise RuntimeError(f"{job.name}: {MAX_ATTEMPTS} earlier runs under key {job.key}")  # pragma: no cover
+    raise RuntimeError(f"{request.name}: {MAX_ATTEMPTS} earlier runs under key {request.key}")  # pragma: no cover
 
 
 def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
@@ -79,14 +79,16 @@ def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
     return found
 
 
-def run_all(jobs: Sequence[Job], on_final: Callable[[Job, FlowRun], None], max_in_flight: int | None = None) -> None:
-    """Start every job (at most `max_in_flight` running at once) and wait until each has ended."""
-    queue = list(jobs)
-    in_flight: dict[UUID, Job] = {}
+def run_all(
+    requests: Sequence[RunRequest], on_final: Callable[[RunRequest, FlowRun], None], max_in_flight: int | None = None
+) -> None:
+    """Start every request (at most `max_in_flight` running at once) and wait until each run has ended."""
+    queue = list(requests)
+    in_flight: dict[UUID, RunRequest] = {}
     while queue or in_flight:
         while queue and (max_in_flight is None or len(in_flight) < max_in_flight):
-            job = queue.pop(0)
-            in_flight[submit(job).id] = job
+            request = queue.pop(0)
+            in_flight[submit(request).id] = request
         time.sleep(POLL_SECONDS)
         for run in read_runs(in_flight):
             if run.state is not None and run.state.is_final():

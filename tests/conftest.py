@@ -25,6 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 BERTFLOW = str(Path(sys.executable).with_name("bertflow"))
 
 
+# Tests that start real services (Prefect servers, workers, moto's S3) or run whole flows. They are
+# part of `make test`; `pytest -m "not slow"` is the quick loop over the library and tasks.
+SLOW_FOLDERS = ("flows", "cli", "deployments")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(item.path).relative_to(REPO / "tests").parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

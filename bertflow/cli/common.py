@@ -86,13 +86,14 @@ class Bar:
         self.progress = Progress(
             *columns, TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal
         )
-        self.stages, self.task = list(stages), None
+        self.stages: list[str] = list(stages)
+        self.task: TaskID | None = None
 
     def start(self, total: int, done: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
         name = self.stages.pop(0) if len(self.stages) > 1 else self.stages[0]
-        self.task: TaskID | None = self.progress.add_task(name, total=total, completed=done)
+        self.task = self.progress.add_task(name, total=total, completed=done)
 
     def advance(self, n: int) -> None:
         if self.task is not None:

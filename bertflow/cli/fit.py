@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -92,7 +92,7 @@ def fit_reduction(
     storage_option: StorageOption = None,
 ) -> None:
     """Fit PCA or whitening on DEST's embeddings, one part at a time; apply it with `bertflow embed --reduction OUT`."""
-    from bertflow.model.reduction import METHODS
+    from bertflow.model.reduction import METHODS, Method
 
     if method not in METHODS:
         fail(f"--method {method!r}: choose one of {', '.join(METHODS)}")
@@ -101,7 +101,7 @@ def fit_reduction(
     from bertflow.flows.fit_reduction import fit_reduction as fit_flow
 
     with running(storage=storage_option):
-        config = fit_flow(dest, out_dir, method, dim)  # type: ignore[arg-type]
+        config = fit_flow(dest, out_dir, cast(Method, method), dim)  # one of METHODS, checked above
     out.print(
         table(
             "bertflow fit-reduction",

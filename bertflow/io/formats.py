@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import polars as pl
@@ -192,7 +193,7 @@ def scan_file(uri: str, id_column: str, text_column: str, keep: Sequence[str], i
     return FileScan(uri, fmt, ids.alias("id"))
 
 
-def _scan(src, fmt: Format, id_column: str, text_column: str) -> pl.LazyFrame:
+def _scan(src: str | IO[bytes], fmt: Format, id_column: str, text_column: str) -> pl.LazyFrame:
     if fmt == "parquet":
         return pl.scan_parquet(src)
     # CSV ids stay strings: "007" must not become 7.
@@ -213,7 +214,7 @@ def read_piece(piece: Piece, id_column: str, text_column: str, keep: Sequence[st
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise InputError(
-                f"{piece.file} is not UTF-8 text (bad byte at offset {piece.byte_start + e.start})"
+                f"{piece.file} is not UTF-8 text (bad byte at offset {(piece.byte_start or 0) + e.start})"
             ) from None
         lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
         ids = _txt_ids(np.arange(piece.start + 1, piece.stop + 1), piece.id_prefix)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from bertflow.config import ResolvedConfig
 
 # 2: the resolved config embedded as `config` (format 1 repeated its fields at the top level)
-FORMAT_VERSION = 2
+FORMAT_VERSION: Final = 2
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.parquet"
 # `--aggregate`: one document-level part per shard, same name, in this folder of DEST
@@ -69,6 +69,20 @@ def shard_fingerprint(spec: ShardSpec, output: dict[str, object]) -> str:
     """Identity of a part: the rows it covers and the settings that shaped its vectors."""
     payload = {"pieces": [p.model_dump() for p in spec.pieces], "output": output}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class ShardJob(BaseModel):
+    """One shard to embed: which rows, with what settings, into which DEST, under which part fingerprint.
+
+    Small and serializable: it is what crosses to a worker (a flow parameter), never the data.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: ShardSpec
+    config: ResolvedConfig
+    dest: str
+    fingerprint: str
 
 
 class Reject(BaseModel):

@@ -41,7 +41,7 @@ def list_source(source: str) -> list[str]:
 
 
 def _id_kind(scans: Sequence[FileScan], id_column: str) -> IdKind:
-    kinds = set()
+    kinds: set[tuple[IdKind, str]] = set()
     for scan in scans:
         dtype = scan.ids.dtype
         if dtype.is_integer():
@@ -109,7 +109,7 @@ def plan_shards(
                 room = shard_rows
             stop = min(scan.rows, start + room)
             piece = Piece(file=scan.uri, format=scan.format, start=start, stop=stop, id_prefix=scan.id_prefix)
-            if scan.row_starts is not None:
+            if scan.row_starts is not None and scan.row_ends is not None:  # line formats have both
                 piece = piece.model_copy(
                     update={"byte_start": int(scan.row_starts[start]), "byte_end": int(scan.row_ends[stop - 1])}
                 )

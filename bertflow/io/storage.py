@@ -113,7 +113,7 @@ _TRANSIENT_ERRNO = {
 }
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

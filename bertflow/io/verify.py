@@ -105,9 +105,11 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
             problems.append(f"totals.rejected is {manifest.totals.rejected} but {REJECTS_NAME} holds {n_rejected} rows")
 
     all_ids = pl.concat([part_ids if chunked else keys["id"], *rejected])
-    dup = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)
-    if len(dup):
-        problems.append(f"{len(dup)} ids occur more than once across parts and rejects, e.g. {dup.head(5).to_list()}")
+    dup_ids = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)
+    if len(dup_ids):
+        problems.append(
+            f"{len(dup_ids)} ids occur more than once across parts and rejects, e.g. {dup_ids.head(5).to_list()}"
+        )
 
     if source is not None:
         scans = sources.scan_source(

@@ -10,7 +10,8 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
 from bertflow.text.tokenize import TextTokenizer, Tokenized
 from bertflow.vectors import normalize
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+_T = TypeVar("_T")  # what one batch's forward returns: pooled vectors, or per-row token states
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
 # activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
@@ -47,7 +53,7 @@ class Encoder:
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerFast,
         model: torch.nn.Module,
         *,
         device: str,
@@ -147,8 +153,8 @@ class Encoder:
         return ids_t, mask_t
 
     def _run_batches(
-        self, tok: Tokenized, exclude_special: bool, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        self, tok: Tokenized, exclude_special: bool, run: Callable[[torch.Tensor, torch.Tensor], _T]
+    ) -> Iterator[tuple[np.ndarray, _T]]:
         """(row indices, run(ids, mask)) per token-budget batch, in batch order.
 
         On a GPU one stream: a thread pads (and pins) the next batch while the model runs this one.
@@ -168,7 +174,7 @@ class Encoder:
                     yield batch, run(ids, mask)
             return
 
-        def work(batch: np.ndarray) -> torch.Tensor:
+        def work(batch: np.ndarray) -> _T:
             return run(*self._padded(tok, batch, exclude_special))
 
         threads = torch.get_num_threads()
@@ -187,7 +193,14 @@ class Encoder:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)  # the streams set the process-wide count to 1
 
-    def _split_on_oom(self, forward: Callable, ids: torch.Tensor, mask: torch.Tensor, *, join: Callable):
+    def _split_on_oom(
+        self,
+        forward: Callable[[torch.Tensor, torch.Tensor], _T],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        join: Callable[[list[_T]], _T],
+    ) -> _T:
         """forward(ids, mask) for one batch; on device out-of-memory, each half alone, joined.
 
         Halves are split again as needed; a single row that does not fit is raised, for the
@@ -204,7 +217,7 @@ class Encoder:
         if self.device == "cuda":
             torch.cuda.empty_cache()
         half = len(ids) // 2
-        parts = []
+        parts: list[_T] = []
         for sl in (slice(0, half), slice(half, None)):
             width = int((mask[sl] > 0).sum(1).max())
             parts.append(self._split_on_oom(forward, ids[sl, :width], mask[sl, :width], join=join))
@@ -220,6 +233,7 @@ class Encoder:
         kwargs = {"input_ids": input_ids, "attention_mask": attention}
         if types is not None:
             kwargs["token_type_ids"] = types
+        kernels: AbstractContextManager[object]
         if self.device == "cuda":
             kernels = sdpa_kernel(_CUDA_ATTENTION)
         elif self.device == "cpu" and self.precision == "bf16":
@@ -248,8 +262,8 @@ class Encoder:
             h = h.float()  # (B, T, H)
             if normalize_output:
                 h = normalize(h)
-            h = h.cpu().numpy()
-        return [h[row, :n] for row, n in enumerate((mask > 0).sum(1).tolist())]
+            states_np = h.cpu().numpy()
+        return [states_np[row, :n] for row, n in enumerate((mask > 0).sum(1).tolist())]
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode

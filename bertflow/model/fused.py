@@ -13,6 +13,8 @@ Pure torch: no Prefect, no I/O.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,56 @@ import torch.nn.functional as F
 FUSED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 _ACTIVATIONS = {"gelu": ("gelu", "none"), "relu": ("relu", "")}  # config.hidden_act -> oneDNN post-op
 _PACK_ROWS = 2048  # a typical batch's rows, a hint for oneDNN's weight layout; any batch works
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {dtype: FusedEncoder | None}
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[torch.dtype, bool], FusedEncoder | None]] = (
+    weakref.WeakKeyDictionary()
+)  # model -> {(dtype, uses_token_types): FusedEncoder | None}
+
+
+# What this module reads from a BERT-family model. transformers builds these submodules at run time,
+# and torch's stubs type every `nn.Module` attribute as `Tensor | Module`: the protocols say what
+# `fusable` checked (a BertLayer, whatever the model type calls it).
+class _BertConfig(Protocol):
+    num_attention_heads: int
+    hidden_size: int
+    layer_norm_eps: float
+    hidden_act: str
+    vocab_size: int
+
+
+class _SelfAttention(Protocol):
+    query: torch.nn.Linear
+    key: torch.nn.Linear
+    value: torch.nn.Linear
+
+
+class _DenseNorm(Protocol):  # BertSelfOutput, BertOutput: dense, then LayerNorm of it plus the residual
+    dense: torch.nn.Linear
+    LayerNorm: torch.nn.LayerNorm
+
+
+class _Attention(Protocol):
+    self: _SelfAttention
+    output: _DenseNorm
+
+
+class _Intermediate(Protocol):
+    dense: torch.nn.Linear
+
+
+class _BertLayer(Protocol):
+    attention: _Attention
+    intermediate: _Intermediate
+    output: _DenseNorm
+
+
+class _BertEncoderStack(Protocol):
+    layer: Iterable[_BertLayer]
+
+
+class _BertModel(Protocol):
+    config: _BertConfig
+    embeddings: torch.nn.Module
+    encoder: _BertEncoderStack
 
 
 class FusedEncoder(torch.nn.Module):
@@ -30,19 +81,20 @@ class FusedEncoder(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
-        config = model.config
-        self.embeddings = model.embeddings
+        bert = cast(_BertModel, model)
+        config = bert.config
+        self.embeddings = bert.embeddings
         self.dtype = dtype
         self.heads = config.num_attention_heads
         self.hidden = config.hidden_size
         self.eps = config.layer_norm_eps
         self.act, self.act_algo = _ACTIVATIONS[config.hidden_act]
-        self.layers = [self._pack(layer) for layer in model.encoder.layer]
+        self.layers = [self._pack(layer) for layer in bert.encoder.layer]
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._reorder_linear_weight(w.detach().to(self.dtype).contiguous(), _PACK_ROWS)
 
-    def _pack(self, layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    def _pack(self, layer: _BertLayer) -> dict[str, torch.Tensor]:
         att, out = layer.attention.self, layer.attention.output
         qkv_w = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
         qkv_b = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
@@ -89,7 +141,9 @@ class FusedEncoder(torch.nn.Module):
                 states.append(x)
         return tuple(s.view(b, t, h) for s in (states if all_layers else [x]))
 
-    def _layer(self, x, mask, p, b: int, t: int, h: int, heads: int) -> torch.Tensor:
+    def _layer(
+        self, x: torch.Tensor, mask: torch.Tensor | None, p: dict[str, torch.Tensor], b: int, t: int, h: int, heads: int
+    ) -> torch.Tensor:
         linear = torch.ops.mkldnn._linear_pointwise
         xd = x if self.dtype == torch.float32 else x.to(self.dtype)  # (B*T, H)
         qkv = linear(xd, p["qkv_w"], p["qkv_b"], "none", [], "").view(b, t, 3, heads, h // heads)
@@ -131,7 +185,7 @@ def fusable(model: torch.nn.Module, dtype: torch.dtype) -> bool:
 def _matches(fused: FusedEncoder, model: torch.nn.Module, dtype: torch.dtype, uses_token_types: bool) -> bool:
     """Run both forwards on a small padded batch: the fused one must agree with transformers'."""
     gen = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
+    vocab = cast(_BertModel, model).config.vocab_size
     ids = torch.randint(5, min(vocab, 1000), (3, 12), generator=gen)  # (3, 12)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0

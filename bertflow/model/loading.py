@@ -11,9 +11,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from bertflow.config import DEFAULT_MODEL, Device, Precision, ResolvedConfig
 from bertflow.errors import InputError, ModelError
+
+if TYPE_CHECKING:  # imported where used: loading torch and transformers takes seconds
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
 _ST_POOLING_MODES = {  # sentence-transformers Pooling config keys -> our names
     ("pooling_mode_cls_token",): "cls",
@@ -178,7 +183,9 @@ def pick_device(device: Device) -> str:
 
 
 @functools.cache
-def load_model(model_path: str, device: str, precision: Precision, trust_remote_code: bool = False):
+def load_model(
+    model_path: str, device: str, precision: Precision, trust_remote_code: bool = False
+) -> tuple[PreTrainedTokenizerFast, torch.nn.Module]:
     """Load (tokenizer, model) once per process for this path, device and precision."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -205,7 +212,7 @@ def load_model(model_path: str, device: str, precision: Precision, trust_remote_
     if not tokenizer.is_fast:
         raise ModelError(f"model {model_path!r} has no fast tokenizer (tokenizer.json); bertflow needs one")
     model.eval().to(device)
-    return tokenizer, model
+    return cast("PreTrainedTokenizerFast", tokenizer), model  # is_fast, checked above
 
 
 def localize(config: ResolvedConfig) -> ResolvedConfig:

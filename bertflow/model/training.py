@@ -7,7 +7,7 @@ computed once by the frozen encoder. Everything random draws from the given seed
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +113,7 @@ class TrainResult:
 def _batches(rows: np.ndarray, lengths: np.ndarray, size: int, gen: torch.Generator) -> Iterator[np.ndarray]:
     """Shuffled batches of rows of similar length (sorted within pools of 50 batches)."""
     shuffled = rows[torch.randperm(len(rows), generator=gen).numpy()]
-    batches = []
+    batches: list[np.ndarray] = []
     for start in range(0, len(shuffled), size * 50):
         pool = shuffled[start : start + size * 50]
         pool = pool[np.argsort(lengths[pool], kind="stable")]
@@ -139,7 +139,7 @@ def train_head(
     split: Split,
     n_classes: int,
     settings: TrainSettings,
-    on_epoch=None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train head + classifier on `split.train`; keep the epoch with the best validation accuracy."""
     torch.manual_seed(settings.seed)
@@ -172,6 +172,8 @@ def train_head(
             best_acc, best_epoch, best_state = acc, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= settings.patience:
             break
+    if best_state is None:  # no epoch ran
+        raise ValueError(f"train_head needs at least one epoch, got epochs={settings.epochs}")
     model.load_state_dict(best_state)
     return TrainResult(model.head.eval(), best_epoch, len(history), best_acc, history)
 
@@ -208,7 +210,7 @@ def fit_logistic(x: torch.Tensor, y: np.ndarray, n_classes: int, l2: float) -> P
         line_search_fn="strong_wolfe",
     )
 
-    def closure():
+    def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = F.cross_entropy(z @ weight.T + bias, target) + 0.5 * l2 * (weight * weight).sum()
         loss.backward()
@@ -232,4 +234,6 @@ def fit_probe(
         acc = accuracy(probe.predict(x[split.validation]), y[split.validation])
         if acc > best_acc:
             best, best_acc = probe, acc
+    if best is None:
+        raise ValueError("fit_probe needs at least one L2 strength in grid")
     return best, accuracy(best.predict(x[split.test]), y[split.test])

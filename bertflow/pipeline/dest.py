@@ -17,6 +17,7 @@ from bertflow.io.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,
     Manifest,
+    ShardJob,
     ShardResult,
     ShardSpec,
     Totals,
@@ -85,18 +86,25 @@ def prepare(
     plan: Sequence[ShardSpec],
     overwrite: bool,
     created_at: datetime,
-) -> dict[str, ShardResult]:
-    """Check DEST against this run, clear it on overwrite, mark it running; return the parts already done."""
+) -> tuple[list[ShardResult], list[ShardJob]]:
+    """Check DEST against this run, clear it on overwrite, mark it running.
+
+    Returns the parts already done and a job for every shard still to embed.
+    """
     _check_not_inside(source, dest)
     if overwrite:
         parts.clear_dest(dest)
     else:
         parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
     parts.remove_temporaries(dest)
-    done = parts.complete_parts(dest, plan, fingerprints(plan, config), documents=config.aggregated)
+    prints = fingerprints(plan, config)
+    done = parts.complete_parts(dest, plan, prints, documents=config.aggregated)
     running = manifest(source, config, plan, None, created_at)
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(running))
-    return done
+    pending = [
+        ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name]) for s in plan if s.name not in done
+    ]
+    return list(done.values()), pending
 
 
 def collect(

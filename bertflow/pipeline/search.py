@@ -97,7 +97,7 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
 def embed_query(query: str, config: ResolvedConfig) -> np.ndarray:
     """The query's vector (D,), through the very steps that embedded DEST's rows."""
     encoder = encoder_for(config)
-    return steps.embed(encoder, steps.tokenize(encoder, [query], config), config)[0]  # type: ignore[index]
+    return steps.embed(encoder, steps.tokenize(encoder, [query], config), config)[0]
 
 
 def _snippet_column(manifest: Manifest, dest: str) -> str | None:
@@ -120,7 +120,8 @@ def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str 
     column = _snippet_column(manifest, dest)
     chunked = manifest.config.chunked
     extra = [*(CHUNK_COLUMNS if chunked else ()), *([column] if column else [])]
-    scores, rows = np.empty(0, np.float32), []  # rows: (id, snippet, chunk) of each score
+    scores = np.empty(0, np.float32)
+    rows: list[tuple[int | str, str | None, tuple[int, int, int] | None]] = []  # (id, snippet, chunk) of each score
     for shard in manifest.shards:
         uri = storage.join(dest, shard.name)
         with storage.translated(uri), storage.open_input(uri) as src:

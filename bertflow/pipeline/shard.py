@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from bertflow.config import ResolvedConfig
 from bertflow.io import schema, sources, storage
-from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject, ShardResult, ShardSpec
+from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject, ShardJob, ShardResult, ShardSpec
 from bertflow.io.parts import serialize_part
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import reduce_vectors
@@ -25,20 +24,6 @@ from bertflow.text.tokenize import Chunks, Tokenized, TokenText
 from bertflow.vectors import normalize
 
 OnRows = Callable[[int], None]
-
-
-class ShardJob(BaseModel):
-    """One shard to embed: which rows, with what settings, into which DEST, under which part fingerprint.
-
-    Small and serializable: it is what crosses to a worker (a flow parameter), never the data.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    spec: ShardSpec
-    config: ResolvedConfig
-    dest: str
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +117,8 @@ def part_table(
     tok, frame = tokens.tok, text.frame
     if tokens.token_text is not None:
         t = tokens.token_text
+        if not isinstance(vectors, list):
+            raise TypeError("a token-level part takes per-document token vectors (`embed` under --pooling none)")
         return schema.token_frame(
             frame,
             t.tokens,
@@ -139,7 +126,7 @@ def part_table(
             t.special,
             vectors,
             tok.n_tokens,
-            tok.truncated,  # type: ignore[arg-type]
+            tok.truncated,
             config.keep,
             spec.id_kind,
             config.dimension,
@@ -153,13 +140,15 @@ def part_table(
             pl.Series("char_start", c.char_start, dtype=pl.Int64),
             pl.Series("char_end", c.char_end, dtype=pl.Int64),
         ]
+    if not isinstance(vectors, np.ndarray):
+        raise TypeError("a pooled part takes one (N, D) array of vectors (`embed` with a pooling)")
     return schema.part_frame(
         frame,
         vectors,
         tok.n_tokens,
         tok.truncated,
         config.keep,
-        spec.id_kind,  # type: ignore[arg-type]
+        spec.id_kind,
         config.embedding_columns(),
         leading,
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def token_budget_batches(lengths: Sequence[int], budget: int) -> list[np.ndarray]:
+def token_budget_batches(lengths: Sequence[int] | np.ndarray, budget: int) -> list[np.ndarray]:
     """Group row indices, longest first, so each batch pads to at most `budget` tokens.
 
     A batch costs `len(batch) * max(length in batch)` padded tokens. Sorting by length keeps
@@ -16,13 +16,13 @@ def token_budget_batches(lengths: Sequence[int], budget: int) -> list[np.ndarray
     """
     if budget <= 0:
         raise ValueError(f"batch token budget must be positive, got {budget}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")  # longest first; ties keep input order
+    lens = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lens, kind="stable")  # longest first; ties keep input order
     batches: list[np.ndarray] = []
     start = 0
     n = len(order)
     while start < n:
-        longest = max(int(lengths[order[start]]), 1)
+        longest = max(int(lens[order[start]]), 1)
         size = max(budget // longest, 1)
         batches.append(order[start : start + size])
         start += size

@@ -30,7 +30,9 @@ def window_bounds(n_tokens: int, content: int, stride: int) -> list[tuple[int, i
         start += step
 
 
-def aggregate(vectors: np.ndarray, weights: Sequence[int], groups: Sequence[int], how: str) -> np.ndarray:
+def aggregate(
+    vectors: np.ndarray, weights: Sequence[int] | np.ndarray, groups: Sequence[int] | np.ndarray, how: str
+) -> np.ndarray:
     """One vector per group of consecutive rows: token-weighted mean or element-wise max.
 
     Args:
@@ -38,8 +40,8 @@ def aggregate(vectors: np.ndarray, weights: Sequence[int], groups: Sequence[int]
         weights: (N,) tokens per chunk, for the weighted mean.
         groups: (N,) group number per row, non-decreasing from 0.
     """
-    groups = np.asarray(groups)
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.zeros(0, int)
+    group = np.asarray(groups)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]]) if len(group) else np.zeros(0, int)
     if how == "max":
         return np.maximum.reduceat(vectors, starts, axis=0) if len(starts) else vectors[:0]
     if how == "mean":

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 from bertflow.config import DEFAULT_MODEL, EmbedConfig
 from bertflow.flows.embed import embed_dataset
@@ -18,48 +17,6 @@ from tests.conftest import write_rows
 MAX_LEN = 16  # the tiny BERT's runs truncate here, so ordinary sentences get cut
 TINY_DIM = 32
 LONG = "Return a new sorted list from the items in iterable, with a custom key function and a reverse flag."
-
-
-@pytest.fixture(scope="module")
-def texts(sample_texts) -> list[str | None]:
-    """Real docstrings (some with newlines), a long one, "", a null, non-ASCII, and texts of exactly
-    MAX_LEN and MAX_LEN + 1 tokens ("word" x 14 is 16 tokens with [CLS] and [SEP])."""
-    return [
-        "Abstract Base Classes.",
-        "",
-        None,
-        LONG,
-        "Zürich – naïve café ☕ 東京",
-        sample_texts[1],
-        sample_texts[2],
-        "  padded with spaces  ",
-        sample_texts[100],
-        "x",
-        " ".join(["word"] * (MAX_LEN - 2)),
-        " ".join(["word"] * (MAX_LEN - 1)),
-    ]
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_bert):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_bert))
-
-
-@pytest.fixture(scope="module")
-def tiny_reference(tiny_bert, hf_tokenizer):
-    """Mean of last_hidden_state over every token of one unpadded text, straight from transformers."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(str(tiny_bert)).eval()
-
-    def embed(text: str) -> np.ndarray:
-        batch = hf_tokenizer(text, truncation=True, max_length=MAX_LEN, return_tensors="pt")
-        with torch.inference_mode():
-            return model(**batch).last_hidden_state[0].mean(0).numpy()  # (H,)
-
-    return embed
 
 
 def run(source: Path | str, dest: Path, model: Path | str = DEFAULT_MODEL, **options):
@@ -176,83 +133,6 @@ def test_each_tabular_format_end_to_end(prefect_harness, tmp_path, tiny_bert, hf
     assert (over["n_tokens"], over["truncated"]) == (MAX_LEN, True)
 
 
-def test_txt_lines_are_documents_numbered_from_one(
-    prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference, texts
-):
-    lines = [t.replace("\n", " ") for t in texts if t is not None]
-    src = tmp_path / "docs.txt"
-    src.write_text("".join(f"{line}\n" for line in lines))
-
-    run(src, tmp_path / "out", tiny_bert, shard_rows=6)
-
-    rows = [{"id": i, "text": line} for i, line in enumerate(lines, start=1)]
-    check_dest(
-        tmp_path / "out",
-        rows,
-        id_dtype=pl.Int64,
-        keep={},
-        shard_sizes=[6, 5],
-        hf_tokenizer=hf_tokenizer,
-        reference=tiny_reference,
-    )
-
-
-def test_directory_of_several_files_skips_underscore_and_dot_files(
-    prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference, texts
-):
-    rows = [{"id": i, "text": t} for i, t in enumerate(texts[:9])]
-    src = tmp_path / "in"
-    write_rows(src / "a.jsonl", rows[:3])
-    write_rows(src / "b.ndjson", rows[3:6])
-    write_rows(src / "sub" / "c.parquet", rows[6:9])
-    (src / "_SUCCESS").write_text("")
-    (src / ".c.parquet.crc").write_bytes(b"\x00\x01")
-
-    manifest = run(src, tmp_path / "out", tiny_bert, shard_rows=4)
-
-    check_dest(
-        tmp_path / "out",
-        rows,
-        id_dtype=pl.Int64,
-        keep={},
-        shard_sizes=[4, 4, 1],
-        hf_tokenizer=hf_tokenizer,
-        reference=tiny_reference,
-    )
-    # the second shard starts in b.ndjson and ends in sub/c.parquet
-    assert [(Path(p.file).name, p.start, p.stop) for p in manifest.shards[1].pieces] == [
-        ("b.ndjson", 1, 3),
-        ("c.parquet", 0, 2),
-    ]
-
-
-def test_glob_picks_only_matching_files_and_txt_ids_name_their_file(
-    prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference
-):
-    src = tmp_path / "in"
-    src.mkdir()
-    (src / "a.txt").write_text("first line of a\nsecond line of a\n")
-    (src / "b.txt").write_text(LONG + "\n")
-    write_rows(src / "other.csv", [{"id": "a.txt:1", "text": "would duplicate an id if it were read"}])
-
-    run(src / "*.txt", tmp_path / "out", tiny_bert)
-
-    rows = [
-        {"id": "a.txt:1", "text": "first line of a"},
-        {"id": "a.txt:2", "text": "second line of a"},
-        {"id": "b.txt:1", "text": LONG},
-    ]
-    check_dest(
-        tmp_path / "out",
-        rows,
-        id_dtype=pl.String,
-        keep={},
-        shard_sizes=[3],
-        hf_tokenizer=hf_tokenizer,
-        reference=tiny_reference,
-    )
-
-
 def test_null_texts_go_to_rejects_and_an_all_null_shard_still_writes_a_typed_part(
     prefect_harness, tmp_path, tiny_bert, hf_tokenizer, tiny_reference
 ):
@@ -284,15 +164,11 @@ def test_bundled_model_with_its_own_defaults(prefect_harness, tmp_path, bundled_
 
     weights = hashlib.sha256((bundled_model / "model.safetensors").read_bytes()).hexdigest()
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert m["model"] == {
-        "name": DEFAULT_MODEL,
-        "path": str(bundled_model),
-        "sha256": weights,
-        "dimension": 384,
-        "max_length": 256,
-    }
-    assert (m["pooling"], m["layers"], m["normalize"], m["precision"], m["device"]) == (
-        "mean",
+    c = m["config"]
+    assert c["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights}
+    assert (c["dimensions"], c["max_length"]) == ({"mean": 384}, 256)
+    assert (c["pooling"], c["layers"], c["normalize"], c["precision"], m["device"]) == (
+        ["mean"],
         [-1],
         True,
         "fp32",

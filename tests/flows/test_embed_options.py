@@ -40,14 +40,11 @@ def summary_text(manifest, dest: Path) -> str:
     """The table `bertflow embed` prints at the end, as text."""
     from rich.console import Console
 
-    from bertflow import cli
+    from bertflow.cli.embed import summary
 
-    console, cli.out = cli.out, Console(width=400)
-    try:
-        with cli.out.capture() as captured:
-            cli._summary(manifest, str(dest))
-    finally:
-        cli.out = console
+    console = Console(width=400)
+    with console.capture() as captured:
+        console.print(summary(manifest, str(dest)))
     return captured.get()
 
 
@@ -208,13 +205,14 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
         assert (doc["n_chunks"], doc["n_tokens"]) == (len(mine), int(w.sum()))
 
     m = json.loads((dest / "_manifest.json").read_text())
-    assert (m["long_text"], m["chunk_tokens"], m["stride"], m["aggregate"]) == ("chunk", 128, 16, "mean")
+    c = m["config"]
+    assert (c["long_text"], c["chunk_tokens"], c["stride"], c["aggregate"]) == ("chunk", 128, 16, "mean")
     assert m["columns"] == out.columns and m["document_columns"] == docs.columns
     assert [(d["name"], d["rows"]) for d in m["documents_parts"]] == [
         ("documents/part-00000.parquet", 2),
         ("documents/part-00001.parquet", 1),
     ]
-    for d in m["documents"]:
+    for d in m["documents_parts"]:
         assert d["sha256"] == hashlib.sha256((dest / d["name"]).read_bytes()).hexdigest()
     assert m["fingerprint"]["long_text"] == "chunk" and m["fingerprint"]["aggregate"] == "mean"
     assert m["totals"]["rows"] == len(out) == manifest.totals.rows
@@ -292,5 +290,5 @@ def test_token_level_vectors_equal_last_hidden_state_and_tokens_match_the_tokeni
             expected = model(**batch).last_hidden_state[0].numpy()  # (T, 384)
         assert np.abs(np.array(row["token_embeddings"]) - expected).max() < 1e-5
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert m["columns"] == out.columns and m["pooling"] == "none" and m["normalize"] is False
+    assert m["columns"] == out.columns and m["config"]["pooling"] == ["none"] and m["config"]["normalize"] is False
     assert verify_dest(str(tmp_path / "out"), str(src)) == []

@@ -55,7 +55,7 @@ def test_reduction_at_write_time_equals_reducing_afterwards(tmp_path, tiny_bert,
     np.testing.assert_allclose(written, afterwards, rtol=0, atol=2e-6)
 
     stored = json.loads((tmp_path / "reduced" / "_manifest.json").read_text())
-    assert stored["model"]["dimension"] == 12
+    assert stored["config"]["dimensions"] == {"mean": 12}
     assert stored["config"]["reduction"] == {"uri": str(tmp_path / "red"), "sha256": manifest.config.reduction.sha256}
     assert stored["fingerprint"]["reduction_sha256"] == manifest.config.reduction.sha256
     # resume refuses a DEST made with another reduction, or without one, either way round

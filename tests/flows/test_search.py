@@ -70,7 +70,7 @@ def test_a_cls_dest_is_searched_with_cls_pooling(tmp_path, tiny_bert, sample_tex
     embed_dataset(str(source), str(tmp_path / "cls"), EmbedConfig(model=str(tiny_bert), pooling="cls", max_length=32))
     embed_dataset(str(source), str(tmp_path / "mean"), EmbedConfig(model=str(tiny_bert), pooling="mean", max_length=32))
     config = query_config(read_searchable(str(tmp_path / "cls")))
-    assert (config.pooling, config.max_length, config.normalize) == ("cls", 32, False)
+    assert (config.pooling, config.max_length, config.normalize) == (("cls",), 32, False)
     cls_rows, mean_rows = stored(tmp_path / "cls"), stored(tmp_path / "mean")
     query = embed_query(rows[20]["text"], config)
     np.testing.assert_allclose(query, cls_rows["embedding"][20].to_numpy(), rtol=0, atol=1e-5)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from bertflow.config import EmbedConfig
-from bertflow.io.manifest import ShardSpec
+from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.resolve import resolve_config
-from bertflow.pipeline.shard import ShardJob, ShardText
+from bertflow.pipeline.shard import ShardText
 from bertflow.tasks.embed import embed, tokenize
 from tests.model.test_encoder import TEXTS
 
