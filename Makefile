@@ -25,6 +25,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	VENV=$(VENV) bash .ci/import-contracts
+	$(VENV)/bin/mypy
 
 typecheck: install
 	$(VENV)/bin/mypy

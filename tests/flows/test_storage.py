@@ -208,7 +208,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tiny_bert, tmp_pa
     assert clash.stderr.strip().count("\n") == 0 and "Traceback" not in clash.stderr
     assert "pooling: 'mean' in DEST, 'cls' now" in clash.stderr and "--overwrite" in clash.stderr
     assert _parts(dest) == stamp  # refused before touching anything
-    assert json.loads((dest / "_manifest.json").read_text())["pooling"] == "mean"
+    assert json.loads((dest / "_manifest.json").read_text())["config"]["pooling"] == ["mean"]
 
     again = run_cli(
         "embed", str(source), str(dest), "--model", str(tiny_bert), "--pooling", "cls", "--overwrite", env=env
