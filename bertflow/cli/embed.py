@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from bertflow.cli import options
 from bertflow.cli.app import app
 from bertflow.cli.common import Bar, csv, err, fail, out, running, table, validated
 from bertflow.cli.common import layers as parse_layers
@@ -16,84 +17,33 @@ from bertflow.io.manifest import Manifest
 
 @app.command()
 def embed(
-    source: Annotated[
-        str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")
-    ],
-    dest: Annotated[
-        str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")
-    ],
-    model: Annotated[
-        str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")
-    ] = DEFAULT_MODEL,
-    pooling: Annotated[
-        str | None,
-        typer.Option(
-            help="cls, mean, max, mean_max, mean_sqrt_len, last_token, first_last_avg, several comma-separated (one pass, a column each), none (token-level), or mean_lstm with --pooler (default: the model's own)"
-        ),
-    ] = None,
-    exclude_special: Annotated[
-        bool, typer.Option(help="Leave special tokens ([CLS], [SEP]) out of mean and max pooling")
-    ] = False,
-    long_text: Annotated[
-        str, typer.Option(help="Texts longer than the model's limit: 'truncate' or 'chunk' (a row per token window)")
-    ] = "truncate",
-    chunk_tokens: Annotated[
-        int | None,
-        typer.Option(help="Tokens per window with --long-text chunk, special tokens included (default: --max-length)"),
-    ] = None,
-    stride: Annotated[int, typer.Option(help="Tokens shared by consecutive windows with --long-text chunk")] = 0,
-    aggregate: Annotated[
-        str,
-        typer.Option(
-            help="With --long-text chunk: also write one row per document under documents/: none, mean (token-weighted) or max"
-        ),
-    ] = "none",
-    pooler: Annotated[
-        str | None, typer.Option(help="Head trained by `bertflow train-pooler`, for --pooling mean_lstm")
-    ] = None,
-    reduction: Annotated[
-        str | None, typer.Option(help="PCA/whitening fitted by `bertflow fit-reduction`, applied before writing")
-    ] = None,
-    layers: Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")] = "-1",
-    layer_mode: Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")] = "mean",
-    normalize: Annotated[
-        bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalize (default: the model's own)")
-    ] = None,
-    max_length: Annotated[
-        int | None, typer.Option(help="Truncate at this many tokens (default: the model's limit)")
-    ] = None,
-    id_column: Annotated[str, typer.Option(help="Column holding unique row ids")] = "id",
-    text_column: Annotated[str, typer.Option(help="Column holding the text to embed")] = "text",
-    keep: Annotated[str | None, typer.Option(help="Comma-separated columns to pass through to the output")] = None,
-    shard_rows: Annotated[int, typer.Option(help="Rows per output part (the unit of resume and fan-out)")] = 10_000,
-    batch_tokens: Annotated[
-        int | None, typer.Option(help="Padded tokens per forward pass (default per device)")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16")] = "fp32",
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(help="Allow a model's own Python code to run (off: safetensors and stock architectures only)"),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")] = False,
-    pool: Annotated[
-        str | None,
-        typer.Option(
-            help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process"
-        ),
-    ] = None,
-    storage_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored"
-        ),
-    ] = None,
-    storage_block: Annotated[
-        str | None,
-        typer.Option(
-            help="Prefect Secret block whose JSON value holds the storage options (for workers and deployments)"
-        ),
-    ] = None,
+    source: options.Source,
+    dest: options.Dest,
+    model: options.Model = DEFAULT_MODEL,
+    pooling: options.Pooling = None,
+    exclude_special: options.ExcludeSpecial = False,
+    long_text: options.LongText = "truncate",
+    chunk_tokens: options.ChunkTokens = None,
+    stride: options.Stride = 0,
+    aggregate: options.Aggregate = "none",
+    pooler: options.Pooler = None,
+    reduction: options.Reduction = None,
+    layers: options.Layers = "-1",
+    layer_mode: options.LayerMode = "mean",
+    normalize: options.Normalize = None,
+    max_length: options.MaxLength = None,
+    id_column: options.IdColumn = "id",
+    text_column: options.TextColumn = "text",
+    keep: options.Keep = None,
+    shard_rows: options.ShardRows = 10_000,
+    batch_tokens: options.BatchTokens = None,
+    device: options.Device = "auto",
+    precision: options.Precision = "fp32",
+    trust_remote_code: options.TrustRemoteCode = False,
+    overwrite: options.Overwrite = False,
+    pool: options.Pool = None,
+    storage_option: options.StorageOption = None,
+    storage_block: options.StorageBlock = None,
 ) -> None:
     """Embed every row of SOURCE into Parquet parts under DEST (rerun the same command to resume)."""
     config = validated(

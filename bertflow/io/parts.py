@@ -57,7 +57,7 @@ def complete_parts(
     Args:
         documents: the run aggregates chunks (`--aggregate`): a shard also needs its documents/ part.
     """
-    present = set(list_names(dest))
+    present = set(storage.list_names(dest))
     done: dict[str, ShardResult] = {}
     for spec in plan:
         if spec.name not in present:
@@ -98,15 +98,6 @@ def shard_result(
         rejects=info.rejects,
         documents_part=documents_part,
     )
-
-
-def list_names(dest: str) -> list[str]:
-    """Names of the files directly in DEST (empty if DEST does not exist yet)."""
-    fs, path = storage.filesystem(dest)
-    with storage.translated(dest):
-        if not fs.exists(path):
-            return []
-        return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
 
 
 def read_manifest(dest: str) -> Manifest | None:
@@ -165,17 +156,17 @@ def check_compatible(dest: str, existing: Manifest | None, fingerprint: dict[str
 def remove_temporaries(dest: str) -> None:
     """Delete hidden temporary files a killed run left behind (local DEST only has them)."""
     for folder in (dest, storage.join(dest, DOCUMENTS_DIR)):
-        for name in list_names(folder):
+        for name in storage.list_names(folder):
             if name.startswith(".part-") and name.endswith(".tmp"):
                 storage.remove(storage.join(folder, name))
 
 
 def clear_dest(dest: str) -> None:
     """Remove what bertflow wrote in DEST (parts, rejects, manifest), nothing else."""
-    for name in list_names(dest):
+    for name in storage.list_names(dest):
         if name in (MANIFEST_NAME, REJECTS_NAME) or (name.startswith("part-") and name.endswith(".parquet")):
             storage.remove(storage.join(dest, name))
-    for name in list_names(storage.join(dest, DOCUMENTS_DIR)):
+    for name in storage.list_names(storage.join(dest, DOCUMENTS_DIR)):
         if name.startswith("part-") and name.endswith(".parquet"):
             storage.remove(storage.join(dest, DOCUMENTS_DIR, name))
 

@@ -176,6 +176,15 @@ def exists(uri: str) -> bool:
         return fs.exists(path)
 
 
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly in the directory `uri` (empty if it does not exist yet)."""
+    fs, path = filesystem(uri)
+    with translated(uri):
+        if not fs.exists(path):
+            return []
+        return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False)]
+
+
 def list_files(uri: str) -> list[str]:
     """Files named by `uri`: the file itself, every file under a directory, or a glob's matches."""
     fs, path = filesystem(uri)

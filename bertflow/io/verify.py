@@ -58,15 +58,42 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
     if manifest is None:
         return [f"{dest} has no _manifest.json: the run never started or DEST is wrong"]
     problems: list[str] = []
+    _check_listing(dest, manifest, problems)
+    keys = _check_parts(dest, manifest, problems)
+    chunked = manifest.config.chunked
+    part_ids = keys["id"].unique(maintain_order=True)
+    if chunked:
+        dup = keys.filter(keys.is_duplicated())
+        if len(dup):
+            problems.append(f"{len(dup)} (id, chunk_index) pairs occur more than once, e.g. {dup.head(5).rows()}")
+    if manifest.config.aggregated:
+        _check_documents(dest, manifest, manifest.config.embedding_columns(), part_ids, problems)
+    rejected = _check_rejects(dest, manifest, len(keys), problems)
+    all_ids = pl.concat([part_ids if chunked else keys["id"], *rejected])
+    dup_ids = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)
+    if len(dup_ids):
+        problems.append(
+            f"{len(dup_ids)} ids occur more than once across parts and rejects, e.g. {dup_ids.head(5).to_list()}"
+        )
+    if source is not None:
+        _check_source(source, manifest, all_ids, problems)
+    return problems
+
+
+def _check_listing(dest: str, manifest: Manifest, problems: list[str]) -> None:
+    """The manifest is complete and lists every part in DEST, and every planned shard."""
     if manifest.status != "complete":
         problems.append(f"manifest status is {manifest.status!r}: the run has not finished; rerun it to resume")
     listed = {s.name for s in manifest.shards}
-    for name in parts.list_names(dest):
+    for name in storage.list_names(dest):
         if name.startswith("part-") and name.endswith(".parquet") and name not in listed:
             problems.append(f"{name}: in DEST but not in the manifest")
     if manifest.status == "complete" and len(manifest.shards) != manifest.planned_shards:
         problems.append(f"manifest lists {len(manifest.shards)} shards of {manifest.planned_shards} planned")
 
+
+def _check_parts(dest: str, manifest: Manifest, problems: list[str]) -> pl.DataFrame:
+    """Every listed part intact; the keys (`id`, and `chunk_index` when chunked) of all their rows."""
     chunked = manifest.config.chunked
     vectors = manifest.config.embedding_columns()
     found = [
@@ -74,20 +101,13 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         for s in manifest.shards
         if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, problems, chunked)) is not None
     ]
-    embedded = sum(len(k) for k in found)
-    keys = (
-        pl.concat(found)
-        if found
-        else pl.DataFrame(schema={"id": pl.String} | ({"chunk_index": pl.Int32} if chunked else {}))
-    )
-    part_ids = keys["id"].unique(maintain_order=True)
-    if chunked:
-        dup = keys.filter(keys.is_duplicated())
-        if len(dup):
-            problems.append(f"{len(dup)} (id, chunk_index) pairs occur more than once, e.g. {dup.head(5).rows()}")
-    if manifest.config.aggregated:
-        _check_documents(dest, manifest, vectors, part_ids, problems)
+    if found:
+        return pl.concat(found)
+    return pl.DataFrame(schema={"id": pl.String} | ({"chunk_index": pl.Int32} if chunked else {}))
 
+
+def _check_rejects(dest: str, manifest: Manifest, embedded: int, problems: list[str]) -> list[pl.Series]:
+    """`_rejects.parquet` present exactly when listed, and the totals match the files; its ids."""
     rejected: list[pl.Series] = []
     rejects_uri = storage.join(dest, REJECTS_NAME)
     if manifest.rejects:
@@ -103,31 +123,26 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
         n_rejected = sum(len(i) for i in rejected)
         if manifest.rejects and manifest.totals.rejected != n_rejected:
             problems.append(f"totals.rejected is {manifest.totals.rejected} but {REJECTS_NAME} holds {n_rejected} rows")
+    return rejected
 
-    all_ids = pl.concat([part_ids if chunked else keys["id"], *rejected])
-    dup_ids = all_ids.filter(all_ids.is_duplicated()).unique(maintain_order=True)
-    if len(dup_ids):
+
+def _check_source(source: str, manifest: Manifest, all_ids: pl.Series, problems: list[str]) -> None:
+    """Every id of SOURCE is in a part or in rejects, and nothing else is."""
+    scans = sources.scan_source(
+        source,
+        id_column=manifest.config.id_column,
+        text_column=manifest.config.text_column,
+        keep=manifest.config.keep,
+    )
+    want = pl.concat([s.ids.cast(pl.String) for s in scans])
+    missing = want.filter(~want.is_in(all_ids.implode()))
+    extra = all_ids.filter(~all_ids.is_in(want.implode()))
+    if len(missing):
         problems.append(
-            f"{len(dup_ids)} ids occur more than once across parts and rejects, e.g. {dup_ids.head(5).to_list()}"
+            f"{len(missing)} source ids are in no part and not in rejects, e.g. {missing.head(5).to_list()}"
         )
-
-    if source is not None:
-        scans = sources.scan_source(
-            source,
-            id_column=manifest.config.id_column,
-            text_column=manifest.config.text_column,
-            keep=manifest.config.keep,
-        )
-        want = pl.concat([s.ids.cast(pl.String) for s in scans])
-        missing = want.filter(~want.is_in(all_ids.implode()))
-        extra = all_ids.filter(~all_ids.is_in(want.implode()))
-        if len(missing):
-            problems.append(
-                f"{len(missing)} source ids are in no part and not in rejects, e.g. {missing.head(5).to_list()}"
-            )
-        if len(extra):
-            problems.append(f"{len(extra)} ids in DEST are not in SOURCE, e.g. {extra.head(5).to_list()}")
-    return problems
+    if len(extra):
+        problems.append(f"{len(extra)} ids in DEST are not in SOURCE, e.g. {extra.head(5).to_list()}")
 
 
 def _check_documents(
@@ -135,7 +150,7 @@ def _check_documents(
 ) -> None:
     """documents/ (`--aggregate`): every listed part intact, each id of the chunk parts exactly once."""
     listed = {d.name for d in manifest.documents_parts}
-    for name in parts.list_names(storage.join(dest, DOCUMENTS_DIR)):
+    for name in storage.list_names(storage.join(dest, DOCUMENTS_DIR)):
         if name.startswith("part-") and name.endswith(".parquet") and f"{DOCUMENTS_DIR}/{name}" not in listed:
             problems.append(f"{DOCUMENTS_DIR}/{name}: in DEST but not in the manifest")
     if manifest.status == "complete" and len(manifest.documents_parts) != len(manifest.shards):

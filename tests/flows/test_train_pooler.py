@@ -44,7 +44,7 @@ def test_head_beats_the_majority_class_and_embeds(tmp_path, labelled, tiny_bert)
     assert acc["mean"] >= acc["majority"] + 0.4
     assert 1 <= report.best_epoch <= report.epochs_run <= 6
     head = json.loads((tmp_path / "head" / "pooler.json").read_text())
-    assert head["model_sha256"] == report.model.sha256 and head["max_length"] == 64 and head["layers"] == [-1]
+    assert head["model_sha256"] == report.model_sha256 and head["max_length"] == 64 and head["layers"] == [-1]
     assert head["labels"] == sorted(CLASSES)
     assert json.loads((tmp_path / "head" / "report.json").read_text()) == report.model_dump(mode="json")
 

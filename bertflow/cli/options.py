@@ -1,0 +1,72 @@
+"""The options of `bertflow embed`, one annotated type each: the command's signature stays readable."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Source = Annotated[
+    str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")
+]
+Dest = Annotated[str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")]
+Model = Annotated[str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")]
+Pooling = Annotated[
+    str | None,
+    typer.Option(
+        help="cls, mean, max, mean_max, mean_sqrt_len, last_token, first_last_avg, several comma-separated (one pass, a column each), none (token-level), or mean_lstm with --pooler (default: the model's own)"
+    ),
+]
+ExcludeSpecial = Annotated[bool, typer.Option(help="Leave special tokens ([CLS], [SEP]) out of mean and max pooling")]
+LongText = Annotated[
+    str, typer.Option(help="Texts longer than the model's limit: 'truncate' or 'chunk' (a row per token window)")
+]
+ChunkTokens = Annotated[
+    int | None,
+    typer.Option(help="Tokens per window with --long-text chunk, special tokens included (default: --max-length)"),
+]
+Stride = Annotated[int, typer.Option(help="Tokens shared by consecutive windows with --long-text chunk")]
+Aggregate = Annotated[
+    str,
+    typer.Option(
+        help="With --long-text chunk: also write one row per document under documents/: none, mean (token-weighted) or max"
+    ),
+]
+Pooler = Annotated[str | None, typer.Option(help="Head trained by `bertflow train-pooler`, for --pooling mean_lstm")]
+Reduction = Annotated[
+    str | None, typer.Option(help="PCA/whitening fitted by `bertflow fit-reduction`, applied before writing")
+]
+Layers = Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")]
+LayerMode = Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")]
+Normalize = Annotated[
+    bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalize (default: the model's own)")
+]
+MaxLength = Annotated[int | None, typer.Option(help="Truncate at this many tokens (default: the model's limit)")]
+IdColumn = Annotated[str, typer.Option(help="Column holding unique row ids")]
+TextColumn = Annotated[str, typer.Option(help="Column holding the text to embed")]
+Keep = Annotated[str | None, typer.Option(help="Comma-separated columns to pass through to the output")]
+ShardRows = Annotated[int, typer.Option(help="Rows per output part (the unit of resume and fan-out)")]
+BatchTokens = Annotated[int | None, typer.Option(help="Padded tokens per forward pass (default per device)")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps")]
+Precision = Annotated[str, typer.Option(help="fp32, bf16 or fp16")]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(help="Allow a model's own Python code to run (off: safetensors and stock architectures only)"),
+]
+Overwrite = Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")]
+Pool = Annotated[
+    str | None,
+    typer.Option(
+        help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process"
+    ),
+]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="KEY=VALUE for the filesystem (e.g. endpoint_url=..., key=..., secret=...); repeatable; never logged or stored"
+    ),
+]
+StorageBlock = Annotated[
+    str | None,
+    typer.Option(help="Prefect Secret block whose JSON value holds the storage options (for workers and deployments)"),
+]
