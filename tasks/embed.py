@@ -15,8 +15,8 @@ from bertflow.config import EmbedConfig, ResolvedConfig
 from bertflow.io import sources
 from bertflow.io.manifest import Manifest, ShardJob, ShardResult, ShardSpec
 from bertflow.model import resolve
-from bertflow.model.encoder import encoder_for
 from bertflow.model.loading import pick_device
+from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import shard
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors

@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 
 from bertflow import progress
 from bertflow.config import ResolvedConfig
-from bertflow.model.encoder import encoder_for
 from bertflow.model.heads import HeadConfig, LstmHead
+from bertflow.model.resolve import encoder_for
 from bertflow.model.training import TrainResult, train_head
 from bertflow.pipeline import pooler
 from bertflow.pipeline.pooler import Examples, PoolerReport, TrainConfig

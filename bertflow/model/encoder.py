@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bertflow.config import Precision, ResolvedConfig
-from bertflow.model.fitted import head_for
+from bertflow.config import Precision
 from bertflow.model.fused import fused_encoder
-from bertflow.model.loading import load_model, pick_device
 from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, pool
 from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
@@ -286,18 +284,3 @@ class Encoder:
                 m = content if p in _CONTENT_POOLINGS else attention
                 pooled.append(pool(h, m, p, head=self.head))  # (B, D_p)
         return torch.cat(pooled, dim=-1).float().cpu()  # (B, sum D_p)
-
-
-def encoder_for(config: ResolvedConfig) -> Encoder:
-    """The process-wide model (loaded once per path, device and precision) set up for this run."""
-    device = pick_device(config.device)
-    tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code)
-    return Encoder(
-        tokenizer,
-        model,
-        device=device,
-        precision=config.precision,
-        max_length=config.max_length,
-        batch_tokens=config.batch_tokens,
-        head=head_for(config),
-    )

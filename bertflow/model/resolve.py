@@ -1,4 +1,5 @@
-"""EmbedConfig -> ResolvedConfig: every default filled in from the model's own files, checked against it."""
+"""A run's settings resolved: EmbedConfig -> ResolvedConfig (every default filled in from the model's own
+files, checked against it), and ResolvedConfig -> the Encoder that embeds with them."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from pathlib import Path
 
 from bertflow.config import TOKEN_LEVEL, EmbedConfig, ModelRef, ResolvedConfig
 from bertflow.errors import InputError
-from bertflow.model.fitted import attach
+from bertflow.model.encoder import Encoder
+from bertflow.model.fitted import attach, head_for
 from bertflow.model.loading import (
     ModelDefaults,
     check_custom_code,
+    load_model,
     model_defaults,
+    pick_device,
     resolve_model_path,
     special_tokens,
     weights_sha256,
@@ -88,3 +92,18 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         storage_block=config.storage_block,
     )
     return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
+
+
+def encoder_for(config: ResolvedConfig) -> Encoder:
+    """The process-wide model (loaded once per path, device and precision) set up for this run."""
+    device = pick_device(config.device)
+    tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code)
+    return Encoder(
+        tokenizer,
+        model,
+        device=device,
+        precision=config.precision,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+        head=head_for(config),
+    )

@@ -22,8 +22,7 @@ from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig, fingerpr
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
-from bertflow.model.encoder import encoder_for
-from bertflow.model.resolve import resolve_config
+from bertflow.model.resolve import encoder_for, resolve_config
 from bertflow.pipeline import shard as steps
 
 SNIPPET_CHARS = 160
