@@ -180,12 +180,12 @@ def embed_entry(rows: int, src_info: dict, run: Sampled, manifest: dict) -> dict
     return {
         "rows": rows,
         "source": src_info,
-        "shard_rows": manifest["shard_rows"],
+        "shard_rows": manifest["config"]["shard_rows"],
         "shards": shards,
         "embedded": totals["rows"],
-        "skipped": totals["skipped"],
+        "skipped": totals["rejected"],  # the key the recorded results (memory.json) use
         "tokens": totals["tokens"],
-        "dimension": manifest["model"]["dimension"],
+        "dimension": next(iter(manifest["config"]["dimensions"].values())),
         "device": manifest["device"],
         "wall_s": round(run.wall_s, 1),
         "flow_s": totals["seconds"],

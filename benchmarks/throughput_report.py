@@ -12,6 +12,8 @@ from common import say, table
 from corpus import PACKAGES
 from metrics import top10_overlap
 
+from bertflow.config import pooling_label
+
 TARGETS = {"fp32_vs_st": 1.3, "fp32_max_abs_diff": 1e-5, "bf16_vs_st": 2.3, "bf16_overlap": 0.99, "flow_gap": 0.10}
 
 
@@ -109,8 +111,8 @@ def build_report(bench: Bench, machine: dict, truncated: float, prefect_server: 
             "packages": list(PACKAGES),
         },
         "model": {
-            "name": config.model,
-            "pooling": config.pooling,
+            "name": config.model.name,
+            "pooling": pooling_label(config.pooling),
             "normalize": config.normalize,
             "flops_per_token": bench.flops / bench.n_tokens,
         },

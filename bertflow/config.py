@@ -116,7 +116,9 @@ class EmbedConfig(BaseModel):
     @field_validator("pooling", mode="before")
     @classmethod
     def _pooling(cls, v: object) -> object:
-        return v if v is None else parse_pooling(v)  # type: ignore[arg-type]
+        if v is None or isinstance(v, str | list | tuple):
+            return v if v is None else parse_pooling(v)
+        raise ValueError(f"pooling {v!r}: give a name such as mean, or several comma-separated")
 
     @field_validator(*_CHOICES, mode="before")
     @classmethod

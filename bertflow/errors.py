@@ -45,6 +45,29 @@ class RunFailedError(BertflowError):
     """Some units of a run (shards, backfill days) failed after their retries; rerunning redoes only those."""
 
 
+class ShardsFailedError(RunFailedError):
+    """Shard runs that still failed after Prefect's retries; a rerun redoes only these."""
+
+    @classmethod
+    def of(cls, failed: list[str], planned: int) -> ShardsFailedError:
+        """From the failed shards ('shard-3-of-8 (why)') of `planned`."""
+        failed = sorted(failed)
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return cls(
+            f"{len(failed)} of {planned} shards failed after retries: {shown}; rerun the same command to redo only these"
+        )
+
+
+class BackfillFailedError(RunFailedError):
+    """Some days' runs failed; repeating the backfill reruns only those."""
+
+    @classmethod
+    def of(cls, failed: dict[str, str], days: int) -> BackfillFailedError:
+        """From the failed days (partition -> final state) of `days` run."""
+        shown = ", ".join(f"{d} ({s})" for d, s in list(failed.items())[:5])
+        return cls(f"{len(failed)} of {days} partitions failed: {shown}; repeat the backfill to rerun only these")
+
+
 def one_line(e: BaseException) -> str:
     """Why something failed, in one line: a bertflow error as is, anything else with its type."""
     text = str(e).strip().splitlines()

@@ -25,6 +25,11 @@ def full_name(flow: str, deployment: str) -> str:
     return f"{flow}/{deployment}"
 
 
+def deployment_name(deployment: str) -> str:
+    """`embed-nightly` -> `embed-dataset/embed-nightly` (a partitioned embed deployment); `flow/deployment` as is."""
+    return deployment if "/" in deployment else full_name(EMBED_FLOW, deployment)
+
+
 NIGHTLY_DEPLOYMENT = full_name(EMBED_FLOW, NIGHTLY)
 SHARD_DEPLOYMENT = full_name(SHARD_FLOW, SHARD)
 

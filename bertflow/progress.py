@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
+
+# A callback told how many items just finished (what `advance` is to a step that takes one).
+OnProgress = Callable[[int], None]
 
 
 class ProgressReporter(Protocol):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from bertflow import progress
 from bertflow.errors import one_line
 from bertflow.names import BACKFILL_FLOW, BACKFILL_TAG, NIGHTLY
-from bertflow.pipeline.backfill import BackfillPlan, Day
+from bertflow.pipeline.backfill import BackfillPlan
 from bertflow.tasks.backfill import plan_backfill, run_backfill
 from bertflow.tasks.reporting import quiet_expected_errors, tag_this_run
 
@@ -32,27 +31,14 @@ def backfill(
         max_in_flight: at most this many days' runs at once.
         overwrite: redo days whose DEST is already complete.
         dry_run: log the plan and start nothing.
-        plan: the plan `bertflow backfill` already made and showed (default: planned here).
+        plan: the plan `bertflow backfill` made and showed for these same parameters (default: planned here).
     """
-    logger = get_run_logger()
     tag_this_run([BACKFILL_TAG])
     try:
-        plan = plan or plan_backfill(deployment, start, end, every, overwrite)
-        for day in plan.days:
-            logger.info(
-                "%s: %s (%s) %s -> %s", day.partition, "will run" if day.action == "run" else "skip", day.why,
-                day.source, day.dest,
-            )  # fmt: skip
-        skipped = {d.partition: d.why for d in plan.days if d.action == "skip"}
+        plan = plan_backfill(deployment, start, end, every, overwrite, given=plan)
         if dry_run or not plan.to_run:
-            return {d.partition: d.why for d in plan.days}
-        progress.start(len(plan.to_run), 0)
-
-        def finished(day: Day, state: str) -> None:
-            logger.info("%s: %s", day.partition, state)
-            progress.advance(1)
-
-        return {**skipped, **run_backfill(plan, max_in_flight, overwrite, finished)}
+            return plan.outcome()
+        return run_backfill(plan, max_in_flight)
     except Exception as e:
-        logger.error("backfill failed: %s", one_line(e))
+        get_run_logger().error("backfill failed: %s", one_line(e))
         raise

@@ -13,10 +13,11 @@ from prefect.runtime import flow_run
 
 from bertflow import partitions, progress
 from bertflow.config import EmbedConfig
-from bertflow.errors import BertflowError, one_line
+from bertflow.errors import BertflowError, ShardsFailedError, one_line
 from bertflow.flows.shard import embed_shard
 from bertflow.io.manifest import Manifest
 from bertflow.names import EMBED_FLOW
+from bertflow.pipeline.report import run_tags
 from bertflow.tasks.embed import (
     collect_parts,
     finalize_dest,
@@ -25,9 +26,9 @@ from bertflow.tasks.embed import (
     resolve_config,
     resolve_paths,
 )
-from bertflow.tasks.fanout import ShardsFailedError, check_pool, failure_message, fan_out
+from bertflow.tasks.fanout import check_pool, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
-from bertflow.tasks.reporting import RunReport, quiet_expected_errors, run_tags, tag_this_run
+from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
 from bertflow.tasks.secrets import storage_from_block
 
 quiet_expected_errors()
@@ -88,7 +89,7 @@ def embed_dataset(
                     results += collected
                     if failed:
                         report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
-                        raise ShardsFailedError(failure_message(list(failed.values()), len(plan)))
+                        raise ShardsFailedError.of(list(failed.values()), len(plan))
                 else:
                     # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
                     with gpu_slot(in_deployment_run()), tags(*child_tags):

@@ -6,42 +6,49 @@ flight instead of doubling them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from prefect import get_run_logger, task
 
-from prefect import task
-
-from bertflow import partitions
-from bertflow.errors import InputError, RunFailedError
-from bertflow.names import BACKFILL_TAG, EMBED_FLOW, full_name
+from bertflow import partitions, progress
+from bertflow.errors import BackfillFailedError, InputError
+from bertflow.names import BACKFILL_TAG, deployment_name
 from bertflow.pipeline.backfill import BackfillPlan, Day, plan_days
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
 
-class BackfillFailedError(RunFailedError):
-    """Some days' runs failed; repeating the backfill reruns only those."""
-
-
-def deployment_name(deployment: str) -> str:
-    """`embed-nightly` -> `embed-dataset/embed-nightly`; a full `flow/deployment` name as is."""
-    return deployment if "/" in deployment else full_name(EMBED_FLOW, deployment)
-
-
-@task(**IN_MEMORY, **RETRY)
-def plan_backfill(deployment: str, start: str, end: str, every: str = "1d", overwrite: bool = False) -> BackfillPlan:
-    """Read the deployment (Prefect API) and each day's DEST manifest (storage): the days to run or skip."""
+def make_plan(deployment: str, start: str, end: str, every: str = "1d", overwrite: bool = False) -> BackfillPlan:
+    """The plan of a backfill: the deployment's parameters (Prefect API), then `pipeline.backfill.plan_days`."""
     name = deployment_name(deployment)
     dep = read_deployment(name)
     return plan_days(name, str(dep.id), dict(dep.parameters or {}), start, end, every, overwrite)
 
 
-def run_backfill(
-    plan: BackfillPlan,
-    max_in_flight: int,
-    overwrite: bool,
-    on_final: Callable[[Day, str], None] | None = None,
-) -> dict[str, str]:
-    """Start a run per day to run (tagged `backfill`), at most `max_in_flight` at once; day -> final state."""
+@task(**IN_MEMORY, **RETRY)
+def plan_backfill(
+    deployment: str, start: str, end: str, every: str = "1d", overwrite: bool = False, given: BackfillPlan | None = None
+) -> BackfillPlan:
+    """The days to run or skip, from the deployment (Prefect API) and each day's DEST manifest (storage);
+    `given` (the plan `bertflow backfill` showed) is used if it was made for these parameters. Logs each day."""
+    name = deployment_name(deployment)
+    if given is not None and not given.made_for(name, start, end, every, overwrite):
+        raise InputError(
+            f"the plan given is for {given.deployment} {given.start}..{given.end}, not {name} {start}..{end}"
+        )
+    if given is None:
+        given = make_plan(deployment, start, end, every, overwrite)
+    logger = get_run_logger()
+    for day in given.days:
+        action = "will run" if day.action == "run" else "skip"
+        logger.info("%s: %s (%s) %s -> %s", day.partition, action, day.why, day.source, day.dest)
+    return given
+
+
+def run_backfill(plan: BackfillPlan, max_in_flight: int) -> dict[str, str]:
+    """Start a run per day to run (tagged `backfill`), at most `max_in_flight` at once, and wait for all.
+
+    Each day's end is logged and advances `bertflow.progress`; returns the plan's outcome: partition ->
+    why skipped, or its run's final state.
+    """
     if max_in_flight < 1:
         raise InputError(f"--max-in-flight {max_in_flight}: give 1 or more")
     by_key: dict[str, Day] = {}
@@ -50,25 +57,24 @@ def run_backfill(
         request = RunRequest(
             key=partitions.stable_key("backfill", plan.deployment_id, day.partition),
             deployment=plan.deployment,
-            parameters={"partition": day.partition, "overwrite": overwrite},
+            parameters={"partition": day.partition, "overwrite": plan.overwrite},
             name=partitions.run_name(plan.dest_template, day.partition),
             tags=(BACKFILL_TAG,),
         )
         by_key[request.key] = day
         requests.append(request)
     results: dict[str, str] = {}
+    logger = get_run_logger()
+    progress.start(len(requests), 0)
 
     def finished(request: RunRequest, run) -> None:
         day = by_key[request.key]
         results[day.partition] = "Completed" if run.state.is_completed() else describe(run)
-        if on_final is not None:
-            on_final(day, results[day.partition])
+        logger.info("%s: %s", day.partition, results[day.partition])
+        progress.advance(1)
 
     run_all(requests, finished, max_in_flight=max_in_flight)
     failed = {d: s for d, s in sorted(results.items()) if s != "Completed"}
     if failed:
-        shown = ", ".join(f"{d} ({s})" for d, s in list(failed.items())[:5])
-        raise BackfillFailedError(
-            f"{len(failed)} of {len(results)} partitions failed: {shown}; repeat the backfill to rerun only these"
-        )
-    return results
+        raise BackfillFailedError.of(failed, len(results))
+    return plan.outcome(results)

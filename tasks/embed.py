@@ -12,8 +12,8 @@ from prefect import get_run_logger, task
 
 from bertflow import partitions, progress
 from bertflow.config import EmbedConfig, ResolvedConfig
-from bertflow.io import sources
-from bertflow.io.manifest import Manifest, ShardJob, ShardResult, ShardSpec
+from bertflow.io import sources, storage
+from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
 from bertflow.model import resolve
 from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
@@ -104,8 +104,8 @@ def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vec
 @task(**IN_MEMORY, **RETRY)
 def collect_parts(
     dest: str, config: ResolvedConfig, pending: list[ShardSpec], failed: dict[str, str]
-) -> list[ShardResult]:
-    """Read the parts that shard runs on workers wrote to DEST (storage); a missing one joins `failed`."""
+) -> tuple[list[ShardResult], dict[str, str]]:
+    """Read the parts that shard runs on workers wrote to DEST (storage); return them and every failed shard."""
     return dest_.collect(dest, config, pending, failed)
 
 
@@ -128,5 +128,5 @@ def finalize_dest(
             "%d documents were longer than %d tokens and were truncated", totals.truncated, config.max_length
         )
     if totals.rejected:
-        logger.warning("%d documents were not embedded (see %s)", totals.rejected, manifest.rejects)
+        logger.warning("%d documents were not embedded (see %s)", totals.rejected, storage.join(dest, REJECTS_NAME))
     return manifest

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from prefect import get_run_logger, task
 
-from bertflow.errors import InputError, RunFailedError
+from bertflow.errors import InputError
 from bertflow.io import storage
 from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
@@ -61,16 +61,6 @@ def fan_out(jobs: Sequence[ShardJob], tags: Sequence[str], on_done: Callable[[Sh
 
     run_all(requests, finished)
     return failed
-
-
-def failure_message(failed: Sequence[str], planned: int) -> str:
-    failed = sorted(failed)
-    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-    return f"{len(failed)} of {planned} shards failed after retries: {shown}; rerun the same command to redo only these"
-
-
-class ShardsFailedError(RunFailedError):
-    """Shard runs that still failed after Prefect's retries; a rerun redoes only these."""
 
 
 @task(**IN_MEMORY)

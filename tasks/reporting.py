@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from prefect import get_client, get_run_logger
 from prefect.artifacts import (
@@ -23,12 +22,13 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 
 from bertflow import progress
-from bertflow.config import ResolvedConfig, pooling_label
+from bertflow.config import ResolvedConfig
 from bertflow.errors import BertflowError
 from bertflow.io import parts, storage
-from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult, ShardSpec
+from bertflow.io.manifest import Manifest, ShardResult, ShardSpec
 from bertflow.names import BACKFILL_TAG
 from bertflow.partitions import stable_key
+from bertflow.pipeline.report import manifest_markdown, summary_row
 
 # The progress artifact is updated at most this often (an API call each), and always at the end.
 UPDATE_SECONDS = 1.0
@@ -52,13 +52,6 @@ def quiet_expected_errors() -> None:
 
 def artifact_keys(dest: str) -> dict[str, str]:
     return {kind: stable_key(f"bertflow-{kind}", dest) for kind in ("progress", "summary", "manifest")}
-
-
-def run_tags(config: ResolvedConfig) -> list[str]:
-    """`model:<name>` (a local directory by its last component) and `pooling:<p>`."""
-    name = config.model.name
-    model = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith((".", "/", "~")) else name
-    return [f"model:{model}", f"pooling:{pooling_label(config.pooling)}"]
 
 
 def tag_this_run(tags: Sequence[str]) -> list[str]:
@@ -127,7 +120,7 @@ class RunReport:
         row = summary_row(manifest.shards, 0, manifest.totals.seconds, manifest.config, manifest.device)
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
         create_markdown_artifact(
-            _manifest_markdown(manifest, self.dest, row),
+            manifest_markdown(manifest, self.dest, row),
             key=self.keys["manifest"],
             description=f"Manifest of {self.dest}",
         )
@@ -146,65 +139,3 @@ class RunReport:
             key=self.keys["manifest"],
             description=f"Manifest of {self.dest}",
         )
-
-
-def summary_row(
-    shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig, device: str | None
-) -> dict[str, Any]:
-    """Documents (and chunks), rejected, shards done / resumed / failed, tokens, rates, seconds, settings."""
-    fresh = [s for s in shards if not s.resumed]
-    fresh_docs, fresh_tokens = sum(s.documents + s.rejected for s in fresh), sum(s.tokens for s in fresh)
-    chunks: dict[str, Any] = {}
-    if config.chunked:
-        fresh_chunks = sum(s.rows for s in fresh)
-        chunks = {
-            "chunks": sum(s.rows for s in shards),
-            "chunks_per_s": round(fresh_chunks / seconds, 1) if seconds else 0.0,
-        }
-    return {
-        "documents": sum(s.documents for s in shards),
-        **chunks,
-        "rejected": sum(s.rejected for s in shards),
-        "shards_done": len(fresh),
-        "shards_resumed": len(shards) - len(fresh),
-        "shards_failed": failed,
-        "tokens": sum(s.tokens for s in shards),
-        "truncated": sum(s.truncated for s in shards),
-        "documents_per_s": round(fresh_docs / seconds, 1) if seconds else 0.0,
-        "tokens_per_s": round(fresh_tokens / seconds, 1) if seconds else 0.0,
-        "seconds": round(seconds, 1),
-        "model": config.model.name,
-        "pooling": pooling_label(config.pooling),
-        "precision": config.precision,
-        "device": device or "",
-    }
-
-
-def _manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str:
-    totals, config = manifest.totals, manifest.config
-    assert totals is not None
-    chunks = f" in {totals.rows:,} chunks" if config.chunked else ""
-    lines = [
-        f"# Embeddings of `{manifest.source}`",
-        "",
-        f"**Output**: `{dest}`, manifest `{storage.join(dest, MANIFEST_NAME)}`"
-        + (f", rejected documents `{storage.join(dest, manifest.rejects)}`" if manifest.rejects else ""),
-        "",
-        "| | |",
-        "|---|---|",
-        f"| status | {manifest.status} |",
-        f"| documents | {totals.documents:,}{chunks} |",
-        f"| rejected | {totals.rejected:,} |",
-        f"| shards | {row['shards_done']} embedded, {row['shards_resumed']} resumed |",
-        f"| tokens | {totals.tokens:,} ({totals.truncated:,} truncated at {config.max_length}) |",
-        f"| documents/s | {row['documents_per_s']:,} |",
-        f"| seconds | {totals.seconds:,.1f} |",
-        f"| model | `{config.model.name}` (sha256 {config.model.sha256[:12]}, dimension {config.dimension}) |",
-        f"| pooling | {pooling_label(config.pooling)}, layers {','.join(map(str, config.layers))} "
-        f"({config.layer_mode}), {'normalized' if config.normalize else 'not normalized'} |",
-        f"| precision / device | {config.precision} / {manifest.device} |",
-    ]
-    if manifest.completed_at:
-        lines.append(f"| completed | {manifest.completed_at:%Y-%m-%d %H:%M:%S} UTC |")
-    lines += ["", f'Read it back with `polars.read_parquet("{storage.join(dest, "part-*.parquet")}")`.']
-    return "\n".join(lines) + "\n"

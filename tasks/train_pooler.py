@@ -7,9 +7,10 @@ from prefect import get_run_logger, task
 
 from bertflow import progress
 from bertflow.config import ResolvedConfig
+from bertflow.model import training
 from bertflow.model.heads import HeadConfig, LstmHead
 from bertflow.model.resolve import encoder_for
-from bertflow.model.training import TrainResult, train_head
+from bertflow.model.training import TrainResult
 from bertflow.pipeline import pooler
 from bertflow.pipeline.pooler import Examples, PoolerReport, TrainConfig
 from bertflow.tasks.policy import IN_MEMORY, RETRY
@@ -35,7 +36,7 @@ def encode_states(texts: list[str], config: ResolvedConfig) -> list[torch.Tensor
 
 
 @task(**IN_MEMORY)
-def train(states: list[torch.Tensor], examples: Examples, config: TrainConfig) -> TrainResult:
+def train_head(states: list[torch.Tensor], examples: Examples, config: TrainConfig) -> TrainResult:
     """Train the (Bi)LSTM head with a linear classifier on the train rows (CPU); stop early on validation."""
     logger = get_run_logger()
     settings = config.settings()
@@ -47,11 +48,13 @@ def train(states: list[torch.Tensor], examples: Examples, config: TrainConfig) -
         )
         progress.advance(1)
 
-    return train_head(states, examples.labels, examples.split, len(examples.classes), settings, on_epoch=on_epoch)
+    return training.train_head(
+        states, examples.labels, examples.split, len(examples.classes), settings, on_epoch=on_epoch
+    )
 
 
 @task(**IN_MEMORY)
-def evaluate(
+def evaluate_head(
     data: str,
     states: list[torch.Tensor],
     examples: Examples,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Annotated, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -19,10 +19,6 @@ from bertflow.io.storage import storage_options
 err = Console(stderr=True)
 out = Console()
 T = TypeVar("T")
-
-StorageOption = Annotated[
-    list[str] | None, typer.Option(help="KEY=VALUE for the filesystem; repeatable; never logged or stored")
-]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

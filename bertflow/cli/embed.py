@@ -13,6 +13,7 @@ from bertflow.cli.common import Bar, csv, err, fail, out, running, table, valida
 from bertflow.cli.common import layers as parse_layers
 from bertflow.config import DEFAULT_MODEL, EmbedConfig, pooling_label
 from bertflow.io.manifest import Manifest
+from bertflow.pipeline.report import summary_row
 
 
 @app.command()
@@ -88,8 +89,8 @@ def summary(manifest: Manifest, dest: str) -> Table:
     """The closing table: what was written, how fast, with which settings."""
     totals, config = manifest.totals, manifest.config
     assert totals is not None
-    fresh = [s for s in manifest.shards if not s.resumed]
     seconds = totals.seconds
+    numbers = summary_row(manifest.shards, 0, seconds, config, manifest.device)
     columns = config.embedding_columns()
     rows = [
         ("documents embedded", f"{totals.documents:,}"),
@@ -98,9 +99,9 @@ def summary(manifest: Manifest, dest: str) -> Table:
         ("dimension", ", ".join(f"{c} {w}" for c, w in columns.items()) if len(columns) > 1 else str(config.dimension)),
         ("tokens", f"{totals.tokens:,}"),
         ("truncated", f"{totals.truncated:,} (at {config.max_length} tokens)"),
-        ("shards", f"{len(fresh)} embedded, {len(manifest.shards) - len(fresh)} resumed"),
-        ("documents/s", f"{sum(s.documents + s.rejected for s in fresh) / seconds:,.1f}" if seconds else "-"),
-        *([("chunks/s", f"{sum(s.rows for s in fresh) / seconds:,.1f}" if seconds else "-")] if config.chunked else []),
+        ("shards", f"{numbers['shards_done']} embedded, {numbers['shards_resumed']} resumed"),
+        ("documents/s", f"{numbers['documents_per_s']:,.1f}" if seconds else "-"),
+        *([("chunks/s", f"{numbers['chunks_per_s']:,.1f}" if seconds else "-")] if config.chunked else []),
         ("seconds", f"{seconds:,.1f}"),
         (
             "model",
@@ -125,7 +126,7 @@ def verify(
     source: Annotated[
         str | None, typer.Option(help="Also check that every id of this SOURCE is present exactly once")
     ] = None,
-    storage_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the filesystem; repeatable")] = None,
+    storage_option: options.StorageOption = None,
 ) -> None:
     """Check DEST's parts against its manifest (rows, sha256, schema, unique ids); exit 1 if anything is off."""
     from bertflow.io.verify import verify_dest

@@ -7,8 +7,9 @@ from typing import Annotated, cast
 import typer
 
 from bertflow.cli.app import app
-from bertflow.cli.common import Bar, StorageOption, fail, out, running, table, validated
+from bertflow.cli.common import Bar, fail, out, running, table, validated
 from bertflow.cli.common import layers as parse_layers
+from bertflow.cli.options import StorageOption
 from bertflow.config import DEFAULT_MODEL
 
 

@@ -1,4 +1,5 @@
-"""The options of `bertflow embed`, one annotated type each: the command's signature stays readable."""
+"""The options of `bertflow embed` (and `--storage-option`, which every command that reads storage takes),
+one annotated type each: the commands' signatures stay readable."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from bertflow.cli.app import app
-from bertflow.cli.common import StorageOption, out, running
+from bertflow.cli.common import out, running
+from bertflow.cli.options import StorageOption
 
 
 @app.command()

@@ -95,10 +95,10 @@ def backfill(
     """One run of DEPLOYMENT per day, skipping days already complete with the same config; rerun-safe."""
     _require_server("backfill")
     from bertflow.flows.backfill import backfill as backfill_flow
-    from bertflow.tasks.backfill import plan_backfill
+    from bertflow.tasks.backfill import make_plan
 
     with reported():
-        plan = plan_backfill.fn(deployment, start, end, every, overwrite)
+        plan = make_plan(deployment, start, end, every, overwrite)
     out.print(f"backfill {plan.deployment}: {len(plan.days)} partitions", highlight=False)
     for day in plan.days:
         action = "will run" if day.action == "run" else "skip"

@@ -10,10 +10,9 @@ import polars as pl
 
 from bertflow.config import fingerprint_diff
 from bertflow.errors import DestMismatchError, InputError
-from bertflow.io import storage
+from bertflow.io import manifest_v1, storage
 from bertflow.io.manifest import (
     DOCUMENTS_DIR,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     PART_METADATA_KEY,
     REJECTS_NAME,
@@ -104,19 +103,12 @@ def read_manifest(dest: str) -> Manifest | None:
     uri = storage.join(dest, MANIFEST_NAME)
     if not storage.exists(uri):
         return None
-    raw = storage.read_bytes(uri)
     try:
-        version = json.loads(raw).get("format_version")
-    except (ValueError, AttributeError):
-        version = None
-    if isinstance(version, int) and version < FORMAT_VERSION:
-        raise InputError(
-            f"{uri} was written by an older bertflow (manifest format {version}, this one reads {FORMAT_VERSION}); "
-            "re-embed into a new DEST, or pass --overwrite to start this one over"
-        )
-    try:
-        return Manifest.model_validate_json(raw)
-    except ValueError:
+        data = json.loads(storage.read_bytes(uri))
+        if isinstance(data, dict) and data.get("format_version") == 1:
+            data = manifest_v1.upgrade(data)  # written by bertflow 0.1: still resumes and verifies
+        return Manifest.model_validate(data)
+    except (ValueError, KeyError, TypeError):
         raise InputError(f"{uri} is not a bertflow manifest; choose another DEST or pass --overwrite") from None
 
 

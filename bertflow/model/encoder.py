@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bertflow.config import Precision
 from bertflow.model.fused import fused_encoder
-from bertflow.model.pooling import LayerMode, Pooling, combine_layers, first_last_layers, pool
+from bertflow.model.pooling import LayerMode, combine_layers, first_last_layers, pool
 from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
 from bertflow.text.tokenize import TextTokenizer, Tokenized
@@ -112,7 +112,7 @@ class Encoder:
         self,
         tok: Tokenized,
         *,
-        pooling: Pooling,
+        pooling: str | Sequence[str],
         layers: Sequence[int] = (-1,),
         layer_mode: LayerMode = "mean",
         normalize_output: bool = False,
@@ -264,7 +264,12 @@ class Encoder:
         return [states_np[row, :n] for row, n in enumerate((mask > 0).sum(1).tolist())]
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, pooling: Pooling, layers: Sequence[int], mode: LayerMode
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pooling: str | Sequence[str],
+        layers: Sequence[int],
+        mode: LayerMode,
     ) -> torch.Tensor:
         input_ids, marked = self._to_device(ids), self._to_device(mask)
         attention = (marked > 0).to(marked.dtype)  # (B, T) real tokens

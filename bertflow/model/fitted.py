@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,39 +36,50 @@ REDUCTION_INPUT = {
 }
 
 
-def _read(directory: str, name: str, flag: str, maker: str) -> bytes:
-    uri = storage.join(directory, name)
+@dataclass(frozen=True)
+class _Kind:
+    """One kind of fitted directory: its files, the flag that names it, the command that writes it."""
+
+    config: str
+    weights: str
+    flag: str
+    maker: str
+    what: str  # "a bertflow pooling head"
+    redo: str  # "retrain"
+
+
+_HEAD = _Kind(POOLER_CONFIG, POOLER_WEIGHTS, "--pooler", "train-pooler", "a bertflow pooling head", "retrain")
+_REDUCTION = _Kind(REDUCTION_CONFIG, REDUCTION_WEIGHTS, "--reduction", "fit-reduction", "a bertflow reduction", "refit")
+M = TypeVar("M", HeadConfig, ReductionConfig)
+
+
+def _read_config(directory: str, kind: _Kind, model: type[M]) -> tuple[M, str]:
+    """The directory's config, validated, and the sha256 of its weights file."""
+    uri = storage.join(directory, kind.config)
     if not storage.exists(uri):
-        raise InputError(f"{flag} {directory}: no {name} there; give a directory written by `bertflow {maker}`")
-    return storage.read_bytes(uri)
+        raise InputError(
+            f"{kind.flag} {directory}: no {kind.config} there; give a directory written by `bertflow {kind.maker}`"
+        )
+    try:
+        config = model.model_validate_json(storage.read_bytes(uri))
+    except ValidationError:
+        raise InputError(f"{kind.flag} {directory}: {kind.config} is not {kind.what}; {kind.redo} it") from None
+    weights = storage.join(directory, kind.weights)
+    if not storage.exists(weights):
+        raise InputError(
+            f"{kind.flag} {directory}: no {kind.weights} there; {kind.redo} it with `bertflow {kind.maker}`"
+        )
+    return config, storage.sha256(weights)
 
 
 def read_head_config(pooler: str) -> tuple[HeadConfig, str]:
     """The head's config and the sha256 of its weights."""
-    raw = _read(pooler, POOLER_CONFIG, "--pooler", "train-pooler")
-    try:
-        config = HeadConfig.model_validate_json(raw)
-    except ValidationError:
-        raise InputError(f"--pooler {pooler}: {POOLER_CONFIG} is not a bertflow pooling head; retrain it") from None
-    weights = storage.join(pooler, POOLER_WEIGHTS)
-    if not storage.exists(weights):
-        raise InputError(f"--pooler {pooler}: no {POOLER_WEIGHTS} there; retrain it with `bertflow train-pooler`")
-    return config, storage.sha256(weights)
+    return _read_config(pooler, _HEAD, HeadConfig)
 
 
 def read_reduction_config(reduction: str) -> tuple[ReductionConfig, str]:
     """The reduction's config and the sha256 of its arrays."""
-    raw = _read(reduction, REDUCTION_CONFIG, "--reduction", "fit-reduction")
-    try:
-        config = ReductionConfig.model_validate_json(raw)
-    except ValidationError:
-        raise InputError(f"--reduction {reduction}: {REDUCTION_CONFIG} is not a bertflow reduction; refit it") from None
-    weights = storage.join(reduction, REDUCTION_WEIGHTS)
-    if not storage.exists(weights):
-        raise InputError(
-            f"--reduction {reduction}: no {REDUCTION_WEIGHTS} there; refit it with `bertflow fit-reduction`"
-        )
-    return config, storage.sha256(weights)
+    return _read_config(reduction, _REDUCTION, ReductionConfig)
 
 
 def _weights(directory: str, name: str, sha256: str, flag: str) -> bytes:

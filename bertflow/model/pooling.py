@@ -9,10 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bertflow.config import HEAD_POOLINGS, LAYER_MODES, POOLINGS, HeadPooling, LayerMode, PoolingName
-
-# A single strategy's name; the names and their tuples live in bertflow.config.
-Pooling = PoolingName
+from bertflow.config import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
 
 
 def combine_layers(
@@ -99,7 +96,7 @@ _POOLERS = {
 def pool(
     h: torch.Tensor,
     mask: torch.Tensor,
-    pooling: Pooling | HeadPooling,
+    pooling: str,
     head: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Apply one pooling strategy by name; `mean_lstm` is concat(mean, head(h, mask))."""
@@ -114,7 +111,7 @@ def pool(
     return fn(h, mask)
 
 
-def output_dim(hidden: int, pooling: Pooling, n_layers: int, mode: LayerMode) -> int:
+def output_dim(hidden: int, pooling: str, n_layers: int, mode: LayerMode) -> int:
     """Width of the pooled vector for a model of hidden size `hidden`."""
     width = hidden * (n_layers if mode == "concat" and pooling != "first_last_avg" else 1)
     return width * (2 if pooling == "mean_max" else 1)

@@ -64,7 +64,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
     pooling = config.pooling or (d.pooling,)
     token_level = pooling == (TOKEN_LEVEL,)
     widths = {
-        p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)  # type: ignore[arg-type]
+        p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
         for p in pooling
     }
     resolved = ResolvedConfig(

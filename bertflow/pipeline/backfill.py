@@ -31,7 +31,21 @@ class BackfillPlan(BaseModel):
     deployment: str  # flow/deployment
     deployment_id: str
     dest_template: str
+    start: str
+    end: str
+    every: str
+    overwrite: bool
     days: list[Day]
+
+    def made_for(self, deployment: str, start: str, end: str, every: str, overwrite: bool) -> bool:
+        """Whether this plan answers these backfill parameters."""
+        return (self.deployment, self.start, self.end, self.every, self.overwrite) == (
+            deployment, start, end, every, overwrite,
+        )  # fmt: skip
+
+    def outcome(self, results: dict[str, str] | None = None) -> dict[str, str]:
+        """Partition -> why it is skipped, or its run's final state (from `results`; else why it would run)."""
+        return {d.partition: (results or {}).get(d.partition, d.why) for d in self.days}
 
     @property
     def to_run(self) -> list[Day]:
@@ -57,7 +71,10 @@ def plan_days(
         raise InputError(f"deployment {deployment} has an invalid config parameter: {e}") from None
     fingerprint = resolve_config(config).output_fingerprint()
     planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite) for d in days]
-    return BackfillPlan(deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, days=planned)
+    return BackfillPlan(
+        deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, start=start, end=end, every=every,
+        overwrite=overwrite, days=planned,
+    )  # fmt: skip
 
 
 def _day(day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], overwrite: bool) -> Day:

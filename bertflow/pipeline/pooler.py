@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +33,7 @@ from bertflow.model.training import (
     mean_features,
     stratified_split,
 )
-
-OnRows = Callable[[int], None]
+from bertflow.progress import OnProgress
 
 # Each class needs rows in train, validation and test, and a few to learn from.
 MIN_PER_CLASS = 5
@@ -155,7 +153,7 @@ def read_examples(data: str, config: TrainConfig) -> Examples:
 
 
 def encode_states(
-    encoder: Encoder, texts: list[str], config: ResolvedConfig, on_rows: OnRows | None = None
+    encoder: Encoder, texts: list[str], config: ResolvedConfig, on_rows: OnProgress | None = None
 ) -> list[torch.Tensor]:
     """Token states of every text from the frozen encoder (fp32): one (n_i, H) CPU tensor each.
 

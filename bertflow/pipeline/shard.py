@@ -7,7 +7,6 @@ wraps each in a Prefect task. The part of a shard is written whole or not at all
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +19,9 @@ from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject,
 from bertflow.io.parts import serialize_part
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import reduce_vectors
+from bertflow.progress import OnProgress
 from bertflow.text.tokenize import Chunks, Tokenized, TokenText
 from bertflow.vectors import normalize
-
-OnRows = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,9 @@ def tokenize(encoder: Encoder, texts: list[str], config: ResolvedConfig) -> Shar
     return ShardTokens(encoder.tokenizer.tokenize(texts), len(texts))
 
 
-def embed(encoder: Encoder, tokens: ShardTokens, config: ResolvedConfig, on_documents: OnRows | None = None) -> Vectors:
+def embed(
+    encoder: Encoder, tokens: ShardTokens, config: ResolvedConfig, on_documents: OnProgress | None = None
+) -> Vectors:
     """Forward passes and pooling per batch; (N, sum D) float32 in row order, or per-token arrays.
 
     Args:
@@ -87,7 +87,7 @@ def embed(encoder: Encoder, tokens: ShardTokens, config: ResolvedConfig, on_docu
     several = len(config.pooling) > 1
     vectors = encoder.embed(
         tok,
-        pooling=config.pooling if several else config.pooling[0],  # type: ignore[arg-type]
+        pooling=config.pooling,
         layers=config.layers,
         layer_mode=config.layer_mode,
         normalize_output=config.normalize and not several,

@@ -1,0 +1,81 @@
+"""What a run reports, computed once for every place that shows it: the CLI's summary, the Prefect
+artifacts, the run's tags. Pure: values in, dicts and text out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bertflow.config import ResolvedConfig, pooling_label
+from bertflow.io import storage
+from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult
+
+
+def run_tags(config: ResolvedConfig) -> list[str]:
+    """`model:<name>` (a local directory by its last component) and `pooling:<p>`."""
+    name = config.model.name
+    model = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith((".", "/", "~")) else name
+    return [f"model:{model}", f"pooling:{pooling_label(config.pooling)}"]
+
+
+def summary_row(
+    shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig, device: str | None
+) -> dict[str, Any]:
+    """Documents (and chunks), rejected, shards done / resumed / failed, tokens, rates, seconds, settings."""
+    fresh = [s for s in shards if not s.resumed]
+    fresh_docs, fresh_tokens = sum(s.documents + s.rejected for s in fresh), sum(s.tokens for s in fresh)
+    chunks: dict[str, Any] = {}
+    if config.chunked:
+        fresh_chunks = sum(s.rows for s in fresh)
+        chunks = {
+            "chunks": sum(s.rows for s in shards),
+            "chunks_per_s": round(fresh_chunks / seconds, 1) if seconds else 0.0,
+        }
+    return {
+        "documents": sum(s.documents for s in shards),
+        **chunks,
+        "rejected": sum(s.rejected for s in shards),
+        "shards_done": len(fresh),
+        "shards_resumed": len(shards) - len(fresh),
+        "shards_failed": failed,
+        "tokens": sum(s.tokens for s in shards),
+        "truncated": sum(s.truncated for s in shards),
+        "documents_per_s": round(fresh_docs / seconds, 1) if seconds else 0.0,
+        "tokens_per_s": round(fresh_tokens / seconds, 1) if seconds else 0.0,
+        "seconds": round(seconds, 1),
+        "model": config.model.name,
+        "pooling": pooling_label(config.pooling),
+        "precision": config.precision,
+        "device": device or "",
+    }
+
+
+def manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str:
+    totals, config = manifest.totals, manifest.config
+    assert totals is not None
+    chunks = f" in {totals.rows:,} chunks" if config.chunked else ""
+    lines = [
+        f"# Embeddings of `{manifest.source}`",
+        "",
+        f"**Output**: `{dest}`, manifest `{storage.join(dest, MANIFEST_NAME)}`"
+        + (f", rejected documents `{storage.join(dest, manifest.rejects)}`" if manifest.rejects else ""),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| status | {manifest.status} |",
+        f"| documents | {totals.documents:,}{chunks} |",
+        f"| rejected | {totals.rejected:,} |",
+        f"| shards | {row['shards_done']} embedded, {row['shards_resumed']} resumed |",
+        f"| tokens | {totals.tokens:,} ({totals.truncated:,} truncated at {config.max_length}) |",
+        f"| documents/s | {row['documents_per_s']:,} |",
+        f"| seconds | {totals.seconds:,.1f} |",
+        f"| model | `{config.model.name}` (sha256 {config.model.sha256[:12]}, dimension {config.dimension}) |",
+        f"| pooling | {pooling_label(config.pooling)}, layers {','.join(map(str, config.layers))} "
+        f"({config.layer_mode}), {'normalized' if config.normalize else 'not normalized'} |",
+        f"| precision / device | {config.precision} / {manifest.device} |",
+    ]
+    if manifest.completed_at:
+        lines.append(f"| completed | {manifest.completed_at:%Y-%m-%d %H:%M:%S} UTC |")
+    lines += ["", f'Read it back with `polars.read_parquet("{storage.join(dest, "part-*.parquet")}")`.']
+    return "\n".join(lines) + "\n"
