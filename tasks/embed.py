@@ -83,8 +83,7 @@ def embed(job: ShardJob, tokens: ShardTokens) -> Vectors:
 @task(**IN_MEMORY, **RETRY)
 def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float) -> ShardResult:
     """Write the shard's part (and documents/ part under --aggregate) to DEST (storage), atomically."""
-    table = shard.part_table(job.spec, job.config, text, tokens, vectors)
-    result = shard.write_part(job, table, text.rejects, seconds)
+    result = shard.write_part(job, text, tokens, vectors, seconds)
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""
     get_run_logger().info(

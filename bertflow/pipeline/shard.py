@@ -154,9 +154,12 @@ def part_table(
     )
 
 
-def write_part(job: ShardJob, table: pl.DataFrame, rejects: list[Reject], seconds: float) -> ShardResult:
-    """Write the part (and, under `--aggregate`, its documents/ part first) to DEST, each atomically."""
+def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float) -> ShardResult:
+    """Build the part's table and write it (and, under `--aggregate`, its documents/ part first) to DEST,
+    each atomically."""
     dest, spec, config = job.dest, job.spec, job.config
+    table = part_table(spec, config, text, tokens, vectors)
+    rejects = text.rejects
     n_tokens, truncated = table["n_tokens"], table["truncated"]
     info = PartInfo(
         fingerprint=job.fingerprint,
