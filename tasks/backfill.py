@@ -7,6 +7,7 @@ flight instead of doubling them.
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.client.schemas.objects import FlowRun
 
 from bertflow import partitions, progress
 from bertflow.errors import BackfillFailedError, InputError
@@ -67,9 +68,10 @@ def run_backfill(plan: BackfillPlan, max_in_flight: int) -> dict[str, str]:
     logger = get_run_logger()
     progress.start(len(requests), 0)
 
-    def finished(request: RunRequest, run) -> None:
+    def finished(request: RunRequest, run: FlowRun) -> None:
         day = by_key[request.key]
-        results[day.partition] = "Completed" if run.state.is_completed() else describe(run)
+        completed = run.state is not None and run.state.is_completed()  # run_all passes runs in a final state
+        results[day.partition] = "Completed" if completed else describe(run)
         logger.info("%s: %s", day.partition, results[day.partition])
         progress.advance(1)
 

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from prefect import get_run_logger, task
+from prefect.client.schemas.objects import FlowRun
 
 from bertflow.errors import InputError
 from bertflow.io import storage
@@ -52,9 +53,9 @@ def fan_out(jobs: Sequence[ShardJob], tags: Sequence[str], on_done: Callable[[Sh
     spec_of = {request.key: job.spec for request, job in zip(requests, jobs)}
     failed: dict[str, str] = {}
 
-    def finished(request: RunRequest, flow_run) -> None:
+    def finished(request: RunRequest, flow_run: FlowRun) -> None:
         spec = spec_of[request.key]
-        if flow_run.state.is_completed():
+        if flow_run.state is not None and flow_run.state.is_completed():  # run_all passes runs in a final state
             on_done(spec)
         else:
             failed[spec.name] = f"{request.name} ({describe(flow_run)})"

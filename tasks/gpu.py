@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 
 from prefect import get_client, get_run_logger
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
@@ -30,7 +31,7 @@ def host_limit_name(host: str | None = None) -> str:
     return f"{GPU_LIMIT}-{slug(host or socket.gethostname()) or 'host'}"
 
 
-def slots_per_host(client) -> int:
+def slots_per_host(client: SyncPrefectClient) -> int:
     """What `bertflow deploy --gpus-per-host` set; 1 when it was never run."""
     try:
         return client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit
@@ -38,7 +39,7 @@ def slots_per_host(client) -> int:
         return 1
 
 
-def set_slots_per_host(client, slots: int) -> str:
+def set_slots_per_host(client: SyncPrefectClient, slots: int) -> str:
     """Create or update `bertflow-gpu` and every host's limit to `slots`; say what changed."""
     try:
         current = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
@@ -59,7 +60,7 @@ def set_slots_per_host(client, slots: int) -> str:
     return action
 
 
-def ensure_host_limit(client, name: str) -> None:
+def ensure_host_limit(client: SyncPrefectClient, name: str) -> None:
     try:
         client.read_global_concurrency_limit_by_name(name)
     except ObjectNotFound:

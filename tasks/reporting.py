@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import cast
+from uuid import UUID
 
 from prefect import get_client, get_run_logger
 from prefect.artifacts import (
@@ -76,8 +78,10 @@ class RunReport:
         self.logger = get_run_logger()
         self.total = self.done = 0
         self.updated = 0.0
-        self.progress_id = create_progress_artifact(
-            0.0, key=self.keys["progress"], description=f"Documents embedded into {dest}"
+        # Prefect's artifact functions dispatch on the caller: from a sync flow (as here) they return the id itself.
+        self.progress_id = cast(
+            UUID,
+            create_progress_artifact(0.0, key=self.keys["progress"], description=f"Documents embedded into {dest}"),
         )
 
     def start(self, total: int, done: int) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
@@ -38,7 +39,7 @@ class RunRequest:
     tags: tuple[str, ...] = ()
 
 
-def read_deployment(name: str):
+def read_deployment(name: str) -> DeploymentResponse:
     """The deployment `flow/deployment`, or a one-line error that says how to create it."""
     with get_client(sync_client=True) as client:
         try:
@@ -54,13 +55,17 @@ def read_deployment(name: str):
 def submit(request: RunRequest) -> FlowRun:
     """A live run for the request: the one in flight under its key, or a new one."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        run = run_deployment(
-            request.deployment,
-            parameters=request.parameters,
-            flow_run_name=request.name,
-            tags=list(request.tags),
-            idempotency_key=f"{request.key}-{attempt}",
-            timeout=0,
+        # run_deployment dispatches on the caller: from sync code (as here) it returns the FlowRun itself.
+        run = cast(
+            FlowRun,
+            run_deployment(
+                request.deployment,
+                parameters=request.parameters,
+                flow_run_name=request.name,
+                tags=list(request.tags),
+                idempotency_key=f"{request.key}-{attempt}",
+                timeout=0,
+            ),
         )
         if run.state is None or not run.state.is_final():
             return run
@@ -101,4 +106,4 @@ def describe(run: FlowRun) -> str:
     if state is None:
         return "no state"
     message = (state.message or "").strip().splitlines()
-    return f"{state.name}: {message[0]}" if message else state.name
+    return f"{state.name}: {message[0]}" if message else str(state.name)  # Prefect names a state after its type
