@@ -43,7 +43,8 @@ def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult:
     # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
     # takes a tag concurrency slot, with a lease, for every tagged task (~0.5 s each here).
     # Shard-sized data goes to the tasks `quote`d: Prefect would otherwise walk every element
-    # (every token id) looking for futures, seconds per task on a 10k-row shard.
+    # (every token id) looking for futures, seconds per task on a 10k-row shard. `return_state=False`
+    # (the default) selects the signature of Task.__call__ that admits quote()d arguments.
     with storage_from_block(job.config.storage_block), TagsContext(current_tags=set()):  # credentials stay here
         text = read_shard(job)
         reading = time.perf_counter() - started
@@ -51,7 +52,7 @@ def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult:
         # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
         with gpu_slot(on_worker):
             started = time.perf_counter()
-            tokens = tokenize(job, quote(text))
-            vectors = embed(job, quote(tokens))
+            tokens = tokenize(job, quote(text), return_state=False)
+            vectors = embed(job, quote(tokens), return_state=False)
             seconds = reading + time.perf_counter() - started
-            return write_part(job, quote(text), quote(tokens), quote(vectors), seconds)
+            return write_part(job, quote(text), quote(tokens), quote(vectors), seconds, return_state=False)
