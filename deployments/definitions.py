@@ -7,6 +7,7 @@ the bertflow installed on its host (`pip install bertflow`), so nothing is pulle
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
@@ -36,44 +37,61 @@ class ServiceSettings:
 
 def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeployment]:
     """embed-nightly, embed-adhoc, embed-shard (not when served: served parents embed in-process), backfill."""
-    common = {"entrypoint_type": EntrypointType.MODULE_PATH, "version": f"bertflow {bertflow.__version__}"}
+    version = f"bertflow {bertflow.__version__}"
     fan_out = {"pool": s.pool} if s.pool else {}
+    # to_deployment dispatches on the caller: from sync code (as here) it returns the RunnerDeployment itself.
     deployments = [
-        embed_dataset.to_deployment(
-            NIGHTLY,
-            schedules=[Cron(s.cron, timezone=TIMEZONE)],
-            parameters={
-                "source": s.source_template,
-                "dest": s.dest_template,
-                "config": s.config,
-                "lag_days": 1,
-                **fan_out,
-            },
-            description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
-            **common,
+        cast(
+            RunnerDeployment,
+            embed_dataset.to_deployment(
+                NIGHTLY,
+                schedules=[Cron(s.cron, timezone=TIMEZONE)],
+                parameters={
+                    "source": s.source_template,
+                    "dest": s.dest_template,
+                    "config": s.config,
+                    "lag_days": 1,
+                    **fan_out,
+                },
+                description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                version=version,
+            ),
         ),
-        embed_dataset.to_deployment(
-            ADHOC,
-            parameters={"config": s.config, **fan_out},
-            description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
-            **common,
+        cast(
+            RunnerDeployment,
+            embed_dataset.to_deployment(
+                ADHOC,
+                parameters={"config": s.config, **fan_out},
+                description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                version=version,
+            ),
         ),
-        backfill.to_deployment(
-            BACKFILL,
-            parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
-            description="Rerun embed-nightly over past days, skipping days already complete.",
-            **common,
+        cast(
+            RunnerDeployment,
+            backfill.to_deployment(
+                BACKFILL,
+                parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
+                description="Rerun embed-nightly over past days, skipping days already complete.",
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                version=version,
+            ),
         ),
     ]
     if not served:
         # Started only by the parent, with values the flow validates itself: the server keeps no copy
         # of the config schema that could go stale when bertflow is upgraded on the hosts.
         deployments.append(
-            embed_shard.to_deployment(
-                SHARD,
-                description="One shard of a fanned-out embedding run (started by embed-dataset).",
-                enforce_parameter_schema=False,
-                **common,
+            cast(
+                RunnerDeployment,
+                embed_shard.to_deployment(
+                    SHARD,
+                    description="One shard of a fanned-out embedding run (started by embed-dataset).",
+                    enforce_parameter_schema=False,
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                    version=version,
+                ),
             )
         )
     return deployments

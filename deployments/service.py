@@ -8,7 +8,9 @@ changes nothing. Options left out keep what the server already has.
 from __future__ import annotations
 
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
@@ -25,7 +27,7 @@ Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged
 
 
 def settings(
-    client,
+    client: SyncPrefectClient,
     pool: str | None,
     cron: str | None,
     source_template: str | None,
@@ -66,7 +68,7 @@ def _check_cron(cron: str) -> None:
         raise InputError(f"--cron {cron!r} is not a cron expression; e.g. '0 2 * * *' is daily at 02:00 UTC") from None
 
 
-def ensure_pool(client, pool: str) -> Change:
+def ensure_pool(client: SyncPrefectClient, pool: str) -> Change:
     try:
         client.read_work_pool(pool)
         return ("work pool", pool, "unchanged")
@@ -82,9 +84,12 @@ def ensure_pool(client, pool: str) -> Change:
         return ("work pool", pool, "created")
 
 
-def _same(existing, wanted: RunnerDeployment, pool: str | None) -> bool:
+def _same(existing: DeploymentResponse, wanted: RunnerDeployment, pool: str | None) -> bool:
     """Whether the server already holds this deployment exactly as wanted."""
-    want_schedules = [(s.schedule.cron, s.schedule.timezone, bool(s.active)) for s in wanted.schedules or []]
+    want_schedules = [
+        (getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), bool(s.active))
+        for s in wanted.schedules or []
+    ]
     have_schedules = [
         (getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), bool(s.active))
         for s in existing.schedules
@@ -103,7 +108,7 @@ def _same(existing, wanted: RunnerDeployment, pool: str | None) -> bool:
     )
 
 
-def apply(client, wanted: RunnerDeployment, pool: str | None) -> Change:
+def apply(client: SyncPrefectClient, wanted: RunnerDeployment, pool: str | None) -> Change:
     try:
         existing = client.read_deployment_by_name(wanted.full_name)
     except ObjectNotFound:
