@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import cast
 
 from prefect.blocks.system import Secret
 
@@ -18,7 +19,8 @@ def storage_from_block(name: str | None) -> Iterator[None]:
         yield
         return
     try:
-        options = Secret.load(name).get()  # type: ignore[union-attr]
+        # Block.load dispatches on the caller: from sync code (as here) it returns the block itself.
+        options = cast(Secret, Secret.load(name)).get()
     except ValueError:
         raise InputError(
             f"no Prefect Secret block named {name!r}; create it (value: JSON of storage options) or drop --storage-block"
