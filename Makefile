@@ -24,11 +24,10 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	VENV=$(VENV) bash .ci/import-contracts
-	$(VENV)/bin/mypy
+	VENV=$(VENV) bash .ci/installed-checks
 
 typecheck: install
-	$(VENV)/bin/mypy
+	VENV=$(VENV) bash .ci/installed-checks mypy
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
