@@ -38,14 +38,14 @@ def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult:
             on this host and hold one of the host's GPU slots while the model is in use.
     """
     started = time.perf_counter()
-    if on_worker:
-        job = localize_model(job)
     # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
     # takes a tag concurrency slot, with a lease, for every tagged task (~0.5 s each here).
     # Shard-sized data goes to the tasks `quote`d: Prefect would otherwise walk every element
     # (every token id) looking for futures, seconds per task on a 10k-row shard. `return_state=False`
     # (the default) selects the signature of Task.__call__ that admits quote()d arguments.
     with storage_from_block(job.config.storage_block), TagsContext(current_tags=set()):  # credentials stay here
+        if on_worker:
+            job = localize_model(job)
         text = read_shard(job)
         reading = time.perf_counter() - started
         # The model stays on the device until this process ends: hold the slot to the end. Time spent
