@@ -17,6 +17,7 @@ from bertflow.errors import BertflowError, ShardsFailedError, one_line
 from bertflow.flows.shard import embed_shard
 from bertflow.io.manifest import Manifest
 from bertflow.names import EMBED_FLOW
+from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.report import run_tags
 from bertflow.tasks.embed import (
     collect_parts,
@@ -81,7 +82,8 @@ def embed_dataset(
                 resolved = resolve_config(config)
                 child_tags = tag_this_run(run_tags(resolved))
                 plan = plan_shards(source, resolved)
-                results, pending = prepare_dest(source, dest, resolved, plan, overwrite, created_at)
+                target = RunTarget(source=source, dest=dest, config=resolved, plan=plan, created_at=created_at)
+                results, pending = prepare_dest(target, overwrite)
                 if pool:
                     failed = fan_out(pending, child_tags, report.part_written)
                     # Results come back through DEST: each part's footer, read here.
@@ -97,9 +99,7 @@ def embed_dataset(
                             result = _local_shard(job)
                             report.shard_done(job.spec, result)
                             results.append(result)
-                manifest = finalize_dest(
-                    source, dest, resolved, plan, results, time.perf_counter() - started, created_at
-                )
+                manifest = finalize_dest(target, results, time.perf_counter() - started)
             report.finished(manifest)
             return manifest
         except Exception as e:

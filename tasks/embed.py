@@ -19,6 +19,7 @@ from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import shard
+from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
@@ -42,15 +43,16 @@ def plan_shards(source: str, config: ResolvedConfig) -> list[ShardSpec]:
 
 
 @task(**IN_MEMORY, **RETRY)
-def prepare_dest(
-    source: str, dest: str, config: ResolvedConfig, plan: list[ShardSpec], overwrite: bool, created_at: datetime
-) -> tuple[list[ShardResult], list[ShardJob]]:
+def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list[ShardJob]]:
     """Check DEST (storage) against this run, clear it on overwrite, mark it running; return finished parts
     and the jobs of the shards still to embed."""
-    done, pending = dest_.prepare(source, dest, config, plan, overwrite, created_at)
-    progress.start(sum(s.rows for s in plan), sum(s.rows for s in plan) - sum(j.spec.rows for j in pending))
+    done, pending = dest_.prepare(target, overwrite)
+    total = sum(s.rows for s in target.plan)
+    progress.start(total, total - sum(j.spec.rows for j in pending))
     if done:
-        get_run_logger().info("resuming: %d of %d shards already complete in %s", len(done), len(plan), dest)
+        get_run_logger().info(
+            "resuming: %d of %d shards already complete in %s", len(done), len(target.plan), target.dest
+        )
     return done, pending
 
 
@@ -109,17 +111,10 @@ def collect_parts(
 
 
 @task(**IN_MEMORY, **RETRY)
-def finalize_dest(
-    source: str,
-    dest: str,
-    config: ResolvedConfig,
-    plan: list[ShardSpec],
-    results: list[ShardResult],
-    seconds: float,
-    created_at: datetime,
-) -> Manifest:
+def finalize_dest(target: RunTarget, results: list[ShardResult], seconds: float) -> Manifest:
     """Write _rejects.parquet, then the complete manifest last (storage)."""
-    manifest = dest_.finalize(source, dest, config, plan, results, seconds, created_at, pick_device(config.device))
+    config = target.config
+    manifest = dest_.finalize(target, results, seconds, pick_device(config.device))
     totals, logger = manifest.totals, get_run_logger()
     assert totals is not None
     if totals.truncated:
@@ -127,5 +122,7 @@ def finalize_dest(
             "%d documents were longer than %d tokens and were truncated", totals.truncated, config.max_length
         )
     if totals.rejected:
-        logger.warning("%d documents were not embedded (see %s)", totals.rejected, storage.join(dest, REJECTS_NAME))
+        logger.warning(
+            "%d documents were not embedded (see %s)", totals.rejected, storage.join(target.dest, REJECTS_NAME)
+        )
     return manifest

@@ -7,6 +7,7 @@ mismatched rerun is refused) and "complete" last, after every part and `_rejects
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import bertflow
@@ -25,6 +26,17 @@ from bertflow.io.manifest import (
 )
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """One run's output, as every DEST step needs it: what is read, where it goes, how, in which shards."""
+
+    source: str
+    dest: str
+    config: ResolvedConfig
+    plan: list[ShardSpec]
+    created_at: datetime
+
+
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
     """Part name -> the fingerprint its footer must carry: its rows and the run's embedding settings."""
     output = config.output_fingerprint()
@@ -32,11 +44,8 @@ def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str,
 
 
 def manifest(
-    source: str,
-    config: ResolvedConfig,
-    plan: Sequence[ShardSpec],
+    target: RunTarget,
     results: Sequence[ShardResult] | None,
-    created_at: datetime,
     device: str | None = None,
     seconds: float = 0.0,
     rejects: str | None = None,
@@ -56,16 +65,16 @@ def manifest(
     return Manifest(
         bertflow_version=bertflow.__version__,
         status="running" if results is None else "complete",
-        source=source,
-        config=config,
-        fingerprint=config.output_fingerprint(),
+        source=target.source,
+        config=target.config,
+        fingerprint=target.config.output_fingerprint(),
         device=device,
         shards=done,
-        planned_shards=len(plan),
+        planned_shards=len(target.plan),
         totals=totals,
         rejects=rejects,
         documents_parts=[r.documents_part for r in done if r.documents_part is not None],
-        created_at=created_at,
+        created_at=target.created_at,
         completed_at=None if results is None else datetime.now(timezone.utc),
     )
 
@@ -79,19 +88,13 @@ def _check_not_inside(source: str, dest: str) -> None:
             )
 
 
-def prepare(
-    source: str,
-    dest: str,
-    config: ResolvedConfig,
-    plan: Sequence[ShardSpec],
-    overwrite: bool,
-    created_at: datetime,
-) -> tuple[list[ShardResult], list[ShardJob]]:
+def prepare(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list[ShardJob]]:
     """Check DEST against this run, clear it on overwrite, mark it running.
 
     Returns the parts already done and a job for every shard still to embed.
     """
-    _check_not_inside(source, dest)
+    dest, config, plan = target.dest, target.config, target.plan
+    _check_not_inside(target.source, dest)
     if overwrite:
         parts.clear_dest(dest)
     else:
@@ -99,8 +102,7 @@ def prepare(
     parts.remove_temporaries(dest)
     prints = fingerprints(plan, config)
     done = parts.complete_parts(dest, plan, prints, documents=config.aggregated)
-    running = manifest(source, config, plan, None, created_at)
-    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(running))
+    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest(target, None)))
     pending = [
         ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name]) for s in plan if s.name not in done
     ]
@@ -121,27 +123,16 @@ def collect(
     return [r.model_copy(update={"resumed": False}) for r in collected.values()], {**failed, **missing}
 
 
-def finalize(
-    source: str,
-    dest: str,
-    config: ResolvedConfig,
-    plan: Sequence[ShardSpec],
-    results: Sequence[ShardResult],
-    seconds: float,
-    created_at: datetime,
-    device: str,
-) -> Manifest:
+def finalize(target: RunTarget, results: Sequence[ShardResult], seconds: float, device: str) -> Manifest:
     """Write `_rejects.parquet` (or remove a stale one), then the complete manifest last."""
     by_name = {r.name: r for r in results}
-    ordered = [by_name[s.name] for s in plan]
-    rejects = parts.rejects_bytes(ordered, plan[0].id_kind)
-    rejects_uri = storage.join(dest, REJECTS_NAME)
+    ordered = [by_name[s.name] for s in target.plan]
+    rejects = parts.rejects_bytes(ordered, target.plan[0].id_kind)
+    rejects_uri = storage.join(target.dest, REJECTS_NAME)
     if rejects is not None:
         storage.write_atomic(rejects_uri, rejects)
     else:
         storage.remove(rejects_uri)
-    complete = manifest(
-        source, config, plan, ordered, created_at, device, seconds, REJECTS_NAME if rejects is not None else None
-    )
-    storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(complete))
+    complete = manifest(target, ordered, device, seconds, REJECTS_NAME if rejects is not None else None)
+    storage.write_atomic(storage.join(target.dest, MANIFEST_NAME), parts.manifest_bytes(complete))
     return complete
