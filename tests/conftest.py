@@ -15,6 +15,8 @@ import httpx
 import polars as pl
 import pytest
 
+from bertflow.config import ModelRef, ResolvedConfig
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried to download would fail loudly
 
@@ -135,6 +137,29 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def resolved_config(**fields) -> ResolvedConfig:
+    """A ResolvedConfig for tests that need no model: one mean pooling 8 wide unless `fields` say otherwise."""
+    pooling = fields.pop("pooling", ("mean",))
+    base = dict(
+        model=ModelRef(name="m", path="/m", sha256="a" * 64),
+        pooling=pooling,
+        dimensions=dict.fromkeys(pooling, 8),
+        layers=(-1,),
+        layer_mode="mean",
+        normalize=True,
+        max_length=16,
+        id_column="id",
+        text_column="text",
+        keep=(),
+        shard_rows=10,
+        batch_tokens=None,
+        device="cpu",
+        precision="fp32",
+        trust_remote_code=False,
+    )
+    return ResolvedConfig(**{**base, **fields})
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:

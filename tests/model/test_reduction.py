@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertflow.config import ModelRef, ResolvedConfig
+from bertflow.config import ResolvedConfig
 from bertflow.model import fitted
 from bertflow.model.reduction import (
     Moments,
@@ -14,6 +14,7 @@ from bertflow.model.reduction import (
     reduction_from_bytes,
     reduction_to_bytes,
 )
+from tests.conftest import resolved_config
 
 
 def correlated(n: int = 600, d: int = 8, seed: int = 0) -> np.ndarray:
@@ -104,26 +105,8 @@ def test_saved_reduction_reloads_to_the_same_transform(tmp_path):
         reduction_from_bytes(weights, reduction_config(dim=3))
 
 
-def resolved(**kw) -> ResolvedConfig:
-    pooling = kw.pop("pooling", "mean")
-    base = dict(
-        model=ModelRef(name="m", path="/m", sha256="a" * 64),
-        dimensions={pooling: 8},
-        pooling=(pooling,),
-        layers=(-1,),
-        layer_mode="mean",
-        normalize=True,
-        max_length=16,
-        id_column="id",
-        text_column="text",
-        keep=(),
-        shard_rows=10,
-        batch_tokens=None,
-        device="cpu",
-        precision="fp32",
-        trust_remote_code=False,
-    )
-    return ResolvedConfig(**{**base, **kw})
+def resolved(pooling: str = "mean", **fields) -> ResolvedConfig:
+    return resolved_config(pooling=(pooling,), **fields)
 
 
 def test_reduction_is_checked_against_the_run_and_renormalizes(tmp_path):

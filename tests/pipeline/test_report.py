@@ -6,27 +6,12 @@ from __future__ import annotations
 from bertflow.config import ModelRef, ResolvedConfig
 from bertflow.io.manifest import Piece, ShardResult
 from bertflow.pipeline.report import run_tags, summary_row
+from tests.conftest import resolved_config
 
 
-def config(**kw) -> ResolvedConfig:
-    base = dict(
-        model=ModelRef(name="/models/tiny-bert/", path="/models/tiny-bert", sha256="a" * 64),
-        pooling=("mean", "cls"),
-        dimensions={"mean": 8, "cls": 8},
-        layers=(-1,),
-        layer_mode="mean",
-        normalize=True,
-        max_length=16,
-        id_column="id",
-        text_column="text",
-        keep=(),
-        shard_rows=10,
-        batch_tokens=None,
-        device="cpu",
-        precision="fp32",
-        trust_remote_code=False,
-    )
-    return ResolvedConfig(**{**base, **kw})
+def config(**fields) -> ResolvedConfig:
+    model = ModelRef(name="/models/tiny-bert/", path="/models/tiny-bert", sha256="a" * 64)
+    return resolved_config(**{"model": model, "pooling": ("mean", "cls"), **fields})
 
 
 def shard(name: str, documents: int, rows: int, rejected: int, tokens: int, resumed: bool = False) -> ShardResult:
