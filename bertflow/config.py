@@ -186,6 +186,8 @@ class ModelRef(BaseModel):
     name: str
     path: str
     sha256: str
+    # sha256 over the tokenizer's files (`tokenizer_files`); None in manifests of bertflow 0.2 and earlier
+    tokenizer_sha256: str | None = None
 
 
 class FittedRef(BaseModel):
@@ -225,6 +227,9 @@ class ResolvedConfig(BaseModel):
     pooler: FittedRef | None = None
     reduction: FittedRef | None = None
     storage_block: str | None = None
+    # How each part row's `text_hash` is computed (`bertflow.io.reuse.TEXT_HASH`); None: the rows carry
+    # none (outputs of bertflow 0.2 and earlier, which cannot be reused).
+    text_hash: str | None = None
 
     @property
     def dimension(self) -> int:
@@ -254,16 +259,45 @@ class ResolvedConfig(BaseModel):
         """The columns of a part, in order."""
         vectors = list(TOKEN_COLUMNS) if self.token_level else list(self.embedding_columns())
         chunk = list(CHUNK_COLUMNS) if self.chunked else []
-        return ["id", *chunk, *vectors, "n_tokens", "truncated", *self.keep]
+        hashed = ["text_hash"] if self.text_hash else []
+        return ["id", *chunk, *vectors, "n_tokens", "truncated", *hashed, *self.keep]
 
     def document_columns(self) -> list[str]:
         """The columns of a documents/ part (`--aggregate`), in order; empty without one."""
         if not self.aggregated:
             return []
-        return ["id", *self.embedding_columns(), "n_tokens", "n_chunks", *self.keep]
+        hashed = ["text_hash"] if self.text_hash else []
+        return ["id", *self.embedding_columns(), "n_tokens", "n_chunks", *hashed, *self.keep]
+
+    def embedding_fingerprint(self) -> dict[str, object]:
+        """Everything that changes a vector, most telling first: equal fingerprints, interchangeable vectors.
+
+        `--reuse` copies rows only from outputs with an equal one. It leaves out what only shapes the
+        table (columns kept, shard size) and `aggregate` (documents/ rows are recomputed from chunks).
+        """
+        return {
+            "model_sha256": self.model.sha256,
+            "tokenizer_sha256": self.model.tokenizer_sha256,
+            "pooling": pooling_label(self.pooling),
+            "layers": list(self.layers),
+            "layer_mode": self.layer_mode,
+            "max_length": self.max_length,
+            "long_text": self.long_text,
+            "chunk_tokens": self.chunk_tokens,
+            "stride": self.stride,
+            "exclude_special": self.exclude_special,
+            "normalize": self.normalize,
+            "precision": self.precision,
+            "pooler_sha256": self.pooler.sha256 if self.pooler else None,
+            "reduction_sha256": self.reduction.sha256 if self.reduction else None,
+        }
 
     def output_fingerprint(self) -> dict[str, object]:
-        """The settings that change the vectors written; a rerun into the same DEST must match them."""
+        """The settings that shape DEST: its vectors and its table. A rerun into the same DEST must match them.
+
+        Keys keep the names and the "only when used" rule of the outputs written before, so their
+        reruns still match (the embedding fingerprint is the newer, complete list).
+        """
         return {
             "model_sha256": self.model.sha256,
             "pooling": pooling_label(self.pooling),
@@ -280,6 +314,8 @@ class ResolvedConfig(BaseModel):
             **({"pooler_sha256": self.pooler.sha256} if self.pooler else {}),
             **({"reduction_sha256": self.reduction.sha256} if self.reduction else {}),
             **({"exclude_special": True} if self.exclude_special else {}),
+            **({"tokenizer_sha256": self.model.tokenizer_sha256} if self.model.tokenizer_sha256 else {}),
+            **({"text_hash": self.text_hash} if self.text_hash else {}),
             **(
                 {
                     "long_text": self.long_text,

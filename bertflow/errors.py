@@ -29,6 +29,14 @@ class DestMismatchError(InputError):
     """DEST holds output made with a different configuration."""
 
 
+class ReuseMismatchError(DestMismatchError):
+    """An earlier output given to reuse was embedded otherwise; `reason` says how, in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StorageError(BertflowError):
     """Object storage refused an operation: access denied, no such bucket; fix the URI or credentials."""
 

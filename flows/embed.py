@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
 
 from bertflow import partitions, progress
 from bertflow.config import EmbedConfig
@@ -30,6 +31,7 @@ from bertflow.tasks.embed import (
 from bertflow.tasks.fanout import check_pool, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
+from bertflow.tasks.reuse import ReuseMismatch, open_previous, plan_reuse
 from bertflow.tasks.secrets import storage_from_block
 
 quiet_expected_errors()
@@ -59,6 +61,10 @@ def embed_dataset(
     pool: str | None = None,
     partition: str | None = None,
     lag_days: int = 1,
+    reuse: list[str] | None = None,
+    reuse_mismatch: ReuseMismatch = "error",
+    reuse_previous: bool = True,
+    deleted_ids: bool = False,
 ) -> Manifest:
     """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume.
 
@@ -67,6 +73,12 @@ def embed_dataset(
         pool: run each shard as an `embed-shard` run on this work pool's workers (see `bertflow deploy`).
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
+        reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
+            instead of embedded; they must have been embedded exactly as this run embeds.
+        reuse_mismatch: "ignore" skips (with a warning) an output of `reuse` embedded otherwise.
+        reuse_previous: a partitioned run also reuses the partition before its own, when that output is
+            complete, verifies and was embedded the same way (else it embeds everything and warns).
+        deleted_ids: write the ids of the newest reused output that SOURCE no longer has to DEST/_deleted.parquet.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
     config = config or EmbedConfig()
@@ -74,15 +86,23 @@ def embed_dataset(
     with storage_from_block(config.storage_block):
         report = None
         try:
-            source, dest, _ = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            source, dest, last = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             if pool:
                 check_pool(pool)
             report = RunReport(dest)
             with progress.reporting_to(report):
                 resolved = resolve_config(config)
                 child_tags = tag_this_run(run_tags(resolved))
-                plan = plan_shards(source, resolved)
-                target = RunTarget(source=source, dest=dest, config=resolved, plan=plan, created_at=created_at)
+                plan, index = plan_shards(source, resolved)
+                found = open_previous(dest, resolved, reuse or [], reuse_mismatch, last if reuse_previous else None)
+                target = RunTarget(
+                    source=source,
+                    dest=dest,
+                    config=resolved,
+                    plan=plan,
+                    created_at=created_at,
+                    reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
+                )
                 results, pending = prepare_dest(target, overwrite)
                 if pool:
                     failed = fan_out(pending, child_tags, report.part_written)

@@ -14,12 +14,15 @@ from bertflow import partitions, progress
 from bertflow.config import EmbedConfig, ResolvedConfig
 from bertflow.io import sources, storage
 from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
+from bertflow.io.reuse import IdIndex
 from bertflow.model import resolve
 from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import shard
 from bertflow.pipeline.dest import RunTarget
+from bertflow.pipeline.previous import previous_partition
+from bertflow.pipeline.report import reuse_text
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
@@ -31,9 +34,9 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
 
 
 @task(**IN_MEMORY, **RETRY)
-def plan_shards(source: str, config: ResolvedConfig) -> list[ShardSpec]:
-    """Read SOURCE's ids and layout (storage) and split it into shards."""
-    return sources.plan_shards(
+def plan_shards(source: str, config: ResolvedConfig) -> tuple[list[ShardSpec], IdIndex]:
+    """Read SOURCE's ids and layout (storage) and split it into shards; index the ids by shard."""
+    return sources.plan_source(
         source,
         id_column=config.id_column,
         text_column=config.text_column,
@@ -60,20 +63,24 @@ def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult],
 def resolve_paths(
     source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime
 ) -> tuple[str, str, str | None]:
-    """SOURCE and DEST of this run with `{date}` filled in, and the partition (None when unpartitioned)."""
-    return partitions.resolve(source, dest, partition, lag_days, scheduled)
+    """SOURCE and DEST of this run with `{date}` filled in, and the DEST of the partition before (None
+    when unpartitioned): the output a scheduled run reuses."""
+    source_now, dest_now, day = partitions.resolve(source, dest, partition, lag_days, scheduled)
+    return source_now, dest_now, None if day is None else previous_partition(dest, day)
 
 
 @task(**IN_MEMORY, **RETRY)
 def read_shard(job: ShardJob) -> ShardText:
-    """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts."""
-    return shard.read_text(job.spec, job.config)
+    """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts; under
+    --reuse, read the rows of earlier outputs it may copy."""
+    return shard.read_text(job)
 
 
 @task(**IN_MEMORY)
 def tokenize(job: ShardJob, text: ShardText) -> ShardTokens:
-    """Tokenize with the model's fast tokenizer (CPU threads): truncated, in windows, or per token."""
-    return shard.tokenize(encoder_for(job.config), text.frame["text"].to_list(), job.config)
+    """Tokenize with the model's fast tokenizer (CPU threads): truncated, in windows, or per token; rows
+    an earlier output holds are set aside, not fed to the model."""
+    return shard.tokenize(encoder_for(job.config), text, job.config)
 
 
 @task(**IN_MEMORY, **RETRY)
@@ -83,13 +90,15 @@ def embed(job: ShardJob, tokens: ShardTokens) -> Vectors:
 
 
 @task(**IN_MEMORY, **RETRY)
-def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float) -> ShardResult:
+def write_part(
+    job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, model_seconds: float
+) -> ShardResult:
     """Write the shard's part (and documents/ part under --aggregate) to DEST (storage), atomically."""
-    result = shard.write_part(job, text, tokens, vectors, seconds)
+    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds)
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""
     get_run_logger().info(
-        "%s: %d documents%s, %d tokens in %.1fs (%.0f documents/s, %.0f tokens/s)%s",
+        "%s: %d documents%s, %d tokens in %.1fs (%.0f documents/s, %.0f tokens/s)%s%s",
         job.spec.name,
         result.documents,
         chunks,
@@ -98,6 +107,7 @@ def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vec
         result.documents / rate,
         result.tokens / rate,
         f", {result.truncated} truncated at {job.config.max_length} tokens" if result.truncated else "",
+        f", {result.reused} of {result.rows} rows reused from an earlier output" if result.reused else "",
     )
     return result
 
@@ -125,4 +135,6 @@ def finalize_dest(target: RunTarget, results: list[ShardResult], seconds: float)
         logger.warning(
             "%d documents were not embedded (see %s)", totals.rejected, storage.join(target.dest, REJECTS_NAME)
         )
+    if manifest.reuse is not None:
+        logger.info("%s", reuse_text(manifest.reuse))
     return manifest

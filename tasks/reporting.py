@@ -102,11 +102,12 @@ class RunReport:
         """One log line per shard: documents, tokens, seconds, throughput."""
         rate = max(result.seconds, 1e-9)
         self.logger.info(
-            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s",
+            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s%s",
             spec.index, spec.count, spec.name, result.documents, result.tokens, result.seconds,
             result.documents / rate, result.tokens / rate,
             f", {result.truncated} truncated" if result.truncated else "",
             f", {result.rejected} rejected" if result.rejected else "",
+            f", {result.reused} of {result.rows} rows reused" if result.reused else "",
         )  # fmt: skip
 
     def part_written(self, spec: ShardSpec) -> None:
@@ -121,7 +122,7 @@ class RunReport:
         """Progress 100, the summary table and the manifest markdown."""
         update_progress_artifact(self.progress_id, 100.0)
         assert manifest.totals is not None
-        row = summary_row(manifest.shards, 0, manifest.totals.seconds, manifest.config, manifest.device)
+        row = summary_row(manifest.shards, 0, manifest.totals.seconds, manifest.config, manifest.device, manifest.reuse)
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
         create_markdown_artifact(
             manifest_markdown(manifest, self.dest, row),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 from rich.table import Table
@@ -13,7 +13,10 @@ from bertflow.cli.common import Bar, csv, err, fail, out, running, table, valida
 from bertflow.cli.common import layers as parse_layers
 from bertflow.config import DEFAULT_MODEL, EmbedConfig, pooling_label
 from bertflow.io.manifest import Manifest
-from bertflow.pipeline.report import summary_row
+from bertflow.pipeline.previous import ReuseMismatch
+from bertflow.pipeline.report import reuse_text, summary_row
+
+REUSE_MISMATCHES: tuple[str, ...] = get_args(ReuseMismatch)
 
 
 @app.command()
@@ -42,6 +45,9 @@ def embed(
     precision: options.Precision = "fp32",
     trust_remote_code: options.TrustRemoteCode = False,
     overwrite: options.Overwrite = False,
+    reuse: options.Reuse = None,
+    reuse_mismatch: options.ReuseMismatch = "error",
+    deleted_ids: options.DeletedIds = False,
     pool: options.Pool = None,
     storage_option: options.StorageOption = None,
     storage_block: options.StorageBlock = None,
@@ -78,10 +84,23 @@ def embed(
             "--storage-option stays in this process and cannot reach the workers of --pool; "
             "give the workers those settings in their environment (AWS_* variables) instead"
         )
+    if reuse_mismatch not in REUSE_MISMATCHES:
+        fail(f"--reuse-mismatch {reuse_mismatch!r}: choose one of {', '.join(REUSE_MISMATCHES)}")
+    if deleted_ids and not reuse:
+        fail("--deleted-ids lists the ids an earlier output has and SOURCE lost: give that output with --reuse")
     from bertflow.flows.embed import embed_dataset
 
     with running(Bar("embedding", unit="documents"), storage_option):
-        manifest = embed_dataset(source, dest, config, overwrite, pool=pool)
+        manifest = embed_dataset(
+            source,
+            dest,
+            config,
+            overwrite,
+            pool=pool,
+            reuse=list(reuse or []),
+            reuse_mismatch=cast(ReuseMismatch, reuse_mismatch),
+            deleted_ids=deleted_ids,
+        )
     out.print(summary(manifest, dest))
 
 
@@ -90,7 +109,7 @@ def summary(manifest: Manifest, dest: str) -> Table:
     totals, config = manifest.totals, manifest.config
     assert totals is not None
     seconds = totals.seconds
-    numbers = summary_row(manifest.shards, 0, seconds, config, manifest.device)
+    numbers = summary_row(manifest.shards, 0, seconds, config, manifest.device, manifest.reuse)
     columns = config.embedding_columns()
     rows = [
         ("documents embedded", f"{totals.documents:,}"),
@@ -100,6 +119,7 @@ def summary(manifest: Manifest, dest: str) -> Table:
         ("tokens", f"{totals.tokens:,}"),
         ("truncated", f"{totals.truncated:,} (at {config.max_length} tokens)"),
         ("shards", f"{numbers['shards_done']} embedded, {numbers['shards_resumed']} resumed"),
+        *([("reuse", reuse_text(manifest.reuse))] if manifest.reuse else []),
         ("documents/s", f"{numbers['documents_per_s']:,.1f}" if seconds else "-"),
         *([("chunks/s", f"{numbers['chunks_per_s']:,.1f}" if seconds else "-")] if config.chunked else []),
         ("seconds", f"{seconds:,.1f}"),

@@ -55,6 +55,20 @@ TrustRemoteCode = Annotated[
     typer.Option(help="Allow a model's own Python code to run (off: safetensors and stock architectures only)"),
 ]
 Overwrite = Annotated[bool, typer.Option(help="Delete bertflow's output in DEST and start over")]
+Reuse = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="An earlier DEST (local or s3://) embedded the same way: rows with the same id and text are copied, not embedded; repeatable, newest first"
+    ),
+]
+ReuseMismatch = Annotated[
+    str,
+    typer.Option(help="An earlier DEST embedded otherwise: 'error' (exit 2, naming the setting) or 'ignore' (skip it)"),
+]
+DeletedIds = Annotated[
+    bool,
+    typer.Option(help="Write the ids of the newest --reuse DEST that SOURCE no longer has to DEST/_deleted.parquet"),
+]
 Pool = Annotated[
     str | None,
     typer.Option(

@@ -15,6 +15,7 @@ from bertflow.config import ResolvedConfig
 FORMAT_VERSION: Final = 2
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.parquet"
+DELETED_NAME = "_deleted.parquet"  # `--deleted-ids`: ids of the previous output SOURCE no longer has
 # `--aggregate`: one document-level part per shard, same name, in this folder of DEST
 DOCUMENTS_DIR = "documents"
 # Key of the Parquet footer entry that makes each part self-describing (see `PartInfo`).
@@ -71,6 +72,16 @@ def shard_fingerprint(spec: ShardSpec, output: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+class ReusePart(BaseModel):
+    """A part of an earlier output that may hold some of a shard's rows (`--reuse`), with the sha256
+    its manifest recorded (checked when it is read)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str
+    sha256: str
+
+
 class ShardJob(BaseModel):
     """One shard to embed: which rows, with what settings, into which DEST, under which part fingerprint.
 
@@ -83,6 +94,9 @@ class ShardJob(BaseModel):
     config: ResolvedConfig
     dest: str
     fingerprint: str
+    # `--reuse`: earlier parts holding ids of this shard, newest output first; rows found there with
+    # the same text are copied, not embedded. Not part of the fingerprint: a copied row is the same row.
+    reuse: tuple[ReusePart, ...] = ()
 
 
 class Reject(BaseModel):
@@ -101,6 +115,9 @@ class PartInfo(BaseModel):
     truncated: int
     seconds: float
     rejects: list[Reject] = []
+    reused: int = 0  # rows copied from an earlier output (`--reuse`), not embedded
+    reused_tokens: int = 0  # their tokens
+    model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
 
 
 class DocumentsPart(BaseModel):
@@ -127,6 +144,9 @@ class ShardResult(BaseModel):
     seconds: float
     sha256: str
     resumed: bool = False
+    reused: int = 0  # rows copied from an earlier output (`--reuse`); rows - reused went through the model
+    reused_tokens: int = 0
+    model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
     # Listed at the top of the manifest (`documents_parts`), not per shard.
@@ -144,6 +164,18 @@ class Totals(BaseModel):
     seconds: float
 
 
+class ReuseSummary(BaseModel):
+    """What `--reuse` (or a scheduled run's previous partition) saved; in the manifest as `reuse`."""
+
+    previous: list[str]  # the earlier outputs rows were looked up in, newest first
+    skipped: dict[str, str] = {}  # earlier outputs left out (embedded otherwise, incomplete...), and why
+    reused: int  # part rows copied
+    embedded: int  # part rows that went through the model
+    dropped: int  # ids of the newest previous output that SOURCE no longer has
+    deleted: str | None = None  # `--deleted-ids`: the file listing them (`DELETED_NAME`)
+    seconds_saved: float  # model time not spent, estimated from this run's throughput (or the previous one's)
+
+
 class Manifest(BaseModel):
     """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete").
 
@@ -155,13 +187,16 @@ class Manifest(BaseModel):
     status: Literal["running", "complete"]
     source: str
     config: ResolvedConfig
-    fingerprint: dict[str, object]  # the embedding fingerprint: config.output_fingerprint() when written
+    fingerprint: dict[str, object]  # the output fingerprint: config.output_fingerprint() when written
+    # config.embedding_fingerprint() when written; None in manifests of bertflow 0.2 and earlier
+    embedding_fingerprint: dict[str, object] | None = None
     device: str | None = None  # the device the run resolved to ("cpu", "cuda"); None while running
     shards: list[ShardResult] = []
     planned_shards: int
     totals: Totals | None = None
     rejects: str | None = None
     documents_parts: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per document
+    reuse: ReuseSummary | None = None  # set when the run looked rows up in earlier outputs
     created_at: datetime
     completed_at: datetime | None = None
 

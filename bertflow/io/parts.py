@@ -12,6 +12,7 @@ from bertflow.config import fingerprint_diff
 from bertflow.errors import DestMismatchError, InputError
 from bertflow.io import manifest_v1, storage
 from bertflow.io.manifest import (
+    DELETED_NAME,
     DOCUMENTS_DIR,
     MANIFEST_NAME,
     PART_METADATA_KEY,
@@ -96,6 +97,9 @@ def shard_result(
         resumed=True,
         rejects=info.rejects,
         documents_part=documents_part,
+        reused=info.reused,
+        reused_tokens=info.reused_tokens,
+        model_seconds=info.model_seconds,
     )
 
 
@@ -156,7 +160,9 @@ def remove_temporaries(dest: str) -> None:
 def clear_dest(dest: str) -> None:
     """Remove what bertflow wrote in DEST (parts, rejects, manifest), nothing else."""
     for name in storage.list_names(dest):
-        if name in (MANIFEST_NAME, REJECTS_NAME) or (name.startswith("part-") and name.endswith(".parquet")):
+        if name in (MANIFEST_NAME, REJECTS_NAME, DELETED_NAME) or (
+            name.startswith("part-") and name.endswith(".parquet")
+        ):
             storage.remove(storage.join(dest, name))
     for name in storage.list_names(storage.join(dest, DOCUMENTS_DIR)):
         if name.startswith("part-") and name.endswith(".parquet"):
@@ -169,6 +175,13 @@ def rejects_bytes(results: Sequence[ShardResult], id_kind: IdKind) -> bytes | No
         return None
     buf = io.BytesIO()
     rejects_frame(rows, id_kind).write_parquet(buf)
+    return buf.getvalue()
+
+
+def ids_bytes(ids: pl.Series) -> bytes:
+    """A Parquet file of one column, `id` (`_deleted.parquet`)."""
+    buf = io.BytesIO()
+    pl.DataFrame([ids.alias("id")]).write_parquet(buf)
     return buf.getvalue()
 
 

@@ -38,11 +38,14 @@ def part_frame(
     id_kind: IdKind,
     columns: dict[str, int] | None = None,
     leading: Sequence[pl.Series] = (),
+    text_hash: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D), n_tokens, truncated, kept columns.
+    """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D), n_tokens, truncated,
+    text_hash, kept columns.
 
     Args:
         columns: vector column name -> width, splitting `embeddings` in order; default one `embedding`.
+        text_hash: the rows' `text_hash` (`bertflow.io.reuse.text_hashes`); None for no such column.
     """
     return pl.DataFrame(
         [
@@ -51,9 +54,14 @@ def part_frame(
             *vector_series(embeddings, columns),
             pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
             pl.Series("truncated", truncated, dtype=pl.Boolean),
+            *_hashed(text_hash),
             *(frame[c] for c in keep),
         ]
     )
+
+
+def _hashed(text_hash: pl.Series | None) -> list[pl.Series]:
+    return [] if text_hash is None else [text_hash.alias("text_hash").cast(pl.Binary)]
 
 
 def token_frame(
@@ -67,6 +75,7 @@ def token_frame(
     keep: Sequence[str],
     id_kind: IdKind,
     width: int,
+    text_hash: pl.Series | None = None,
 ) -> pl.DataFrame:
     """Token-level part (`--pooling none`): per row its tokens, char spans, special flags and vectors."""
     n = len(states)
@@ -92,16 +101,26 @@ def token_frame(
             token_embeddings,
             pl.Series("n_tokens", n_tokens, dtype=pl.Int32),
             pl.Series("truncated", truncated, dtype=pl.Boolean),
+            *_hashed(text_hash),
             *(frame[c] for c in keep),
         ]
     )
 
 
 def document_frame(
-    table: pl.DataFrame, columns: dict[str, int], keep: Sequence[str], how: str, normalize: bool
+    table: pl.DataFrame,
+    columns: dict[str, int],
+    keep: Sequence[str],
+    how: str,
+    normalize: bool,
+    text_hash: pl.Series | None = None,
 ) -> pl.DataFrame:
     """One row per id from a chunk part: each vector column aggregated over the id's chunks
-    (token-weighted mean by n_tokens, or element-wise max), n_tokens summed, kept columns of the id."""
+    (token-weighted mean by n_tokens, or element-wise max), n_tokens summed, kept columns of the id.
+
+    Args:
+        text_hash: the hash of each document's whole text, in the order of the part's ids.
+    """
     groups = table["id"].rle_id().to_numpy()  # (C,) the chunks of an id are adjacent
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else np.zeros(0, np.int64)
     first = table[starts]  # (N rows) the first chunk of each id
@@ -119,6 +138,7 @@ def document_frame(
             *vectors,
             pl.Series("n_tokens", tokens, dtype=pl.Int32),
             pl.Series("n_chunks", np.diff(np.r_[starts, len(groups)]), dtype=pl.Int32),
+            *_hashed(text_hash),
             *(first[c] for c in keep),
         ]
     )

@@ -11,12 +11,14 @@ import os
 import posixpath
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 from bertflow.errors import InputError
 from bertflow.io import storage
 from bertflow.io.formats import FORMATS, SUPPORTED, FileScan, file_format, read_piece, scan_file
 from bertflow.io.manifest import IdKind, Piece, ShardSpec
+from bertflow.io.reuse import IdIndex, id_keys
 
 
 def list_source(source: str) -> list[str]:
@@ -97,8 +99,25 @@ def plan_shards(
     source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int
 ) -> list[ShardSpec]:
     """Validate SOURCE and split its rows into shards of at most `shard_rows` rows, in file order."""
+    return plan_source(source, id_column=id_column, text_column=text_column, keep=keep, shard_rows=shard_rows)[0]
+
+
+def plan_source(
+    source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int
+) -> tuple[list[ShardSpec], IdIndex]:
+    """`plan_shards`, and every id of SOURCE indexed by shard (what `--reuse` looks earlier outputs up by)."""
     scans = scan_source(source, id_column=id_column, text_column=text_column, keep=keep)
     id_kind = _id_kind(scans, id_column)
+    plan = _split(scans, id_kind, shard_rows)
+    keys, shards = [], []
+    for scan in scans:
+        keys.append(id_keys(scan.ids, id_kind))
+    for spec in plan:
+        shards.append(np.full(spec.rows, spec.index, dtype=np.int32))
+    return plan, IdIndex.build(np.concatenate(keys), np.concatenate(shards))
+
+
+def _split(scans: Sequence[FileScan], id_kind: IdKind, shard_rows: int) -> list[ShardSpec]:
     groups: list[list[Piece]] = [[]]
     room = shard_rows
     for scan in scans:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from bertflow.io import parts, sources, storage
-from bertflow.io.manifest import DOCUMENTS_DIR, REJECTS_NAME, Manifest
+from bertflow.io.manifest import DELETED_NAME, DOCUMENTS_DIR, REJECTS_NAME, Manifest
 
 
 def _keys(uri: str, chunked: bool) -> pl.DataFrame:
@@ -90,6 +90,10 @@ def _check_listing(dest: str, manifest: Manifest, problems: list[str]) -> None:
             problems.append(f"{name}: in DEST but not in the manifest")
     if manifest.status == "complete" and len(manifest.shards) != manifest.planned_shards:
         problems.append(f"manifest lists {len(manifest.shards)} shards of {manifest.planned_shards} planned")
+    listed_deleted = manifest.reuse is not None and manifest.reuse.deleted is not None
+    if listed_deleted != storage.exists(storage.join(dest, DELETED_NAME)):
+        where = "listed in the manifest but missing" if listed_deleted else "in DEST but not in the manifest"
+        problems.append(f"{DELETED_NAME}: {where}")
 
 
 def _check_parts(dest: str, manifest: Manifest, problems: list[str]) -> pl.DataFrame:

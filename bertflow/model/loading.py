@@ -102,6 +102,31 @@ def weights_sha256(path: Path) -> str:
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
+# The files a fast tokenizer is built from (whichever the model has): what `tokenizer_sha256` covers.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def tokenizer_sha256(path: Path) -> str:
+    """sha256 over the tokenizer files present in the model directory, each with its name."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            st = f.stat()
+            digest.update(f"{name}:{_sha256_cached(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
 def _read_json(path: Path) -> dict | list | None:
     try:
         return json.loads(path.read_text())
@@ -223,6 +248,12 @@ def localize(config: ResolvedConfig) -> ResolvedConfig:
         raise ModelError(
             f"model {config.model.name!r} on this host ({path}) has weights sha256 {sha[:12]}, the run planned "
             f"{config.model.sha256[:12]}; install the same model on every worker host"
+        )
+    planned = config.model.tokenizer_sha256
+    if planned is not None and (found := tokenizer_sha256(path)) != planned:
+        raise ModelError(
+            f"model {config.model.name!r} on this host ({path}) has tokenizer files with sha256 {found[:12]}, "
+            f"the run planned {planned[:12]}; install the same model on every worker host"
         )
     if str(path) == config.model.path:
         return config

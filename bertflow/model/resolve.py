@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bertflow.config import TOKEN_LEVEL, EmbedConfig, ModelRef, ResolvedConfig
 from bertflow.errors import InputError
+from bertflow.io.reuse import TEXT_HASH
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import attach, head_for
 from bertflow.model.loading import (
@@ -17,6 +18,7 @@ from bertflow.model.loading import (
     pick_device,
     resolve_model_path,
     special_tokens,
+    tokenizer_sha256,
     weights_sha256,
 )
 from bertflow.model.pooling import output_dim
@@ -68,7 +70,9 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         for p in pooling
     }
     resolved = ResolvedConfig(
-        model=ModelRef(name=config.model, path=str(path), sha256=weights_sha256(path)),
+        model=ModelRef(
+            name=config.model, path=str(path), sha256=weights_sha256(path), tokenizer_sha256=tokenizer_sha256(path)
+        ),
         pooling=pooling,
         dimensions=widths,
         layers=config.layers,
@@ -90,6 +94,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         stride=config.stride,
         aggregate=config.aggregate,
         storage_block=config.storage_block,
+        text_hash=TEXT_HASH,
     )
     return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
 

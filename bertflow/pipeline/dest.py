@@ -15,15 +15,19 @@ from bertflow.config import ResolvedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import (
+    DELETED_NAME,
     MANIFEST_NAME,
     REJECTS_NAME,
     Manifest,
+    ReuseSummary,
     ShardJob,
     ShardResult,
     ShardSpec,
     Totals,
     shard_fingerprint,
 )
+from bertflow.pipeline import previous
+from bertflow.pipeline.previous import ReusePlan
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class RunTarget:
     config: ResolvedConfig
     plan: list[ShardSpec]
     created_at: datetime
+    reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -49,6 +54,7 @@ def manifest(
     device: str | None = None,
     seconds: float = 0.0,
     rejects: str | None = None,
+    reuse: ReuseSummary | None = None,
 ) -> Manifest:
     """The "running" manifest (no results yet) or the "complete" one."""
     done = list(results or ())
@@ -68,12 +74,14 @@ def manifest(
         source=target.source,
         config=target.config,
         fingerprint=target.config.output_fingerprint(),
+        embedding_fingerprint=target.config.embedding_fingerprint(),
         device=device,
         shards=done,
         planned_shards=len(target.plan),
         totals=totals,
         rejects=rejects,
         documents_parts=[r.documents_part for r in done if r.documents_part is not None],
+        reuse=reuse,
         created_at=target.created_at,
         completed_at=None if results is None else datetime.now(timezone.utc),
     )
@@ -106,7 +114,7 @@ def prepare(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list
     pending = [
         ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name]) for s in plan if s.name not in done
     ]
-    return list(done.values()), pending
+    return list(done.values()), pending if target.reuse is None else target.reuse.jobs(pending)
 
 
 def collect(
@@ -123,16 +131,23 @@ def collect(
     return [r.model_copy(update={"resumed": False}) for r in collected.values()], {**failed, **missing}
 
 
+def _write_or_remove(uri: str, data: bytes | None) -> None:
+    if data is not None:
+        storage.write_atomic(uri, data)
+    else:
+        storage.remove(uri)  # a stale one from an earlier run into this DEST
+
+
 def finalize(target: RunTarget, results: Sequence[ShardResult], seconds: float, device: str) -> Manifest:
-    """Write `_rejects.parquet` (or remove a stale one), then the complete manifest last."""
+    """Write `_rejects.parquet` and `_deleted.parquet` (or remove stale ones), then the complete manifest last."""
     by_name = {r.name: r for r in results}
     ordered = [by_name[s.name] for s in target.plan]
     rejects = parts.rejects_bytes(ordered, target.plan[0].id_kind)
-    rejects_uri = storage.join(target.dest, REJECTS_NAME)
-    if rejects is not None:
-        storage.write_atomic(rejects_uri, rejects)
-    else:
-        storage.remove(rejects_uri)
-    complete = manifest(target, ordered, device, seconds, REJECTS_NAME if rejects is not None else None)
+    _write_or_remove(storage.join(target.dest, REJECTS_NAME), rejects)
+    plan = target.reuse
+    deleted = parts.ids_bytes(plan.dropped) if plan is not None and plan.deleted_ids else None
+    _write_or_remove(storage.join(target.dest, DELETED_NAME), deleted)
+    reused = previous.summary(plan, ordered) if plan is not None else None
+    complete = manifest(target, ordered, device, seconds, REJECTS_NAME if rejects is not None else None, reused)
     storage.write_atomic(storage.join(target.dest, MANIFEST_NAME), parts.manifest_bytes(complete))
     return complete

@@ -9,7 +9,7 @@ from typing import Any
 
 from bertflow.config import ResolvedConfig, pooling_label
 from bertflow.io import storage
-from bertflow.io.manifest import MANIFEST_NAME, Manifest, ShardResult
+from bertflow.io.manifest import MANIFEST_NAME, Manifest, ReuseSummary, ShardResult
 
 
 def run_tags(config: ResolvedConfig) -> list[str]:
@@ -19,10 +19,26 @@ def run_tags(config: ResolvedConfig) -> list[str]:
     return [f"model:{model}", f"pooling:{pooling_label(config.pooling)}"]
 
 
+def reuse_text(reuse: ReuseSummary) -> str:
+    """One line on what reusing earlier outputs saved."""
+    shown = ", ".join(reuse.previous[:2]) + (f" and {len(reuse.previous) - 2} more" if len(reuse.previous) > 2 else "")
+    skipped = "".join(f"; not reused: {why}" for why in reuse.skipped.values())
+    return (
+        f"{reuse.reused:,} rows reused from {shown or 'no earlier output'}, {reuse.embedded:,} embedded, "
+        f"{reuse.dropped:,} ids dropped; about {reuse.seconds_saved:,.1f} s of model time saved{skipped}"
+    )
+
+
 def summary_row(
-    shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig, device: str | None
+    shards: Sequence[ShardResult],
+    failed: int,
+    seconds: float,
+    config: ResolvedConfig,
+    device: str | None,
+    reuse: ReuseSummary | None = None,
 ) -> dict[str, Any]:
-    """Documents (and chunks), rejected, shards done / resumed / failed, tokens, rates, seconds, settings."""
+    """Documents (and chunks), rejected, shards done / resumed / failed, tokens, rates, seconds, settings;
+    with `--reuse`, rows reused / embedded, ids dropped and model seconds saved."""
     fresh = [s for s in shards if not s.resumed]
     fresh_docs, fresh_tokens = sum(s.documents + s.rejected for s in fresh), sum(s.tokens for s in fresh)
     chunks: dict[str, Any] = {}
@@ -32,9 +48,18 @@ def summary_row(
             "chunks": sum(s.rows for s in shards),
             "chunks_per_s": round(fresh_chunks / seconds, 1) if seconds else 0.0,
         }
+    reused: dict[str, Any] = {}
+    if reuse is not None:
+        reused = {
+            "rows_reused": reuse.reused,
+            "rows_embedded": reuse.embedded,
+            "ids_dropped": reuse.dropped,
+            "model_seconds_saved": reuse.seconds_saved,
+        }
     return {
         "documents": sum(s.documents for s in shards),
         **chunks,
+        **reused,
         "rejected": sum(s.rejected for s in shards),
         "shards_done": len(fresh),
         "shards_resumed": len(shards) - len(fresh),
@@ -75,6 +100,8 @@ def manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str
         f"({config.layer_mode}), {'normalized' if config.normalize else 'not normalized'} |",
         f"| precision / device | {config.precision} / {manifest.device} |",
     ]
+    if manifest.reuse is not None:
+        lines.append(f"| reuse | {reuse_text(manifest.reuse)} |")
     if manifest.completed_at:
         lines.append(f"| completed | {manifest.completed_at:%Y-%m-%d %H:%M:%S} UTC |")
     lines += ["", f'Read it back with `polars.read_parquet("{storage.join(dest, "part-*.parquet")}")`.']

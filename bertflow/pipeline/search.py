@@ -96,7 +96,8 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
 def embed_query(query: str, config: ResolvedConfig) -> np.ndarray:
     """The query's vector (D,), through the very steps that embedded DEST's rows."""
     encoder = encoder_for(config)
-    return steps.embed(encoder, steps.tokenize(encoder, [query], config), config)[0]
+    text = steps.ShardText(pl.DataFrame({"id": [0], "text": [query]}), [])
+    return steps.embed(encoder, steps.tokenize(encoder, text, config), config)[0]
 
 
 def _snippet_column(manifest: Manifest, dest: str) -> str | None:

@@ -14,11 +14,14 @@ import polars as pl
 import torch
 
 from bertflow.config import ResolvedConfig
+from bertflow.io import reuse as reuse_io
 from bertflow.io import schema, sources, storage
 from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject, ShardJob, ShardResult, ShardSpec
 from bertflow.io.parts import serialize_part
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import reduce_vectors
+from bertflow.pipeline import reuse
+from bertflow.pipeline.reuse import Reuse
 from bertflow.progress import OnProgress
 from bertflow.text.tokenize import Chunks, Tokenized, TokenText
 from bertflow.vectors import normalize
@@ -30,41 +33,62 @@ class ShardText:
 
     frame: pl.DataFrame
     rejects: list[Reject]
+    hashes: pl.Series | None = None  # `text_hash` of each row of `frame`; None: computed when needed
+    previous: pl.DataFrame | None = None  # `--reuse`: rows of earlier outputs this shard may copy
+
+    def text_hashes(self) -> pl.Series:
+        return self.hashes if self.hashes is not None else reuse_io.text_hashes(self.frame["text"].to_list())
 
 
 @dataclass(frozen=True)
 class ShardTokens:
-    """What the model is fed (`tok`, one row per document or per chunk) and what the part writes beside it."""
+    """What the model is fed (`tok`, one row per document or per chunk) and what the part writes beside it.
+
+    Under `--reuse`, `tok` holds only the rows to embed; `reused` the rows copied instead.
+    """
 
     tok: Tokenized
-    documents: int  # the texts tokenized; rows of `tok` are windows of them under `--long-text chunk`
-    chunks: Chunks | None = None  # `--long-text chunk`: one row of `tok` per window
-    token_text: TokenText | None = None  # `--pooling none`: token strings and spans
+    documents: int  # the shard's documents; rows of `tok` are windows of them under `--long-text chunk`
+    chunks: Chunks | None = None  # `--long-text chunk`: every window (`tok`: those to embed)
+    token_text: TokenText | None = None  # `--pooling none`: every document's token strings and spans
+    window_hashes: pl.Series | None = None  # `--long-text chunk`: `text_hash` of each window's span
+    reused: Reuse | None = None
 
 
 # (N, D) pooled vectors, or per document a (T_i, H) array of its tokens' vectors (`--pooling none`).
 Vectors = np.ndarray | list[np.ndarray]
 
 
-def read_text(spec: ShardSpec, config: ResolvedConfig) -> ShardText:
-    """Read one shard's rows from SOURCE; documents with a null text go to rejects."""
+def read_text(job: ShardJob) -> ShardText:
+    """Read one shard's rows from SOURCE (documents with a null text go to rejects) and hash their texts;
+    under `--reuse`, read the rows of earlier outputs it may copy."""
+    spec, config = job.spec, job.config
     frame = sources.read_shard(spec, config.id_column, config.text_column, config.keep)
     null = frame["text"].is_null()
-    if not null.any():
-        return ShardText(frame, [])
-    rejects = [Reject(id=i, reason="null text") for i in frame.filter(null)["id"].to_list()]
-    return ShardText(frame.filter(~null), rejects)
+    rejects = [Reject(id=i, reason="null text") for i in frame.filter(null)["id"].to_list()] if null.any() else []
+    frame = frame.filter(~null) if rejects else frame
+    hashes = reuse_io.text_hashes(frame["text"].to_list()) if config.text_hash else None
+    previous = reuse.previous_rows(job, frame, hashes) if hashes is not None else None
+    return ShardText(frame, rejects, hashes, previous)
 
 
-def tokenize(encoder: Encoder, texts: list[str], config: ResolvedConfig) -> ShardTokens:
-    """Token ids for the run's mode: truncated at max length, cut into windows, or kept per token."""
+def tokenize(encoder: Encoder, text: ShardText, config: ResolvedConfig) -> ShardTokens:
+    """Token ids for the run's mode: truncated at max length, cut into windows, or kept per token;
+    rows found in an earlier output are set aside instead of fed to the model."""
+    texts = text.frame["text"].to_list()
     if config.chunked:
         chunks = encoder.tokenizer.tokenize_chunks(texts, config.chunk_tokens or config.max_length, config.stride)
-        return ShardTokens(chunks.tok, len(texts), chunks=chunks)
-    if config.token_level:
+        hashes = reuse.window_hashes(texts, chunks) if config.text_hash else None
+        found = reuse.match_windows(text.frame, chunks, hashes, text.previous) if hashes is not None else None
+        tok = chunks.tok if found is None else reuse.take(chunks.tok, found.fresh())
+        return ShardTokens(tok, len(texts), chunks=chunks, window_hashes=hashes, reused=found)
+    found = reuse.match_documents(text.frame, text.previous)
+    if config.token_level:  # the part writes every document's tokens: all are tokenized
         token_text = encoder.tokenizer.tokenize_tokens(texts)
-        return ShardTokens(token_text.tok, len(texts), token_text=token_text)
-    return ShardTokens(encoder.tokenizer.tokenize(texts), len(texts))
+        tok = token_text.tok if found is None else reuse.take(token_text.tok, found.fresh())
+        return ShardTokens(tok, len(texts), token_text=token_text, reused=found)
+    fresh = texts if found is None else [texts[i] for i in found.fresh().tolist()]
+    return ShardTokens(encoder.tokenizer.tokenize(fresh), len(texts), reused=found)
 
 
 def embed(
@@ -76,6 +100,8 @@ def embed(
         on_documents: called with the number of documents each batch finished (not chunks).
     """
     tok = tokens.tok
+    if tokens.reused is not None and not config.chunked and on_documents is not None:
+        on_documents(len(tokens.reused.rows))  # documents copied from an earlier output are done
     if config.token_level:
         return encoder.token_states(
             tok,
@@ -113,8 +139,13 @@ def embed(
 def part_table(
     spec: ShardSpec, config: ResolvedConfig, text: ShardText, tokens: ShardTokens, vectors: Vectors
 ) -> pl.DataFrame:
-    """The part's table in the output schema: a row per document (or per chunk), columns as `config.columns()`."""
-    tok, frame = tokens.tok, text.frame
+    """The part's table in the output schema: a row per document (or per chunk), columns as `config.columns()`.
+
+    Rows copied from an earlier output (`tokens.reused`) take their place among the rows embedded.
+    """
+    frame, found = text.frame, tokens.reused
+    vectors = reuse.all_vectors(config, vectors, found)
+    hashes = text.text_hashes() if config.text_hash else None
     if tokens.token_text is not None:
         t = tokens.token_text
         if not isinstance(vectors, list):
@@ -125,11 +156,12 @@ def part_table(
             t.offsets,
             t.special,
             vectors,
-            tok.n_tokens,
-            tok.truncated,
+            t.tok.n_tokens,
+            t.tok.truncated,
             config.keep,
             spec.id_kind,
             config.dimension,
+            hashes,
         )
     leading: list[pl.Series] = []
     if tokens.chunks is not None:
@@ -140,27 +172,42 @@ def part_table(
             pl.Series("char_start", c.char_start, dtype=pl.Int64),
             pl.Series("char_end", c.char_end, dtype=pl.Int64),
         ]
+        n_tokens, truncated, hashes = c.tok.n_tokens, c.tok.truncated, tokens.window_hashes
+    else:
+        copied = found.previous if found is not None else None
+        n_tokens = reuse.scatter(tokens.tok.n_tokens, None if copied is None else copied["n_tokens"].to_numpy(), found)
+        truncated = reuse.scatter(
+            tokens.tok.truncated, None if copied is None else copied["truncated"].to_numpy(), found
+        )
     if not isinstance(vectors, np.ndarray):
         raise TypeError("a pooled part takes one (N, D) array of vectors (`embed` with a pooling)")
     return schema.part_frame(
         frame,
         vectors,
-        tok.n_tokens,
-        tok.truncated,
+        n_tokens,
+        truncated,
         config.keep,
         spec.id_kind,
         config.embedding_columns(),
         leading,
+        hashes,
     )
 
 
-def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float) -> ShardResult:
+def write_part(
+    job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, model_seconds: float = 0.0
+) -> ShardResult:
     """Build the part's table and write it (and, under `--aggregate`, its documents/ part first) to DEST,
-    each atomically."""
+    each atomically.
+
+    Args:
+        seconds: the shard's time from reading to its last vector; `model_seconds` of it in `embed`.
+    """
     dest, spec, config = job.dest, job.spec, job.config
     table = part_table(spec, config, text, tokens, vectors)
     rejects = text.rejects
     n_tokens, truncated = table["n_tokens"], table["truncated"]
+    found = tokens.reused
     info = PartInfo(
         fingerprint=job.fingerprint,
         rows=len(table),
@@ -168,10 +215,20 @@ def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vec
         truncated=int(truncated.sum()),
         seconds=seconds,
         rejects=rejects,
+        reused=0 if found is None else len(found.rows),
+        reused_tokens=0 if found is None else int(n_tokens.to_numpy()[found.rows].sum()),
+        model_seconds=round(model_seconds, 3),
     )
     documents_part = None
     if config.aggregated:  # written first: a main part on its own is not a finished shard
-        docs = schema.document_frame(table, config.embedding_columns(), config.keep, config.aggregate, config.normalize)
+        docs = schema.document_frame(
+            table,
+            config.embedding_columns(),
+            config.keep,
+            config.aggregate,
+            config.normalize,
+            text.text_hashes() if config.text_hash else None,
+        )
         docs_data = serialize_part(docs, info.model_copy(update={"rows": len(docs)}))
         storage.write_atomic(storage.join(dest, DOCUMENTS_DIR, spec.name), docs_data)
         documents_part = DocumentsPart(
@@ -191,4 +248,7 @@ def write_part(job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vec
         sha256=hashlib.sha256(data).hexdigest(),
         rejects=rejects,
         documents_part=documents_part,
+        reused=info.reused,
+        reused_tokens=info.reused_tokens,
+        model_seconds=info.model_seconds,
     )

@@ -1,0 +1,193 @@
+"""Earlier outputs a run copies rows from (`--reuse`, or a scheduled run's previous partition), and the
+plan of which of their parts each shard reads.
+
+Planning reads only the `id` column of the earlier parts, once per run, and looks every id up in
+SOURCE's id index (sorted 64-bit keys): memory holds SOURCE's ids and one earlier part's ids at a
+time, never the earlier output. Each shard then reads just the earlier parts that hold its ids.
+When SOURCE keeps its row order from one run to the next (a table snapshot with rows updated in
+place, appended or deleted), that is about one earlier part per shard: the incremental run reads
+each earlier part once, and embeds only the rows whose text changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from bertflow import partitions
+from bertflow.config import ResolvedConfig, fingerprint_diff
+from bertflow.errors import BertflowError, InputError, ReuseMismatchError, one_line
+from bertflow.io import parts, reuse, storage
+from bertflow.io.manifest import DELETED_NAME, Manifest, ReusePart, ReuseSummary, ShardJob, ShardResult, ShardSpec
+from bertflow.io.reuse import IdIndex
+from bertflow.io.schema import ID_DTYPES
+from bertflow.io.verify import verify_dest
+
+# What a run does with an earlier output (`--reuse`) embedded otherwise: fail, or leave it out.
+ReuseMismatch = Literal["error", "ignore"]
+# Above this many earlier parts read per shard on average, SOURCE's order changed a lot since then.
+SCATTER_WARNING = 4.0
+
+
+@dataclass(frozen=True)
+class Previous:
+    """An earlier output checked fit to copy rows from."""
+
+    dest: str
+    manifest: Manifest
+
+
+def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
+    """An earlier output to copy rows from: complete, its rows hashed, embedded exactly as this run embeds.
+
+    Raises:
+        ReuseMismatchError: the vectors would differ (`--reuse-mismatch ignore` skips such an output).
+        InputError: it is DEST itself, or not a finished bertflow output.
+    """
+    if storage.canonical(uri).rstrip("/") == storage.canonical(dest).rstrip("/"):
+        raise InputError(f"--reuse {uri} is DEST itself; rerun into DEST without --reuse to resume it")
+    manifest = parts.read_manifest(uri)
+    if manifest is None:
+        raise InputError(f"--reuse {uri} has no _manifest.json; give a DEST written by `bertflow embed`")
+    if manifest.status != "complete":
+        raise InputError(
+            f"--reuse {uri} is not complete (status {manifest.status!r}); rerun its embed command to finish it, "
+            "or drop it from --reuse"
+        )
+    recorded = manifest.embedding_fingerprint
+    if recorded is None or not manifest.config.text_hash:
+        reason = f"{uri} was written by bertflow {manifest.bertflow_version}, whose rows carry no text_hash"
+        raise ReuseMismatchError(f"--reuse {reason}; embed it once with this version, or drop it from --reuse", reason)
+    now = config.embedding_fingerprint()
+    diffs = fingerprint_diff(recorded, now, list(now))
+    if diffs:
+        key = diffs[0]
+        reason = f"{uri} was embedded with {key} {recorded.get(key)!r}, this run uses {now[key]!r}"
+        raise ReuseMismatchError(
+            f"--reuse {reason}; its vectors would differ: drop it from --reuse, "
+            "or pass --reuse-mismatch ignore to skip such outputs",
+            reason,
+        )
+    return Previous(uri, manifest)
+
+
+def open_all(
+    uris: Sequence[str], dest: str, config: ResolvedConfig, ignore_mismatch: bool
+) -> tuple[list[Previous], dict[str, str]]:
+    """`open_previous` for each of `uris`, newest first. With `ignore_mismatch`, an output whose vectors
+    would differ is left out (returned with why) instead of failing the run."""
+    opened, skipped = [], {}
+    for uri in uris:
+        try:
+            opened.append(open_previous(uri, dest, config))
+        except ReuseMismatchError as e:
+            if not ignore_mismatch:
+                raise
+            skipped[uri] = e.reason
+    return opened, skipped
+
+
+def previous_partition(dest_template: str, partition: str) -> str:
+    """The DEST of the day before `partition` (what a scheduled run reuses)."""
+    day = date.fromisoformat(partition) - timedelta(days=1)
+    return partitions.render(dest_template, day)
+
+
+def check_scheduled(uri: str, dest: str, config: ResolvedConfig) -> tuple[Previous | None, str]:
+    """The previous partition's output if it can be reused, else None and why (a scheduled run then
+    embeds everything). It must be complete, pass `verify`, and match this run's embedding fingerprint."""
+    if parts.read_manifest(uri) is None:
+        return None, f"no previous output at {uri}"
+    try:
+        previous = open_previous(uri, dest, config)
+    except ReuseMismatchError as e:
+        return None, e.reason
+    except BertflowError as e:
+        return None, one_line(e)
+    problems = verify_dest(uri)
+    if problems:
+        return None, f"previous output {uri} fails verify ({problems[0]}{', ...' if len(problems) > 1 else ''})"
+    return previous, f"reusing rows of {uri}"
+
+
+@dataclass(frozen=True)
+class ReusePlan:
+    """Which earlier parts each shard reads, and what the run reports about the earlier outputs."""
+
+    previous: list[str]  # the earlier outputs, newest first
+    skipped: dict[str, str]  # earlier outputs left out, and why
+    parts: dict[str, tuple[ReusePart, ...]]  # shard (part name) -> earlier parts holding its ids
+    dropped: pl.Series  # ids of the newest earlier output that SOURCE no longer has
+    rate: float | None  # tokens/s of the newest earlier output's embedding, to estimate time saved
+    deleted_ids: bool = False  # write `dropped` to DEST/_deleted.parquet
+    scatter: float = field(default=0.0)  # earlier parts per shard, on average
+
+    def jobs(self, pending: Sequence[ShardJob]) -> list[ShardJob]:
+        """The jobs with the earlier parts to look their rows up in."""
+        return [j.model_copy(update={"reuse": self.parts.get(j.spec.name, ())}) for j in pending]
+
+
+def _rate(results: Sequence[ShardResult]) -> float | None:
+    """Tokens the model embedded per second of its time (`model_seconds`), over the shards that embedded any."""
+    timed = [r for r in results if r.model_seconds > 0 and r.tokens > r.reused_tokens]
+    seconds = sum(r.model_seconds for r in timed)
+    return sum(r.tokens - r.reused_tokens for r in timed) / seconds if seconds else None
+
+
+def plan_reuse(
+    plan: Sequence[ShardSpec],
+    index: IdIndex,
+    previous: Sequence[Previous],
+    skipped: dict[str, str] | None = None,
+    deleted_ids: bool = False,
+) -> ReusePlan:
+    """For each shard, the earlier parts (newest output first) that hold any of its ids; and the ids of
+    the newest earlier output that SOURCE no longer has."""
+    id_kind = plan[0].id_kind
+    found: list[list[ReusePart]] = [[] for _ in plan]
+    dropped: list[pl.Series] = []
+    for n, prev in enumerate(previous):
+        for shard in prev.manifest.shards:
+            uri = storage.join(prev.dest, shard.name)
+            ids = reuse.read_part_ids(uri)
+            if ids.dtype != ID_DTYPES[id_kind]:
+                raise InputError(
+                    f"--reuse {prev.dest} has {ids.dtype} ids, SOURCE {id_kind} ids; reuse an output of the same SOURCE"
+                )
+            where = index.lookup(reuse.id_keys(ids, id_kind))
+            for s in np.unique(where[where >= 0]).tolist():
+                found[s].append(ReusePart(uri=uri, sha256=shard.sha256))
+            if n == 0:
+                dropped.append(ids.filter(pl.Series(where < 0)))
+    gone = pl.concat(dropped).unique(maintain_order=True) if dropped else pl.Series("id", [], ID_DTYPES[id_kind])
+    return ReusePlan(
+        previous=[p.dest for p in previous],
+        skipped=dict(skipped or {}),
+        parts={spec.name: tuple(f) for spec, f in zip(plan, found) if f},
+        dropped=gone,
+        rate=_rate(previous[0].manifest.shards) if previous else None,
+        deleted_ids=deleted_ids,
+        scatter=sum(len(f) for f in found) / max(len(plan), 1),
+    )
+
+
+def summary(plan: ReusePlan, results: Sequence[ShardResult]) -> ReuseSummary:
+    """Rows reused, embedded and dropped, and the model time saved: the reused rows' tokens at this run's
+    own model throughput (or, when it embedded nothing, the earlier output's)."""
+    reused = sum(r.reused for r in results)
+    rate = _rate(results) or plan.rate
+    saved_tokens = sum(r.reused_tokens for r in results)
+    return ReuseSummary(
+        previous=plan.previous,
+        skipped=plan.skipped,
+        reused=reused,
+        embedded=sum(r.rows for r in results) - reused,
+        dropped=len(plan.dropped),
+        deleted=DELETED_NAME if plan.deleted_ids else None,
+        seconds_saved=round(saved_tokens / rate, 3) if rate else 0.0,
+    )

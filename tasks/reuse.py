@@ -1,0 +1,71 @@
+"""Prefect tasks that find the earlier outputs a run copies rows from, and plan which parts each shard reads."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from bertflow.config import ResolvedConfig
+from bertflow.io.manifest import ShardSpec
+from bertflow.io.reuse import IdIndex
+from bertflow.pipeline import previous
+from bertflow.pipeline.previous import Previous, ReuseMismatch, ReusePlan
+from bertflow.tasks.policy import IN_MEMORY, RETRY
+
+
+@task(**IN_MEMORY, **RETRY)
+def open_previous(
+    dest: str,
+    config: ResolvedConfig,
+    reuse: list[str],
+    reuse_mismatch: ReuseMismatch,
+    last_partition: str | None,
+) -> tuple[list[Previous], dict[str, str]]:
+    """The earlier outputs to copy rows from (storage: their manifests; the previous partition is verified),
+    and those left out, with why.
+
+    Args:
+        reuse: outputs named by the user, newest first; one that does not fit fails the run unless it
+            only embeds differently and `reuse_mismatch` is "ignore".
+        last_partition: a scheduled run's previous partition, used when it fits; when it does not,
+            the run embeds everything and says why.
+    """
+    logger = get_run_logger()
+    opened, skipped = previous.open_all(reuse, dest, config, ignore_mismatch=reuse_mismatch == "ignore")
+    for uri, why in skipped.items():
+        logger.warning("not reusing %s: %s", uri, why)
+    if last_partition is not None and last_partition not in reuse:
+        found, why = previous.check_scheduled(last_partition, dest, config)
+        if found is not None:
+            opened.append(found)
+            logger.info("%s", why)
+        elif why.startswith("no previous output"):
+            logger.info("%s: embedding every row", why)
+        else:
+            skipped[last_partition] = why
+            logger.warning("not reusing the previous partition: %s; embedding every row", why)
+    return opened, skipped
+
+
+@task(**IN_MEMORY, **RETRY)
+def plan_reuse(
+    plan: list[ShardSpec], index: IdIndex, found: tuple[list[Previous], dict[str, str]], deleted_ids: bool
+) -> ReusePlan | None:
+    """Read the earlier parts' ids (storage) and find, for each shard, the parts that hold its ids."""
+    opened, skipped = found
+    if not opened and not skipped:
+        return None
+    reuse = previous.plan_reuse(plan, index, opened, skipped, deleted_ids)
+    logger = get_run_logger()
+    if not opened:
+        return reuse
+    logger.info(
+        "looking rows up in %s; %d ids of %s are no longer in SOURCE",
+        ", ".join(reuse.previous), len(reuse.dropped), reuse.previous[0],
+    )  # fmt: skip
+    if reuse.scatter > previous.SCATTER_WARNING:
+        logger.warning(
+            "each shard reads %.1f earlier parts on average: SOURCE's row order changed since %s, so reuse "
+            "reads much more than it copies",
+            reuse.scatter, reuse.previous[0],
+        )  # fmt: skip
+    return reuse
