@@ -1,3 +1,3 @@
 """bertflow: embedding datasets from text collections with BERT-family encoders."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -36,6 +36,8 @@ TOKEN_LEVEL = "none"
 # each, in this order), ("mean_lstm",) with a head, or ("none",) for token-level output.
 Pooling = tuple[str, ...]
 
+# Output-fingerprint keys added in bertflow 0.3: outputs written before lack them (and their rows a text_hash).
+ADDED_IN_0_3 = ("tokenizer_sha256", "text_hash")
 CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")  # leading columns of a chunked part
 TOKEN_COLUMNS = ("tokens", "offsets", "special", "token_embeddings")  # vector columns of a token-level part
 

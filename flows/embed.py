@@ -103,11 +103,11 @@ def embed_dataset(
                     created_at=created_at,
                     reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
                 )
-                results, pending = prepare_dest(target, overwrite)
+                target, results, pending = prepare_dest(target, overwrite)
                 if pool:
                     failed = fan_out(pending, child_tags, report.part_written)
                     # Results come back through DEST: each part's footer, read here.
-                    collected, failed = collect_parts(dest, resolved, [j.spec for j in pending], failed)
+                    collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], failed)
                     results += collected
                     if failed:
                         report.unfinished(results, len(failed), time.perf_counter() - started, resolved)

@@ -46,17 +46,17 @@ def plan_shards(source: str, config: ResolvedConfig) -> tuple[list[ShardSpec], I
 
 
 @task(**IN_MEMORY, **RETRY)
-def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list[ShardJob]]:
-    """Check DEST (storage) against this run, clear it on overwrite, mark it running; return finished parts
-    and the jobs of the shards still to embed."""
-    done, pending = dest_.prepare(target, overwrite)
+def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
+    """Check DEST (storage) against this run, clear it on overwrite, mark it running; return the target (in
+    the format of an older DEST it continues), finished parts and the jobs of the shards still to embed."""
+    target, done, pending = dest_.prepare(target, overwrite)
     total = sum(s.rows for s in target.plan)
     progress.start(total, total - sum(j.spec.rows for j in pending))
     if done:
         get_run_logger().info(
             "resuming: %d of %d shards already complete in %s", len(done), len(target.plan), target.dest
         )
-    return done, pending
+    return target, done, pending
 
 
 @task(**IN_MEMORY)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bertflow import partitions
-from bertflow.config import EmbedConfig, fingerprint_diff
+from bertflow.config import ADDED_IN_0_3, EmbedConfig, fingerprint_diff
 from bertflow.errors import InputError
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
@@ -84,11 +84,13 @@ def _day(day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], o
     manifest = parts.read_manifest(dest)
     if manifest is None:
         return Day(partition=day, source=source, dest=dest, action="run", why="no output yet")
-    if fingerprint_diff(manifest.fingerprint, fingerprint):
+    keys = [k for k in {**manifest.fingerprint, **fingerprint} if k in manifest.fingerprint or k not in ADDED_IN_0_3]
+    if fingerprint_diff(manifest.fingerprint, fingerprint, keys):
         raise InputError(
             f"partition {day}: DEST {dest} holds output made with other settings; "
             "pass --overwrite to replace it, or change the deployment's config back"
         )
     if manifest.status != "complete":
         return Day(partition=day, source=source, dest=dest, action="run", why="incomplete: resumes the missing shards")
+    # A day an older bertflow completed with these settings has the same vectors (but no text_hash): kept.
     return Day(partition=day, source=source, dest=dest, action="skip", why="complete with the same config")

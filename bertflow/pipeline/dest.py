@@ -7,7 +7,7 @@ mismatched rerun is refused) and "complete" last, after every part and `_rejects
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import bertflow
@@ -96,17 +96,30 @@ def _check_not_inside(source: str, dest: str) -> None:
             )
 
 
-def prepare(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list[ShardJob]]:
+def in_format_of(existing: Manifest | None, config: ResolvedConfig) -> ResolvedConfig:
+    """The run's config as a DEST begun by bertflow 0.2 or earlier records it: rows without `text_hash`,
+    no tokenizer hash, so a rerun continues that DEST as it was started (and can resume it)."""
+    if existing is None or existing.config.text_hash or not config.text_hash:
+        return config
+    model = config.model.model_copy(update={"tokenizer_sha256": None})
+    return config.model_copy(update={"text_hash": None, "model": model})
+
+
+def prepare(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
     """Check DEST against this run, clear it on overwrite, mark it running.
 
-    Returns the parts already done and a job for every shard still to embed.
+    Returns the run's target (its config in the format of an older DEST it continues), the parts
+    already done and a job for every shard still to embed.
     """
-    dest, config, plan = target.dest, target.config, target.plan
+    dest, plan = target.dest, target.plan
     _check_not_inside(target.source, dest)
     if overwrite:
         parts.clear_dest(dest)
     else:
-        parts.check_compatible(dest, parts.read_manifest(dest), config.output_fingerprint())
+        existing = parts.read_manifest(dest)
+        target = replace(target, config=in_format_of(existing, target.config))
+        parts.check_compatible(dest, existing, target.config.output_fingerprint())
+    config = target.config
     parts.remove_temporaries(dest)
     prints = fingerprints(plan, config)
     done = parts.complete_parts(dest, plan, prints, documents=config.aggregated)
@@ -114,7 +127,7 @@ def prepare(target: RunTarget, overwrite: bool) -> tuple[list[ShardResult], list
     pending = [
         ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name]) for s in plan if s.name not in done
     ]
-    return list(done.values()), pending if target.reuse is None else target.reuse.jobs(pending)
+    return target, list(done.values()), pending if target.reuse is None else target.reuse.jobs(pending)
 
 
 def collect(

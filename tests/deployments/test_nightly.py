@@ -41,3 +41,59 @@ def test_scheduled_run_started_late_embeds_the_day_before_its_schedule(s3, servi
     manifest = parts.read_manifest(partitions.render(DEST_TEMPLATE, day))
     assert manifest.status == "complete" and manifest.totals.rows == 8
     assert manifest.source == partitions.render(SOURCE_TEMPLATE, day)
+
+
+def _write_texts(day: str, texts: list[str]) -> None:
+    """SOURCE of one day with stable ids: doc-0, doc-1, ... (the same documents from day to day)."""
+    import json
+
+    from bertflow.io import storage
+
+    lines = "".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    storage.write_atomic(storage.join(partitions.render(SOURCE_TEMPLATE, day), "docs.jsonl"), lines.encode())
+
+
+def _run_day(service, day: str):
+    """Start embed-nightly for one partition, as `prefect deployment run -p partition=...` does; wait."""
+    with service.client() as c:
+        dep = c.read_deployment_by_name(NIGHTLY)
+        run = c.create_flow_run_from_deployment(dep.id, parameters={"partition": day})
+
+    def finished():
+        with service.client() as c:
+            r = c.read_flow_run(run.id)
+        return r if r.state.is_final() else None
+
+    done = wait_for(finished, 240, f"embed-nightly for {day}", diagnostics=service.diagnostics)
+    assert done.state.is_completed(), (done.state, service.diagnostics())
+    return done, parts.read_manifest(partitions.render(DEST_TEMPLATE, day))
+
+
+def test_a_nightly_run_reuses_the_previous_partition_and_embeds_everything_when_it_is_unsound(s3, service):
+    import json
+
+    from bertflow.io import storage
+
+    make_bucket()
+    texts = [f"Note {i}: the committee met on a rainy afternoon and agreed on item {i}." for i in range(12)]
+    _write_texts("2020-01-01", texts)
+    _, first = _run_day(service, "2020-01-01")
+    assert first.reuse is None  # no day before it
+
+    texts[4] = "Note 4 was rewritten overnight."
+    _write_texts("2020-01-02", texts)
+    _, second = _run_day(service, "2020-01-02")
+    day1 = partitions.render(DEST_TEMPLATE, "2020-01-01")
+    assert second.reuse.previous == [day1]
+    assert (second.reuse.reused, second.reuse.embedded, second.reuse.dropped) == (11, 1, 0)
+
+    # Day 2's output loses its completion (a run that died before its manifest): day 3 must not use it.
+    day2 = partitions.render(DEST_TEMPLATE, "2020-01-02")
+    uri = storage.join(day2, "_manifest.json")
+    storage.write_atomic(uri, json.dumps({**json.loads(storage.read_bytes(uri)), "status": "running"}).encode())
+    _write_texts("2020-01-03", texts)
+    run, third = _run_day(service, "2020-01-03")
+    assert third.reuse.previous == [] and (third.reuse.reused, third.reuse.embedded) == (0, 12)
+    assert "is not complete" in third.reuse.skipped[day2]
+    warnings = [log.message for log in service.logs(run.id) if log.level >= 30]
+    assert any("not reusing the previous partition" in m and day2 in m for m in warnings), warnings

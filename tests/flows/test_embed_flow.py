@@ -49,11 +49,15 @@ def check_dest(
         "embedding": pl.Array(pl.Float32, dim),
         "n_tokens": pl.Int32,
         "truncated": pl.Boolean,
+        "text_hash": pl.Binary,
         **keep,
     }
     for f in frames:
         assert dict(f.schema) == schema
     parts = pl.concat(frames)
+    # each row's text_hash is blake2b-128 of the exact text embedded
+    digests = [hashlib.blake2b(r["text"].encode(), digest_size=16).digest() for r in embedded]
+    assert parts["text_hash"].to_list() == digests
     assert parts["id"].to_list() == [r["id"] for r in embedded]  # one to one, in input order
 
     # n_tokens and truncation as the model's own tokenizer counts them
@@ -70,7 +74,7 @@ def check_dest(
     manifest = json.loads((dest / "_manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert list(manifest["config"]["dimensions"].values()) == [dim] and manifest["config"]["max_length"] == max_length
-    assert manifest["columns"] == ["id", "embedding", "n_tokens", "truncated", *keep]
+    assert manifest["columns"] == ["id", "embedding", "n_tokens", "truncated", "text_hash", *keep]
     assert manifest["totals"]["rows"] == len(embedded)
     assert manifest["totals"]["rejected"] == len(rejected)
     assert manifest["totals"]["documents"] == len(embedded)
@@ -165,7 +169,10 @@ def test_bundled_model_with_its_own_defaults(prefect_harness, tmp_path, bundled_
     weights = hashlib.sha256((bundled_model / "model.safetensors").read_bytes()).hexdigest()
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     c = m["config"]
+    tokenizer = c["model"].pop("tokenizer_sha256")
     assert c["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights}
+    assert len(tokenizer) == 64 and tokenizer != weights
+    assert m["embedding_fingerprint"]["tokenizer_sha256"] == tokenizer
     assert (c["dimensions"], c["max_length"]) == ({"mean": 384}, 256)
     assert (c["pooling"], c["layers"], c["normalize"], c["precision"], m["device"]) == (
         ["mean"],

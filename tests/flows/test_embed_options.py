@@ -58,7 +58,9 @@ def test_several_poolings_in_one_pass_equal_their_single_runs(prefect_harness, t
     run(src, tmp_path / "multi", tiny_bert, pooling="mean,cls,mean_max", normalize=True)
 
     multi = read(tmp_path / "multi")
-    assert multi.columns == ["id", "embedding_mean", "embedding_cls", "embedding_mean_max", "n_tokens", "truncated"]
+    assert multi.columns == [
+        "id", "embedding_mean", "embedding_cls", "embedding_mean_max", "n_tokens", "truncated", "text_hash",
+    ]  # fmt: skip
     assert multi.schema["embedding_mean_max"] == pl.Array(pl.Float32, 64)
     manifest = json.loads((tmp_path / "multi" / "_manifest.json").read_text())
     assert manifest["columns"] == multi.columns
@@ -70,7 +72,7 @@ def test_several_poolings_in_one_pass_equal_their_single_runs(prefect_harness, t
     for p in ("mean", "cls", "mean_max"):
         run(src, tmp_path / p, tiny_bert, pooling=p, normalize=True)
         single = read(tmp_path / p)
-        assert single.columns == ["id", "embedding", "n_tokens", "truncated"]  # one pooling keeps `embedding`
+        assert single.columns == ["id", "embedding", "n_tokens", "truncated", "text_hash"]  # one pooling: `embedding`
         diff = np.abs(multi[f"embedding_{p}"].to_numpy() - single["embedding"].to_numpy()).max()
         assert diff < 1e-6, p
     norms = np.linalg.norm(multi["embedding_cls"].to_numpy(), axis=1)
@@ -168,7 +170,9 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     )
 
     out = read(dest)
-    assert out.columns == ["id", "chunk_index", "char_start", "char_end", "embedding", "n_tokens", "truncated", "lang"]
+    assert out.columns == [
+        "id", "chunk_index", "char_start", "char_end", "embedding", "n_tokens", "truncated", "text_hash", "lang",
+    ]  # fmt: skip
     content = tokenizer(long, add_special_tokens=False, return_offsets_mapping=True)
     assert len(content["input_ids"]) == 3000
     first = {s: i for i, (s, _) in enumerate(content["offset_mapping"])}
@@ -185,6 +189,7 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     assert max(chunks["n_tokens"]) == 128 and not chunks["truncated"].any()
     for row, (s, e) in zip(chunks.iter_rows(named=True), spans):
         passage = long[row["char_start"] : row["char_end"]]  # the offsets cut the window's passage out
+        assert row["text_hash"] == hashlib.blake2b(passage.encode(), digest_size=16).digest()
         batch = tokenizer(passage, return_tensors="pt")
         assert batch["input_ids"][0, 1:-1].tolist() == content["input_ids"][s:e]
         with torch.inference_mode():
@@ -195,7 +200,7 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
 
     # --aggregate mean: one row per id, the token-weighted mean of its chunk rows
     docs = pl.read_parquet(dest / "documents" / "part-*.parquet")
-    assert docs.columns == ["id", "embedding", "n_tokens", "n_chunks", "lang"]
+    assert docs.columns == ["id", "embedding", "n_tokens", "n_chunks", "text_hash", "lang"]
     assert docs["id"].to_list() == ["long", "short", "empty"] and docs["lang"].to_list() == ["en", "de", "fr"]
     for doc in docs.iter_rows(named=True):
         mine = out.filter(pl.col("id") == doc["id"])
@@ -219,7 +224,7 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     assert verify_dest(str(dest), str(src)) == []
     summary = summary_text(manifest, dest)
     assert "chunk: 128 tokens per window, stride 16, aggregate mean" in summary
-    assert "id, chunk_index, char_start, char_end, embedding, n_tokens, truncated, lang" in summary
+    assert "id, chunk_index, char_start, char_end, embedding, n_tokens, truncated, text_hash, lang" in summary
 
     # resume: a shard is complete only with its documents/ part
     (dest / "documents" / "part-00001.parquet").unlink()
@@ -266,7 +271,16 @@ def test_token_level_vectors_equal_last_hidden_state_and_tokens_match_the_tokeni
     run(src, tmp_path / "out", bundled_model, pooling="none")
 
     out = read(tmp_path / "out")
-    assert out.columns == ["id", "tokens", "offsets", "special", "token_embeddings", "n_tokens", "truncated"]
+    assert out.columns == [
+        "id",
+        "tokens",
+        "offsets",
+        "special",
+        "token_embeddings",
+        "n_tokens",
+        "truncated",
+        "text_hash",
+    ]
     assert out.schema["token_embeddings"] == pl.List(pl.Array(pl.Float32, 384))
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model))
     model = AutoModel.from_pretrained(str(bundled_model)).eval()

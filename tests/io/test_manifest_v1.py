@@ -59,3 +59,18 @@ def test_a_format_1_dest_verifies_and_accepts_a_rerun_with_its_settings(v1, dest
     other = m.config.model_copy(update={"normalize": True}).output_fingerprint()
     with pytest.raises(DestMismatchError, match="normalize: False in DEST, True now"):
         parts.check_compatible(str(v1 / dest), m, other)
+
+
+@pytest.mark.parametrize("dest", ["plain", "chunk"])
+def test_a_rerun_continues_an_older_dest_in_its_own_format(v1, dest):
+    """bertflow 0.3 hashes texts and tokenizers; a DEST begun without them is continued without them."""
+    from bertflow.pipeline.dest import in_format_of
+
+    m = parts.read_manifest(str(v1 / dest))
+    now = m.config.model_copy(
+        update={"text_hash": "blake2b-128", "model": m.config.model.model_copy(update={"tokenizer_sha256": "t"})}
+    )
+    assert "text_hash" in now.columns() and now.output_fingerprint() != m.fingerprint
+    continued = in_format_of(m, now)
+    assert continued.output_fingerprint() == m.fingerprint and continued.columns() == m.columns
+    assert in_format_of(None, now) == now  # a new DEST gets the current format
