@@ -101,8 +101,11 @@ def previous_partition(dest_template: str, partition: str) -> str:
 def check_scheduled(uri: str, dest: str, config: ResolvedConfig) -> tuple[Previous | None, str]:
     """The previous partition's output if it can be reused, else None and why (a scheduled run then
     embeds everything). It must be complete, pass `verify`, and match this run's embedding fingerprint."""
-    if parts.read_manifest(uri) is None:
+    manifest = parts.read_manifest(uri)
+    if manifest is None:
         return None, f"no previous output at {uri}"
+    if manifest.status != "complete":
+        return None, f"{uri} is not complete (status {manifest.status!r}): its run failed or is still running"
     try:
         previous = open_previous(uri, dest, config)
     except ReuseMismatchError as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from bertflow.config import TOKEN_COLUMNS, ResolvedConfig
+from bertflow.config import ResolvedConfig
 from bertflow.io import reuse
 from bertflow.io.manifest import ShardJob
 from bertflow.io.schema import ID_DTYPES
@@ -40,7 +40,8 @@ class Reuse:
 
 def vector_columns(config: ResolvedConfig) -> list[str]:
     """The columns that hold what the model computed: copied, never recomputed."""
-    return list(TOKEN_COLUMNS) if config.token_level else list(config.embedding_columns())
+    # token-level rows: their token strings and spans come from this run's tokenization
+    return ["token_embeddings"] if config.token_level else list(config.embedding_columns())
 
 
 def previous_rows(job: ShardJob, frame: pl.DataFrame, hashes: pl.Series) -> pl.DataFrame | None:
