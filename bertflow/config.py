@@ -188,8 +188,11 @@ class ModelRef(BaseModel):
     name: str
     path: str
     sha256: str
-    # sha256 over the tokenizer's files (`tokenizer_files`); None in manifests of bertflow 0.2 and earlier
+    # sha256 over the tokenizer's files (`TOKENIZER_FILES`); None in manifests of bertflow 0.2 and earlier
     tokenizer_sha256: str | None = None
+    # sha256 over config.json (activation, norm epsilon, position embeddings), and the model's own .py
+    # files when its code is trusted; None in manifests of bertflow 0.2 and earlier
+    config_sha256: str | None = None
 
 
 class FittedRef(BaseModel):
@@ -280,6 +283,7 @@ class ResolvedConfig(BaseModel):
         return {
             "model_sha256": self.model.sha256,
             "tokenizer_sha256": self.model.tokenizer_sha256,
+            "model_config_sha256": self.model.config_sha256,
             "pooling": pooling_label(self.pooling),
             "layers": list(self.layers),
             "layer_mode": self.layer_mode,

@@ -76,8 +76,9 @@ def embed_dataset(
         reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
             instead of embedded; they must have been embedded exactly as this run embeds.
         reuse_mismatch: "ignore" skips (with a warning) an output of `reuse` embedded otherwise.
-        reuse_previous: a partitioned run also reuses the partition before its own, when that output is
-            complete, verifies and was embedded the same way (else it embeds everything and warns).
+        reuse_previous: a partitioned run also reuses the nearest partition before its own (within a
+            week), when that output is complete, verifies and was embedded the same way (else it embeds
+            everything and warns).
         deleted_ids: write the ids of the newest reused output that SOURCE no longer has to DEST/_deleted.parquet.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
@@ -86,7 +87,7 @@ def embed_dataset(
     with storage_from_block(config.storage_block):
         report = None
         try:
-            source, dest, last = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            source, dest, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             if pool:
                 check_pool(pool)
             report = RunReport(dest)
@@ -94,7 +95,7 @@ def embed_dataset(
                 resolved = resolve_config(config)
                 child_tags = tag_this_run(run_tags(resolved))
                 plan, index = plan_shards(source, resolved)
-                found = open_previous(dest, resolved, reuse or [], reuse_mismatch, last if reuse_previous else None)
+                found = open_previous(dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else [])
                 target = RunTarget(
                     source=source,
                     dest=dest,

@@ -53,10 +53,8 @@ def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult:
         with gpu_slot(on_worker):
             started = time.perf_counter()
             tokens = tokenize(job, quote(text), return_state=False)
-            embedding = time.perf_counter()
-            vectors = embed(job, quote(tokens), return_state=False)
-            done = time.perf_counter()
-            seconds, model_seconds = reading + done - started, done - embedding
+            vectors, model_seconds = embed(job, quote(tokens), return_state=False)
+            seconds = reading + time.perf_counter() - started
             return write_part(
                 job, quote(text), quote(tokens), quote(vectors), seconds, model_seconds, return_state=False
             )

@@ -6,6 +6,7 @@ goes through `bertflow.progress`, which the CLI draws and the parent run's artif
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 from prefect import get_run_logger, task
@@ -21,7 +22,7 @@ from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import shard
 from bertflow.pipeline.dest import RunTarget
-from bertflow.pipeline.previous import previous_partition
+from bertflow.pipeline.previous import previous_partitions
 from bertflow.pipeline.report import reuse_text
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.tasks.policy import IN_MEMORY, RETRY
@@ -50,6 +51,12 @@ def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[Sh
     """Check DEST (storage) against this run, clear it on overwrite, mark it running; return the target (in
     the format of an older DEST it continues), finished parts and the jobs of the shards still to embed."""
     target, done, pending = dest_.prepare(target, overwrite)
+    if target.reuse is not None and target.reuse.previous and not target.config.text_hash:
+        get_run_logger().warning(
+            "%s was begun by bertflow 0.2 or earlier, without text hashes: this run continues it so, and embeds "
+            "every row (--overwrite starts it over and reuses)",
+            target.dest,
+        )
     total = sum(s.rows for s in target.plan)
     progress.start(total, total - sum(j.spec.rows for j in pending))
     if done:
@@ -62,11 +69,11 @@ def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[Sh
 @task(**IN_MEMORY)
 def resolve_paths(
     source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime
-) -> tuple[str, str, str | None]:
-    """SOURCE and DEST of this run with `{date}` filled in, and the DEST of the partition before (None
-    when unpartitioned): the output a scheduled run reuses."""
+) -> tuple[str, str, list[str]]:
+    """SOURCE and DEST of this run with `{date}` filled in, and the DESTs of the partitions before it,
+    nearest first (none when unpartitioned): where a scheduled run looks for an output to reuse."""
     source_now, dest_now, day = partitions.resolve(source, dest, partition, lag_days, scheduled)
-    return source_now, dest_now, None if day is None else previous_partition(dest, day)
+    return source_now, dest_now, [] if day is None else previous_partitions(dest, day)
 
 
 @task(**IN_MEMORY, **RETRY)
@@ -84,9 +91,12 @@ def tokenize(job: ShardJob, text: ShardText) -> ShardTokens:
 
 
 @task(**IN_MEMORY, **RETRY)
-def embed(job: ShardJob, tokens: ShardTokens) -> Vectors:
-    """Forward passes and pooling per batch on the device (the model loaded once per process)."""
-    return shard.embed(encoder_for(job.config), tokens, job.config, on_documents=progress.advance)
+def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, float]:
+    """Forward passes and pooling per batch on the device (the model loaded once per process); and the
+    seconds they took (the model's own time, for throughput and the time `--reuse` saves)."""
+    started = time.perf_counter()
+    vectors = shard.embed(encoder_for(job.config), tokens, job.config, on_documents=progress.advance)
+    return vectors, time.perf_counter() - started
 
 
 @task(**IN_MEMORY, **RETRY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from bertflow.config import ResolvedConfig
+from bertflow.io import storage
 from bertflow.io.manifest import ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.pipeline import previous
@@ -18,30 +19,32 @@ def open_previous(
     config: ResolvedConfig,
     reuse: list[str],
     reuse_mismatch: ReuseMismatch,
-    last_partition: str | None,
+    earlier_partitions: list[str],
 ) -> tuple[list[Previous], dict[str, str]]:
-    """The earlier outputs to copy rows from (storage: their manifests; the previous partition is verified),
+    """The earlier outputs to copy rows from (storage: their manifests; a previous partition is verified),
     and those left out, with why.
 
     Args:
         reuse: outputs named by the user, newest first; one that does not fit fails the run unless it
             only embeds differently and `reuse_mismatch` is "ignore".
-        last_partition: a scheduled run's previous partition, used when it fits; when it does not,
-            the run embeds everything and says why.
+        earlier_partitions: a scheduled run's partitions before its own, nearest first: the nearest
+            with an output is used when it fits; when it does not, the run embeds everything and says why.
     """
     logger = get_run_logger()
     opened, skipped = previous.open_all(reuse, dest, config, ignore_mismatch=reuse_mismatch == "ignore")
     for uri, why in skipped.items():
         logger.warning("not reusing %s: %s", uri, why)
-    if last_partition is not None and last_partition not in reuse:
-        found, why = previous.check_scheduled(last_partition, dest, config)
+    named = {storage.canonical(u).rstrip("/") for u in reuse}
+    candidates = [u for u in earlier_partitions if storage.canonical(u).rstrip("/") not in named]
+    if candidates:
+        found, why = previous.check_scheduled(candidates, dest, config)
         if found is not None:
             opened.append(found)
             logger.info("%s", why)
-        elif why.startswith("no previous output"):
+        elif why.startswith("no earlier output"):
             logger.info("%s: embedding every row", why)
         else:
-            skipped[last_partition] = why
+            skipped[candidates[0]] = why
             logger.warning("not reusing the previous partition: %s; embedding every row", why)
     return opened, skipped
 

@@ -173,7 +173,8 @@ class ReuseSummary(BaseModel):
     embedded: int  # part rows that went through the model
     dropped: int  # ids of the newest previous output that SOURCE no longer has
     deleted: str | None = None  # `--deleted-ids`: the file listing them (`DELETED_NAME`)
-    seconds_saved: float  # model time not spent, estimated from this run's throughput (or the previous one's)
+    seconds_saved: float  # model time not spent: the reused tokens at `tokens_per_s`
+    tokens_per_s: float | None = None  # the model throughput of the estimate: this run's, or the earlier output's
 
 
 class Manifest(BaseModel):

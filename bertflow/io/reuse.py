@@ -1,9 +1,10 @@
 """Keys that let a run find its rows in earlier outputs (`--reuse`), and reading those rows.
 
-Every part row carries `text_hash`: blake2b-128 of the exact text that was embedded (the
-document's text, or under `--long-text chunk` the window's span of it). A row of an earlier
-output with an equal embedding fingerprint and the same id and text_hash holds the vector this
-run would compute, and is copied instead.
+Every part row carries `text_hash`, a blake2b-128 digest of exactly what was embedded: the
+document's text, or under `--long-text chunk` the window's token ids (a window's span of text
+alone can tokenize otherwise in context, "##ing" against "ing"). A row of an earlier output with
+an equal embedding fingerprint and the same id and text_hash holds the vector this run would
+compute, and is copied instead.
 
 Ids are looked up by a 64-bit key (polars' hash of the id in its output type): cheap to sort and
 search for millions of ids. Keys only narrow the search; rows are matched on the ids themselves.
@@ -33,6 +34,16 @@ def text_hashes(texts: Sequence[str]) -> pl.Series:
     return pl.Series(
         "text_hash",
         [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts],
+        dtype=pl.Binary,
+    )
+
+
+def token_hashes(windows: Sequence[Sequence[int]]) -> pl.Series:
+    """The `text_hash` column of chunk rows: blake2b-128 of each window's token ids (special tokens
+    included) as little-endian int32."""
+    return pl.Series(
+        "text_hash",
+        [hashlib.blake2b(np.asarray(w, dtype="<i4").tobytes(), digest_size=16).digest() for w in windows],
         dtype=pl.Binary,
     )
 
@@ -85,8 +96,8 @@ def read_matches(parts: Sequence[ReusePart], keys: pl.DataFrame, columns: Sequen
         data = storage.read_bytes(part.uri)
         if hashlib.sha256(data).hexdigest() != part.sha256:
             raise InputError(
-                f"{part.uri} changed after its run (sha256 differs from its manifest); "
-                "check it with `bertflow verify`, or drop that output from --reuse"
+                f"{part.uri} changed after its run (sha256 differs from its manifest); check its output with "
+                "`bertflow verify`, and rerun without it"
             )
         rows = pl.read_parquet(io.BytesIO(data), columns=wanted).join(left, on=on, how="semi")
         if rows.is_empty():

@@ -80,6 +80,27 @@ def verify_dest(dest: str, source: str | None = None) -> list[str]:
     return problems
 
 
+def verify_parts(dest: str) -> list[str]:
+    """The part of `verify_dest` whose memory does not grow with DEST (no ids are gathered): the manifest
+    complete and listing every part, each part present, unchanged (sha256) and of its recorded rows."""
+    manifest = parts.read_manifest(dest)
+    if manifest is None:
+        return [f"{dest} has no _manifest.json: the run never started or DEST is wrong"]
+    problems: list[str] = []
+    _check_listing(dest, manifest, problems)
+    for shard in manifest.shards:
+        uri = storage.join(dest, shard.name)
+        if not storage.exists(uri):
+            problems.append(f"{shard.name}: listed in the manifest but missing")
+            continue
+        if storage.sha256(uri) != shard.sha256:
+            problems.append(f"{shard.name}: sha256 differs from the manifest (file changed after the run)")
+        found = parts.read_part_info(uri)
+        if found is None or found[1] != shard.rows:
+            problems.append(f"{shard.name}: {found[1] if found else 'no readable'} rows, manifest says {shard.rows}")
+    return problems
+
+
 def _check_listing(dest: str, manifest: Manifest, problems: list[str]) -> None:
     """The manifest is complete and lists every part in DEST, and every planned shard."""
     if manifest.status != "complete":

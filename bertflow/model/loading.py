@@ -127,6 +127,17 @@ def tokenizer_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def config_sha256(path: Path, trust_remote_code: bool) -> str:
+    """sha256 over config.json, and every .py file of the model directory when its code is trusted."""
+    digest = hashlib.sha256()
+    files = [path / "config.json", *(sorted(path.glob("*.py")) if trust_remote_code else [])]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            digest.update(f"{f.name}:{_sha256_cached(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
 def _read_json(path: Path) -> dict | list | None:
     try:
         return json.loads(path.read_text())

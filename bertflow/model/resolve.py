@@ -13,6 +13,7 @@ from bertflow.model.fitted import attach, head_for
 from bertflow.model.loading import (
     ModelDefaults,
     check_custom_code,
+    config_sha256,
     load_model,
     model_defaults,
     pick_device,
@@ -71,7 +72,11 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
     }
     resolved = ResolvedConfig(
         model=ModelRef(
-            name=config.model, path=str(path), sha256=weights_sha256(path), tokenizer_sha256=tokenizer_sha256(path)
+            name=config.model,
+            path=str(path),
+            sha256=weights_sha256(path),
+            tokenizer_sha256=tokenizer_sha256(path),
+            config_sha256=config_sha256(path, config.trust_remote_code),
         ),
         pooling=pooling,
         dimensions=widths,

@@ -101,7 +101,7 @@ def in_format_of(existing: Manifest | None, config: ResolvedConfig) -> ResolvedC
     no tokenizer hash, so a rerun continues that DEST as it was started (and can resume it)."""
     if existing is None or existing.config.text_hash or not config.text_hash:
         return config
-    model = config.model.model_copy(update={"tokenizer_sha256": None})
+    model = config.model.model_copy(update={"tokenizer_sha256": None, "config_sha256": None})
     return config.model_copy(update={"text_hash": None, "model": model})
 
 

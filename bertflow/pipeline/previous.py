@@ -12,7 +12,7 @@ each earlier part once, and embeds only the rows whose text changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Literal
 
@@ -26,7 +26,7 @@ from bertflow.io import parts, reuse, storage
 from bertflow.io.manifest import DELETED_NAME, Manifest, ReusePart, ReuseSummary, ShardJob, ShardResult, ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.io.schema import ID_DTYPES
-from bertflow.io.verify import verify_dest
+from bertflow.io.verify import verify_parts
 
 # What a run does with an earlier output (`--reuse`) embedded otherwise: fail, or leave it out.
 ReuseMismatch = Literal["error", "ignore"]
@@ -40,6 +40,7 @@ class Previous:
 
     dest: str
     manifest: Manifest
+    optional: bool = False  # a scheduled run's previous partition: a problem found later skips it, never fails
 
 
 def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
@@ -79,10 +80,17 @@ def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
 def open_all(
     uris: Sequence[str], dest: str, config: ResolvedConfig, ignore_mismatch: bool
 ) -> tuple[list[Previous], dict[str, str]]:
-    """`open_previous` for each of `uris`, newest first. With `ignore_mismatch`, an output whose vectors
-    would differ is left out (returned with why) instead of failing the run."""
-    opened, skipped = [], {}
+    """`open_previous` for each of `uris` (newest first; an output named twice counts once). With
+    `ignore_mismatch`, an output whose vectors would differ is left out (returned with why) instead of
+    failing the run."""
+    opened: list[Previous] = []
+    skipped: dict[str, str] = {}
+    seen: set[str] = set()
     for uri in uris:
+        key = storage.canonical(uri).rstrip("/")
+        if key in seen:
+            continue
+        seen.add(key)
         try:
             opened.append(open_previous(uri, dest, config))
         except ReuseMismatchError as e:
@@ -92,30 +100,38 @@ def open_all(
     return opened, skipped
 
 
-def previous_partition(dest_template: str, partition: str) -> str:
-    """The DEST of the day before `partition` (what a scheduled run reuses)."""
-    day = date.fromisoformat(partition) - timedelta(days=1)
-    return partitions.render(dest_template, day)
+# How far back a scheduled run looks for the partition before its own (a weekly schedule finds last week's).
+LOOK_BACK_DAYS = 7
 
 
-def check_scheduled(uri: str, dest: str, config: ResolvedConfig) -> tuple[Previous | None, str]:
-    """The previous partition's output if it can be reused, else None and why (a scheduled run then
-    embeds everything). It must be complete, pass `verify`, and match this run's embedding fingerprint."""
-    manifest = parts.read_manifest(uri)
-    if manifest is None:
-        return None, f"no previous output at {uri}"
-    if manifest.status != "complete":
-        return None, f"{uri} is not complete (status {manifest.status!r}): its run failed or is still running"
-    try:
-        previous = open_previous(uri, dest, config)
-    except ReuseMismatchError as e:
-        return None, e.reason
-    except BertflowError as e:
-        return None, one_line(e)
-    problems = verify_dest(uri)
-    if problems:
-        return None, f"previous output {uri} fails verify ({problems[0]}{', ...' if len(problems) > 1 else ''})"
-    return previous, f"reusing rows of {uri}"
+def previous_partitions(dest_template: str, partition: str, days: int = LOOK_BACK_DAYS) -> list[str]:
+    """The DESTs of the `days` partitions before `partition`, nearest first (where a scheduled run looks)."""
+    day = date.fromisoformat(partition)
+    return [partitions.render(dest_template, day - timedelta(days=n)) for n in range(1, days + 1)]
+
+
+def check_scheduled(candidates: Sequence[str], dest: str, config: ResolvedConfig) -> tuple[Previous | None, str]:
+    """The nearest earlier partition's output (the first of `candidates` that has a manifest) if it can be
+    reused, else None and why; a scheduled run then embeds everything. It must be complete, pass
+    `verify`'s part checks (`verify_parts`: every part present, unchanged, of its row count) and match
+    this run's embedding fingerprint."""
+    for uri in candidates:
+        manifest = parts.read_manifest(uri)
+        if manifest is None:
+            continue
+        if manifest.status != "complete":
+            return None, f"{uri} is not complete (status {manifest.status!r}): its run failed or is still running"
+        try:
+            previous = open_previous(uri, dest, config)
+        except ReuseMismatchError as e:
+            return None, e.reason
+        except BertflowError as e:
+            return None, one_line(e)
+        problems = verify_parts(uri)
+        if problems:
+            return None, f"{uri} fails verify ({problems[0]}{', ...' if len(problems) > 1 else ''})"
+        return replace(previous, optional=True), f"reusing rows of {uri}"
+    return None, f"no earlier output in the {len(candidates)} partitions before this one"
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,7 @@ class ReusePlan:
     dropped: pl.Series  # ids of the newest earlier output that SOURCE no longer has
     rate: float | None  # tokens/s of the newest earlier output's embedding, to estimate time saved
     deleted_ids: bool = False  # write `dropped` to DEST/_deleted.parquet
-    scatter: float = field(default=0.0)  # earlier parts per shard, on average
+    scatter: float = field(default=0.0)  # parts of an earlier output read per shard, on average
 
     def jobs(self, pending: Sequence[ShardJob]) -> list[ShardJob]:
         """The jobs with the earlier parts to look their rows up in."""
@@ -140,6 +156,14 @@ def _rate(results: Sequence[ShardResult]) -> float | None:
     timed = [r for r in results if r.model_seconds > 0 and r.tokens > r.reused_tokens]
     seconds = sum(r.model_seconds for r in timed)
     return sum(r.tokens - r.reused_tokens for r in timed) / seconds if seconds else None
+
+
+def _earlier_rate(manifest: Manifest) -> float | None:
+    """The model throughput an earlier output measured: the rate its own estimate used, when it reused
+    rows itself (its few embedded rows say less), else its shards' rate."""
+    if manifest.reuse is not None and manifest.reuse.tokens_per_s:
+        return manifest.reuse.tokens_per_s
+    return _rate(manifest.shards)
 
 
 def plan_reuse(
@@ -154,14 +178,22 @@ def plan_reuse(
     id_kind = plan[0].id_kind
     found: list[list[ReusePart]] = [[] for _ in plan]
     dropped: list[pl.Series] = []
-    for n, prev in enumerate(previous):
+    skipped = dict(skipped or {})
+    used: list[Previous] = []
+    for prev in previous:
+        first = storage.join(prev.dest, prev.manifest.shards[0].name) if prev.manifest.shards else None
+        kind = reuse.read_part_ids(first).dtype if first else ID_DTYPES[id_kind]
+        if kind != ID_DTYPES[id_kind]:
+            why = f"{prev.dest} has {kind} ids, SOURCE {id_kind} ids"
+            if not prev.optional:
+                raise InputError(f"--reuse {why}; reuse an output of the same SOURCE")
+            skipped[prev.dest] = why
+            continue
+        used.append(prev)
+    for n, prev in enumerate(used):
         for shard in prev.manifest.shards:
             uri = storage.join(prev.dest, shard.name)
             ids = reuse.read_part_ids(uri)
-            if ids.dtype != ID_DTYPES[id_kind]:
-                raise InputError(
-                    f"--reuse {prev.dest} has {ids.dtype} ids, SOURCE {id_kind} ids; reuse an output of the same SOURCE"
-                )
             where = index.lookup(reuse.id_keys(ids, id_kind))
             for s in np.unique(where[where >= 0]).tolist():
                 found[s].append(ReusePart(uri=uri, sha256=shard.sha256))
@@ -169,22 +201,25 @@ def plan_reuse(
                 dropped.append(ids.filter(pl.Series(where < 0)))
     gone = pl.concat(dropped).unique(maintain_order=True) if dropped else pl.Series("id", [], ID_DTYPES[id_kind])
     return ReusePlan(
-        previous=[p.dest for p in previous],
-        skipped=dict(skipped or {}),
+        previous=[p.dest for p in used],
+        skipped=skipped,
         parts={spec.name: tuple(f) for spec, f in zip(plan, found) if f},
         dropped=gone,
-        rate=_rate(previous[0].manifest.shards) if previous else None,
-        deleted_ids=deleted_ids,
-        scatter=sum(len(f) for f in found) / max(len(plan), 1),
+        rate=_earlier_rate(used[0].manifest) if used else None,
+        deleted_ids=deleted_ids and bool(used),
+        scatter=sum(len(f) for f in found) / max(len(plan) * len(used), 1),
     )
 
 
 def summary(plan: ReusePlan, results: Sequence[ShardResult]) -> ReuseSummary:
     """Rows reused, embedded and dropped, and the model time saved: the reused rows' tokens at this run's
-    own model throughput (or, when it embedded nothing, the earlier output's)."""
+    own model throughput when it embedded at least as many tokens as it reused (a few rows per shard
+    measure batches too small to be typical), else at the earlier output's."""
     reused = sum(r.reused for r in results)
-    rate = _rate(results) or plan.rate
     saved_tokens = sum(r.reused_tokens for r in results)
+    embedded_tokens = sum(r.tokens - r.reused_tokens for r in results)
+    own = _rate(results)
+    rate = own if own and (embedded_tokens >= saved_tokens or plan.rate is None) else plan.rate
     return ReuseSummary(
         previous=plan.previous,
         skipped=plan.skipped,
@@ -193,4 +228,5 @@ def summary(plan: ReusePlan, results: Sequence[ShardResult]) -> ReuseSummary:
         dropped=len(plan.dropped),
         deleted=DELETED_NAME if plan.deleted_ids else None,
         seconds_saved=round(saved_tokens / rate, 3) if rate else 0.0,
+        tokens_per_s=round(rate, 1) if rate else None,
     )

@@ -3,9 +3,9 @@ from the rows copied and the rows embedded.
 
 A document row is copied when an earlier part has its id with the same `text_hash`; it is then
 neither tokenized nor embedded. Under `--long-text chunk` every document is tokenized (windows are
-only known then) and a window is copied when an earlier part has the same id, chunk_index,
-`text_hash` of its span and token count, so an edit at the end of a long text re-embeds only the
-windows it touched. Copied rows keep their previous vectors bit for bit; every other column comes
+only known then) and a window is copied when an earlier part has the same id, chunk_index and
+`text_hash` (of its token ids), so an edit at the end of a long text re-embeds only the windows
+it touched. Copied rows keep their previous vectors bit for bit; every other column comes
 from this run (its SOURCE row, its tokenization).
 """
 
@@ -72,18 +72,15 @@ def match_documents(frame: pl.DataFrame, previous: pl.DataFrame | None) -> Reuse
     return Reuse(rows["_row"].to_numpy(), rows.drop("_row"), len(frame))
 
 
-def window_hashes(texts: list[str], chunks: Chunks) -> pl.Series:
-    """`text_hash` of each window: the hash of its span of the document's text."""
-    spans = [
-        texts[d][s:e] for d, s, e in zip(chunks.doc.tolist(), chunks.char_start.tolist(), chunks.char_end.tolist())
-    ]
-    return reuse.text_hashes(spans)
+def window_hashes(chunks: Chunks) -> pl.Series:
+    """`text_hash` of each window: the digest of its token ids, its exact input."""
+    return reuse.token_hashes(chunks.tok.ids)
 
 
 def match_windows(
     frame: pl.DataFrame, chunks: Chunks, hashes: pl.Series, previous: pl.DataFrame | None
 ) -> Reuse | None:
-    """The windows that `previous` holds with the same id, chunk_index, span text and token count."""
+    """The windows that `previous` holds with the same id, chunk_index and token ids (`text_hash`)."""
     if previous is None or previous.is_empty():
         return None
     windows = pl.DataFrame(

@@ -51,7 +51,7 @@ class ShardTokens:
     documents: int  # the shard's documents; rows of `tok` are windows of them under `--long-text chunk`
     chunks: Chunks | None = None  # `--long-text chunk`: every window (`tok`: those to embed)
     token_text: TokenText | None = None  # `--pooling none`: every document's token strings and spans
-    window_hashes: pl.Series | None = None  # `--long-text chunk`: `text_hash` of each window's span
+    window_hashes: pl.Series | None = None  # `--long-text chunk`: `text_hash` of each window (its token ids)
     reused: Reuse | None = None
 
 
@@ -78,7 +78,7 @@ def tokenize(encoder: Encoder, text: ShardText, config: ResolvedConfig) -> Shard
     texts = text.frame["text"].to_list()
     if config.chunked:
         chunks = encoder.tokenizer.tokenize_chunks(texts, config.chunk_tokens or config.max_length, config.stride)
-        hashes = reuse.window_hashes(texts, chunks) if config.text_hash else None
+        hashes = reuse.window_hashes(chunks) if config.text_hash else None
         found = reuse.match_windows(text.frame, chunks, hashes, text.previous) if hashes is not None else None
         tok = chunks.tok if found is None else reuse.take(chunks.tok, found.fresh())
         return ShardTokens(tok, len(texts), chunks=chunks, window_hashes=hashes, reused=found)

@@ -169,9 +169,9 @@ def test_bundled_model_with_its_own_defaults(prefect_harness, tmp_path, bundled_
     weights = hashlib.sha256((bundled_model / "model.safetensors").read_bytes()).hexdigest()
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     c = m["config"]
-    tokenizer = c["model"].pop("tokenizer_sha256")
+    tokenizer, model_config = c["model"].pop("tokenizer_sha256"), c["model"].pop("config_sha256")
     assert c["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights}
-    assert len(tokenizer) == 64 and tokenizer != weights
+    assert len(tokenizer) == len(model_config) == 64 and len({tokenizer, model_config, weights}) == 3
     assert m["embedding_fingerprint"]["tokenizer_sha256"] == tokenizer
     assert (c["dimensions"], c["max_length"]) == ({"mean": 384}, 256)
     assert (c["pooling"], c["layers"], c["normalize"], c["precision"], m["device"]) == (

@@ -189,9 +189,10 @@ def test_long_text_chunks_cover_every_token_overlap_by_the_stride_and_cut_the_te
     assert max(chunks["n_tokens"]) == 128 and not chunks["truncated"].any()
     for row, (s, e) in zip(chunks.iter_rows(named=True), spans):
         passage = long[row["char_start"] : row["char_end"]]  # the offsets cut the window's passage out
-        assert row["text_hash"] == hashlib.blake2b(passage.encode(), digest_size=16).digest()
         batch = tokenizer(passage, return_tensors="pt")
         assert batch["input_ids"][0, 1:-1].tolist() == content["input_ids"][s:e]
+        window = batch["input_ids"][0].numpy().astype("<i4").tobytes()  # what was embedded, [CLS] ... [SEP]
+        assert row["text_hash"] == hashlib.blake2b(window, digest_size=16).digest()
         with torch.inference_mode():
             alone = model(**batch).last_hidden_state[0].mean(0).numpy()
         assert np.abs(np.array(row["embedding"]) - alone).max() < 1e-5  # the passage embedded alone

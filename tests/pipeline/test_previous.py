@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -111,23 +112,38 @@ def test_outputs_of_older_versions_have_no_text_hash_and_cannot_be_reused(tmp_pa
         previous.open_previous(str(dest), str(tmp_path / "new"), CONFIG)
 
 
-def test_a_scheduled_run_uses_the_previous_partition_only_when_it_is_sound(tmp_path):
-    assert previous.previous_partition("s3://b/emb/dt={date}/", "2026-03-01") == "s3://b/emb/dt=2026-02-28/"
-    missing = str(tmp_path / "none")
-    assert previous.check_scheduled(missing, "x", CONFIG) == (None, f"no previous output at {missing}")
+def test_a_scheduled_run_uses_the_nearest_earlier_partition_only_when_it_is_sound(tmp_path):
+    near = previous.previous_partitions(str(tmp_path / "dt={date}"), "2026-03-02")
+    assert [Path(u).name for u in near] == [
+        f"dt=2026-{d}" for d in ("03-01", "02-28", "02-27", "02-26", "02-25", "02-24", "02-23")
+    ]
+    found, why = previous.check_scheduled(near, "x", CONFIG)
+    assert found is None and why == "no earlier output in the 7 partitions before this one"
 
-    earlier = write_output(tmp_path, list(range(20)))
-    found, why = previous.check_scheduled(earlier, str(tmp_path / "new"), CONFIG)
-    assert found is not None and why == f"reusing rows of {earlier}"
+    earlier = write_output(tmp_path / "w", list(range(20)))  # moved to the third day before: two days missing
+    Path(earlier).rename(near[2])
+    found, why = previous.check_scheduled(near, str(tmp_path / "new"), CONFIG)
+    assert found is not None and found.optional and why == f"reusing rows of {near[2]}"
 
-    Path(earlier, "part-00001.parquet").unlink()  # a part lost after the run: verify fails
-    found, why = previous.check_scheduled(earlier, str(tmp_path / "new"), CONFIG)
+    Path(near[2], "part-00001.parquet").unlink()  # a part lost after the run: verify fails
+    found, why = previous.check_scheduled(near, str(tmp_path / "new"), CONFIG)
     assert found is None and "fails verify (part-00001.parquet: listed in the manifest but missing" in why
 
-    manifest = json.loads(Path(earlier, "_manifest.json").read_text())
-    Path(earlier, "_manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
-    found, why = previous.check_scheduled(earlier, str(tmp_path / "new"), CONFIG)
+    manifest = json.loads(Path(near[2], "_manifest.json").read_text())
+    Path(near[2], "_manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    found, why = previous.check_scheduled(near, str(tmp_path / "new"), CONFIG)
     assert found is None and "is not complete" in why
+
+
+def test_a_previous_partition_of_other_ids_is_skipped_a_named_one_refused(tmp_path):
+    earlier = write_output(tmp_path / "a", list(range(5)))
+    specs, index = plan(write_rows(tmp_path / "s.parquet", [{"id": f"x{i}", "text": "t"} for i in range(5)]))
+    opened = previous.open_previous(earlier, str(tmp_path / "new"), CONFIG)
+    with pytest.raises(InputError, match="has Int64 ids, SOURCE str ids"):
+        previous.plan_reuse(specs, index, [opened])
+    skipped = previous.plan_reuse(specs, index, [replace(opened, optional=True)], deleted_ids=True)
+    assert skipped.previous == [] and "Int64 ids" in skipped.skipped[earlier]
+    assert not skipped.deleted_ids  # nothing to list ids against
 
 
 def test_dest_itself_is_refused(tmp_path):
@@ -146,9 +162,13 @@ def test_seconds_saved_come_from_this_runs_model_throughput():
     plan = previous.ReusePlan(
         previous=["a"], skipped={}, parts={}, dropped=pl.Series("id", [7, 8]), rate=1000.0, deleted_ids=False
     )
-    # 20 rows embedded (200 tokens) in 2 model seconds: 100 tokens/s; 980 rows (9800 tokens) reused
+    # 20 rows embedded (200 tokens) in 2 model seconds: 100 tokens/s, but too few to measure by:
+    # 980 rows (9800 tokens) reused at the earlier output's 1000 tokens/s
     s = previous.summary(plan, [result(500, 490, 1.0), result(500, 490, 1.0)])
-    assert (s.reused, s.embedded, s.dropped, s.seconds_saved) == (980, 20, 2, 98.0)
+    assert (s.reused, s.embedded, s.dropped, s.seconds_saved, s.tokens_per_s) == (980, 20, 2, 9.8, 1000.0)
+    # most rows embedded (4000 tokens in 8 model seconds): this run's own 500 tokens/s
+    s = previous.summary(plan, [result(500, 100, 8.0)])
+    assert (s.reused, s.embedded, s.seconds_saved, s.tokens_per_s) == (100, 400, 2.0, 500.0)
     # nothing embedded this run: the earlier output's throughput
     s = previous.summary(plan, [result(100, 100, 0.0)])
     assert (s.reused, s.embedded, s.seconds_saved) == (100, 0, 1.0)
