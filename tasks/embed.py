@@ -11,7 +11,7 @@ from datetime import datetime
 
 from prefect import get_run_logger, task
 
-from bertflow import partitions, progress
+from bertflow import heap, partitions, progress
 from bertflow.config import EmbedConfig, ResolvedConfig
 from bertflow.io import sources, storage
 from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
@@ -79,7 +79,8 @@ def resolve_paths(
 @task(**IN_MEMORY, **RETRY)
 def read_shard(job: ShardJob) -> ShardText:
     """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts; under
-    --reuse, read the rows of earlier outputs it may copy."""
+    --reuse, read the rows of earlier outputs it may copy. First, hand back what the shard before freed."""
+    heap.trim()
     return shard.read_text(job)
 
 
