@@ -12,7 +12,7 @@ from common import say, table
 from corpus import PACKAGES
 from metrics import top10_overlap
 
-from bertflow.config import pooling_label
+from bertflow.choices import pooling_label
 
 TARGETS = {"fp32_vs_st": 1.3, "fp32_max_abs_diff": 1e-5, "bf16_vs_st": 2.3, "bf16_overlap": 0.99, "flow_gap": 0.10}
 

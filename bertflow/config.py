@@ -2,39 +2,36 @@
 
 `EmbedConfig` is what a user asks for (`None`: the model's own default); `ResolvedConfig` is the
 same with every default filled in from the model, and is what the manifest records, as is.
-Choices are a `Literal` plus the tuple of its valid names. Pure: pydantic only.
+Choices and their names live in `bertflow.choices`. Pure: pydantic only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from bertflow.choices import (
+    AGGREGATES,
+    DEVICES,
+    HEAD_POOLINGS,
+    LAYER_MODES,
+    LONG_TEXTS,
+    PRECISIONS,
+    TOKEN_LEVEL,
+    Aggregate,
+    Device,
+    LayerMode,
+    LongText,
+    Pooling,
+    Precision,
+    embedding_column,
+    one_of,
+    parse_pooling,
+    pooling_label,
+)
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
-DEVICES: tuple[str, ...] = get_args(Device)
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-LongText = Literal["truncate", "chunk"]
-LONG_TEXTS: tuple[str, ...] = get_args(LongText)
-Aggregate = Literal["none", "mean", "max"]
-AGGREGATES: tuple[str, ...] = get_args(Aggregate)
-LayerMode = Literal["mean", "concat"]
-LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
-# Strategies that need nothing but the token states (bertflow.model.pooling implements each).
-PoolingName = Literal["cls", "mean", "max", "mean_max", "mean_sqrt_len", "last_token", "first_last_avg"]
-POOLINGS: tuple[str, ...] = get_args(PoolingName)
-# Strategies that also need a trained head (`--pooler`, see bertflow.model.heads).
-HeadPooling = Literal["mean_lstm"]
-HEAD_POOLINGS: tuple[str, ...] = get_args(HeadPooling)
-# `--pooling none`: no pooling, one vector per token (token-level output).
-TOKEN_LEVEL = "none"
-# A run's pooling, parsed once: one strategy, several pooled from one forward pass (a vector column
-# each, in this order), ("mean_lstm",) with a head, or ("none",) for token-level output.
-Pooling = tuple[str, ...]
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Output-fingerprint keys added in bertflow 0.3: outputs written before lack them (and their rows a text_hash).
 ADDED_IN_0_3 = ("tokenizer_sha256", "text_hash")
@@ -49,35 +46,6 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "device": ("device", DEVICES),
     "precision": ("precision", PRECISIONS),
 }
-
-
-def one_of(kind: str, value: object, valid: Sequence[str]) -> str:
-    """`value` if it is one of `valid`; else a ValueError that lists the valid names."""
-    if value not in valid:
-        raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(valid)}")
-    return str(value)
-
-
-def parse_pooling(value: str | Sequence[str]) -> Pooling:
-    """`"mean,cls"` or `["mean", "cls"]` -> ("mean", "cls"), each name checked."""
-    names = tuple(p.strip() for p in (value.split(",") if isinstance(value, str) else value))
-    if len(names) == 1:
-        return (one_of("pooling", names[0], POOLINGS + HEAD_POOLINGS + (TOKEN_LEVEL,)),)
-    for name in names:
-        one_of("pooling", name, POOLINGS)
-    if len(set(names)) != len(names):
-        raise ValueError(f"pooling {','.join(names)!r} repeats a strategy")
-    return names
-
-
-def pooling_label(pooling: Pooling) -> str:
-    """How manifests, fingerprints, tags and log lines write a pooling: `mean,cls,max`."""
-    return ",".join(pooling)
-
-
-def embedding_column(pooling: Pooling, name: str) -> str:
-    """`embedding` for a single pooling, `embedding_<name>` for each of several."""
-    return "embedding" if len(pooling) == 1 else f"embedding_{name}"
 
 
 def fingerprint_diff(recorded: dict[str, object], now: dict[str, object], keys: Sequence[str] = ()) -> list[str]:

@@ -7,11 +7,12 @@ from typing import Annotated, cast, get_args
 import typer
 from rich.table import Table
 
+from bertflow.choices import pooling_label
 from bertflow.cli import options
 from bertflow.cli.app import app
 from bertflow.cli.common import Bar, csv, err, fail, out, running, table, validated
 from bertflow.cli.common import layers as parse_layers
-from bertflow.config import DEFAULT_MODEL, EmbedConfig, pooling_label
+from bertflow.config import DEFAULT_MODEL, EmbedConfig
 from bertflow.io.manifest import Manifest
 from bertflow.pipeline.previous import ReuseMismatch
 from bertflow.pipeline.report import reuse_text, summary_row

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bertflow.config import parse_pooling
+from bertflow.choices import parse_pooling
 
 
 def _dimensions(old: dict[str, Any], pooling: tuple[str, ...]) -> dict[str, int]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bertflow.config import Precision
+from bertflow.choices import Precision
 from bertflow.model.fused import fused_encoder
 from bertflow.model.pooling import LayerMode, combine_layers, first_last_layers, pool
 from bertflow.model.threads import use_cpu_threads

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from bertflow.config import DEFAULT_MODEL, Device, Precision, ResolvedConfig
+from bertflow.choices import Device, Precision
+from bertflow.config import DEFAULT_MODEL, ResolvedConfig
 from bertflow.errors import InputError, ModelError
 
 if TYPE_CHECKING:  # imported where used: loading torch and transformers takes seconds

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from bertflow.config import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
+from bertflow.choices import HEAD_POOLINGS, LAYER_MODES, POOLINGS, LayerMode
 
 
 def combine_layers(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertflow.config import TOKEN_LEVEL, EmbedConfig, ModelRef, ResolvedConfig
+from bertflow.choices import TOKEN_LEVEL
+from bertflow.config import EmbedConfig, ModelRef, ResolvedConfig
 from bertflow.errors import InputError
 from bertflow.io.reuse import TEXT_HASH
 from bertflow.model.encoder import Encoder

@@ -16,7 +16,8 @@ import polars as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bertflow.config import DEFAULT_MODEL, EmbedConfig, LayerMode, ResolvedConfig
+from bertflow.choices import LayerMode
+from bertflow.config import DEFAULT_MODEL, EmbedConfig, ResolvedConfig
 from bertflow.errors import InputError
 from bertflow.io import sources
 from bertflow.model import fitted

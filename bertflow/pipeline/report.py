@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bertflow.config import ResolvedConfig, pooling_label
+from bertflow.choices import pooling_label
+from bertflow.config import ResolvedConfig
 from bertflow.io import storage
 from bertflow.io.manifest import MANIFEST_NAME, Manifest, ReuseSummary, ShardResult
 
