@@ -181,24 +181,22 @@ def plan_reuse(
     skipped = dict(skipped or {})
     used: list[Previous] = []
     for prev in previous:
-        first = storage.join(prev.dest, prev.manifest.shards[0].name) if prev.manifest.shards else None
-        kind = reuse.read_part_ids(first).dtype if first else ID_DTYPES[id_kind]
-        if kind != ID_DTYPES[id_kind]:
-            why = f"{prev.dest} has {kind} ids, SOURCE {id_kind} ids"
-            if not prev.optional:
-                raise InputError(f"--reuse {why}; reuse an output of the same SOURCE")
-            skipped[prev.dest] = why
-            continue
-        used.append(prev)
-    for n, prev in enumerate(used):
-        for shard in prev.manifest.shards:
+        for k, shard in enumerate(prev.manifest.shards):
             uri = storage.join(prev.dest, shard.name)
             ids = reuse.read_part_ids(uri)
+            if k == 0 and ids.dtype != ID_DTYPES[id_kind]:  # nothing of this output is recorded yet
+                why = f"{prev.dest} has {ids.dtype} ids, SOURCE {id_kind} ids"
+                if not prev.optional:
+                    raise InputError(f"--reuse {why}; reuse an output of the same SOURCE")
+                skipped[prev.dest] = why
+                break
             where = index.lookup(reuse.id_keys(ids, id_kind))
             for s in np.unique(where[where >= 0]).tolist():
                 found[s].append(ReusePart(uri=uri, sha256=shard.sha256))
-            if n == 0:
+            if not used:  # the newest earlier output: its ids SOURCE lost are the dropped ones
                 dropped.append(ids.filter(pl.Series(where < 0)))
+        else:
+            used.append(prev)
     gone = pl.concat(dropped).unique(maintain_order=True) if dropped else pl.Series("id", [], ID_DTYPES[id_kind])
     return ReusePlan(
         previous=[p.dest for p in used],

@@ -11,6 +11,17 @@ from tests.deployments.service import DEST_TEMPLATE, SOURCE_TEMPLATE, make_bucke
 NIGHTLY = "embed-dataset/embed-nightly"
 
 
+def _finished(service, run_id, what: str):
+    """The flow run once it is in a final state (waits up to 240 s)."""
+
+    def final():
+        with service.client() as c:
+            r = c.read_flow_run(run_id)
+        return r if r.state.is_final() else None
+
+    return wait_for(final, 240, what, diagnostics=service.diagnostics)
+
+
 def test_scheduled_run_started_late_embeds_the_day_before_its_schedule(s3, service):
     from prefect.states import Scheduled
 
@@ -29,12 +40,7 @@ def test_scheduled_run_started_late_embeds_the_day_before_its_schedule(s3, servi
     with service.client() as c:
         c.set_flow_run_state(run.id, Scheduled(scheduled_time=datetime.now(timezone.utc)), force=True)
 
-    def finished():
-        with service.client() as c:
-            r = c.read_flow_run(run.id)
-        return r if r.state.is_final() else None
-
-    done = wait_for(finished, 240, f"{run.name} to finish", diagnostics=service.diagnostics)
+    done = _finished(service, run.id, f"{run.name} to finish")
     assert done.state.is_completed(), (done.state, service.diagnostics())
     assert done.expected_start_time == run.expected_start_time  # the day comes from here, not the clock
     assert done.name == f"embed-embeddings-{day}"
@@ -59,12 +65,7 @@ def _run_day(service, day: str):
         dep = c.read_deployment_by_name(NIGHTLY)
         run = c.create_flow_run_from_deployment(dep.id, parameters={"partition": day})
 
-    def finished():
-        with service.client() as c:
-            r = c.read_flow_run(run.id)
-        return r if r.state.is_final() else None
-
-    done = wait_for(finished, 240, f"embed-nightly for {day}", diagnostics=service.diagnostics)
+    done = _finished(service, run.id, f"embed-nightly for {day}")
     assert done.state.is_completed(), (done.state, service.diagnostics())
     return done, parts.read_manifest(partitions.render(DEST_TEMPLATE, day))
 
