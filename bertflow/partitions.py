@@ -10,6 +10,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 
 from bertflow.errors import InputError
+from bertflow.io.storage import check_uri
 
 DATE_FIELD = "{date}"
 _EVERY = re.compile(r"^(\d+)d$")
@@ -71,6 +72,7 @@ def resolve(
 def check_templates(source: str, dest: str) -> None:
     """Partitioned runs need `{date}` in both SOURCE and DEST, or days would overwrite each other."""
     for name, template in (("SOURCE", source), ("DEST", dest)):
+        check_uri(template)
         if not has_date(template):
             raise InputError(
                 f"{name} template {template!r} has no {DATE_FIELD}; write it like s3://bucket/raw/dt={DATE_FIELD}/"

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
@@ -56,15 +57,38 @@ def _client_kwargs(protocol: str, options: Mapping[str, str]) -> dict:
     return kwargs
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?")
+
+
+def check_uri(uri: str) -> None:
+    """Refuse `s3:/bucket`, `s3:bucket` and `s3://` alone instead of reading them as local paths."""
+    m = _SCHEME.match(uri)
+    if m is None:
+        return
+    scheme = m.group(1)
+    if not m.group(2):
+        rest = uri[m.end() :].lstrip("/")
+        raise InputError(f"{uri!r} is not a URI bertflow can read: write {scheme}://{rest or 'bucket/path'}")
+    if not uri[m.end() :].strip("/"):
+        raise InputError(f"{uri!r} names no bucket or path: write {scheme}://bucket/path")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem behind `uri` and the path inside it."""
+    check_uri(uri)
     protocol = uri.split("://", 1)[0] if "://" in uri else "file"
     try:
-        return url_to_fs(uri, **_client_kwargs(protocol, _OPTIONS.get()))
+        fs, path = url_to_fs(uri, **_client_kwargs(protocol, _OPTIONS.get()))
     except ImportError as e:
         raise InputError(f"no filesystem for {uri!r}: {e}") from None
     except ValueError as e:
         raise InputError(f"cannot open {uri!r}: {e}") from None
+    if type(fs).__name__ == "S3FileSystem":
+        # One retry layer per level, not three nested ones: botocore retries a request (with backoff), the
+        # Prefect task retries the step (with backoff, visible in the UI). s3fs's own loop around botocore's
+        # would multiply them: a part write under a lasting 503 made 100 requests over minutes.
+        fs.retries = 1
+    return fs, path
 
 
 def canonical(uri: str) -> str:
@@ -174,6 +198,12 @@ def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     with translated(uri):
         return fs.exists(path)
+
+
+def forget(uri: str) -> None:
+    """Drop what this process cached of the listing at `uri`: other processes wrote there since."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache(path)
 
 
 def list_names(uri: str) -> list[str]:
