@@ -34,5 +34,10 @@ NIGHTLY_DEPLOYMENT = full_name(EMBED_FLOW, NIGHTLY)
 SHARD_DEPLOYMENT = full_name(SHARD_FLOW, SHARD)
 
 DEFAULT_POOL = "bertflow"
+# Work queues of the pool: parents wait for their shards, so they must never hold the slots shards
+# need. GPU hosts' workers poll `shards` only (with --limit), one small worker polls `parents`.
+PARENTS_QUEUE = "parents"
+SHARDS_QUEUE = "shards"
+ZOMBIE_AUTOMATION = "bertflow-crash-dead-runs"  # heartbeats stopped -> Crashed
 GPU_LIMIT = "bertflow-gpu"  # slots per host; each host takes them from `bertflow-gpu-<host>`
 BACKFILL_TAG = "backfill"

@@ -17,7 +17,7 @@ import bertflow
 from bertflow.flows.backfill import backfill
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.shard import embed_shard
-from bertflow.names import ADHOC, BACKFILL, DEFAULT_POOL, NIGHTLY, SHARD
+from bertflow.names import ADHOC, BACKFILL, DEFAULT_POOL, NIGHTLY, PARENTS_QUEUE, SHARD, SHARDS_QUEUE
 
 DEFAULT_CRON = "0 2 * * *"  # daily 02:00 UTC; each run embeds the day before its scheduled start
 TIMEZONE = "UTC"
@@ -26,21 +26,26 @@ DEFAULT_MAX_IN_FLIGHT = 4
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """What `bertflow deploy` / `bertflow serve` configure; `pool` None means served, not pooled."""
+    """What `bertflow deploy` / `bertflow serve` configure; `pool` None means served, not pooled.
 
-    source_template: str
-    dest_template: str
+    Without templates there is no embed-nightly (and no backfill of it): only embed-adhoc and embed-shard.
+    """
+
+    source_template: str | None
+    dest_template: str | None
     cron: str = DEFAULT_CRON
     config: dict = field(default_factory=dict)  # EmbedConfig fields, as JSON
     pool: str | None = DEFAULT_POOL
 
 
 def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeployment]:
-    """embed-nightly, embed-adhoc, embed-shard (not when served: served parents embed in-process), backfill."""
+    """embed-nightly and backfill (with templates), embed-adhoc, embed-shard (not when served: served parents
+    embed in-process). On a pool, parents take runs from the `parents` queue and shards from `shards`."""
     version = f"bertflow {bertflow.__version__}"
     fan_out = {"pool": s.pool} if s.pool else {}
+    parents = PARENTS_QUEUE if s.pool else None
     # to_deployment dispatches on the caller: from sync code (as here) it returns the RunnerDeployment itself.
-    deployments = [
+    nightly = [
         cast(
             RunnerDeployment,
             embed_dataset.to_deployment(
@@ -56,16 +61,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                 description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
-            ),
-        ),
-        cast(
-            RunnerDeployment,
-            embed_dataset.to_deployment(
-                ADHOC,
-                parameters={"config": s.config, **fan_out},
-                description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                version=version,
+                work_queue_name=parents,
             ),
         ),
         cast(
@@ -76,6 +72,21 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                 description="Rerun embed-nightly over past days, skipping days already complete.",
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
+                work_queue_name=parents,
+            ),
+        ),
+    ]
+    deployments = [
+        *(nightly if s.source_template and s.dest_template else []),
+        cast(
+            RunnerDeployment,
+            embed_dataset.to_deployment(
+                ADHOC,
+                parameters={"config": s.config, **fan_out},
+                description="Ad hoc: embed any SOURCE into any DEST, from the UI or `prefect deployment run`.",
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                version=version,
+                work_queue_name=parents,
             ),
         ),
     ]
@@ -91,6 +102,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                     enforce_parameter_schema=False,
                     entrypoint_type=EntrypointType.MODULE_PATH,
                     version=version,
+                    work_queue_name=SHARDS_QUEUE,
                 ),
             )
         )

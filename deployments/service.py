@@ -1,15 +1,19 @@
 """`bertflow deploy` and `bertflow serve`: put the deployments on a Prefect server, idempotently.
 
-Deploy creates what is missing (the process work pool, the deployments, the GPU concurrency
-limit), updates what differs and leaves alone what already matches, so running it twice
-changes nothing. Options left out keep what the server already has.
+Deploy creates what is missing (the process work pool with its `parents` and `shards` queues, the
+deployments, the GPU concurrency limit, the automation that crashes runs whose heartbeats stopped),
+updates what differs and leaves alone what already matches, so running it twice changes nothing.
+Options left out keep what the server already has.
 """
 
 from __future__ import annotations
 
+from typing import cast
+from uuid import UUID
+
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
@@ -18,9 +22,16 @@ from pydantic import ValidationError
 
 from bertflow import partitions
 from bertflow.config import EmbedConfig
+from bertflow.deployments.automations import (
+    DEFAULT_WINDOW,
+    current_window,
+    ensure_automation,
+    heartbeat_seconds,
+    zombie_automation,
+)
 from bertflow.deployments.definitions import DEFAULT_CRON, ServiceSettings, definitions
 from bertflow.errors import InputError
-from bertflow.names import GPU_LIMIT, NIGHTLY_DEPLOYMENT
+from bertflow.names import GPU_LIMIT, NIGHTLY_DEPLOYMENT, PARENTS_QUEUE, SHARDS_QUEUE, ZOMBIE_AUTOMATION
 from bertflow.tasks.gpu import set_slots_per_host, slots_per_host
 
 Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged")
@@ -45,12 +56,13 @@ def settings(
         cron = crons[0] if crons else DEFAULT_CRON
     source_template = source_template or params.get("source")
     dest_template = dest_template or params.get("dest")
-    if not source_template or not dest_template:
+    if bool(source_template) != bool(dest_template):
         raise InputError(
-            "the first deploy needs --source-template and --dest-template, "
+            "embed-nightly needs both --source-template and --dest-template, "
             "e.g. s3://bucket/raw/dt={date}/ and s3://bucket/embeddings/dt={date}/"
         )
-    partitions.check_templates(source_template, dest_template)
+    if source_template and dest_template:
+        partitions.check_templates(source_template, dest_template)
     try:
         config = EmbedConfig.model_validate({**(params.get("config") or {}), **({"model": model} if model else {})})
     except ValidationError as e:
@@ -68,20 +80,47 @@ def _check_cron(cron: str) -> None:
         raise InputError(f"--cron {cron!r} is not a cron expression; e.g. '0 2 * * *' is daily at 02:00 UTC") from None
 
 
-def ensure_pool(client: SyncPrefectClient, pool: str) -> Change:
+def job_template(heartbeat: int) -> dict:
+    """The process worker's job template, with heartbeats on for every run it starts."""
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["env"]["default"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
+    return template
+
+
+def ensure_pool(client: SyncPrefectClient, pool: str, heartbeat: int) -> list[Change]:
+    """The process pool (runs send heartbeats every `heartbeat` s) and its `parents` and `shards` queues."""
+    template = job_template(heartbeat)
     try:
-        client.read_work_pool(pool)
-        return ("work pool", pool, "unchanged")
+        current = client.read_work_pool(pool)
     except ObjectNotFound:
         client.create_work_pool(
             WorkPoolCreate(
                 name=pool,
                 type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-                description="bertflow workers: `prefect worker start --pool " + pool + "` on each GPU host",
+                base_job_template=template,
+                description=(
+                    f"bertflow: `prefect worker start --pool {pool} --work-queue {SHARDS_QUEUE} --limit N` on each "
+                    f"GPU host, `prefect worker start --pool {pool} --work-queue {PARENTS_QUEUE}` on one"
+                ),
             )
         )
-        return ("work pool", pool, "created")
+        changes = [("work pool", pool, "created")]
+    else:
+        if current.type != "process":
+            raise InputError(
+                f"--pool {pool}: that work pool is of type {current.type!r}; bertflow deploys to a process pool"
+            )
+        action = "unchanged"
+        if current.base_job_template != template:
+            client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
+            action = "updated"
+        changes = [("work pool", pool, action)]
+    have = {q.name for q in client.read_work_queues(work_pool_name=pool)}
+    for queue in (PARENTS_QUEUE, SHARDS_QUEUE):
+        if queue not in have:
+            client.create_work_queue(name=queue, work_pool_name=pool)
+        changes.append(("work queue", f"{pool}/{queue}", "unchanged" if queue in have else "created"))
+    return changes
 
 
 def _same(existing: DeploymentResponse, wanted: RunnerDeployment, pool: str | None) -> bool:
@@ -97,6 +136,7 @@ def _same(existing: DeploymentResponse, wanted: RunnerDeployment, pool: str | No
     return (
         existing.entrypoint == wanted.entrypoint
         and existing.work_pool_name == pool
+        and (pool is None or existing.work_queue_name == wanted.work_queue_name)
         and existing.parameters == wanted.model_dump(mode="json", include={"parameters"})["parameters"]
         and existing.parameter_openapi_schema == wanted._parameter_openapi_schema.model_dump(exclude_unset=True)
         and sorted(existing.tags) == sorted(wanted.tags)
@@ -108,15 +148,16 @@ def _same(existing: DeploymentResponse, wanted: RunnerDeployment, pool: str | No
     )
 
 
-def apply(client: SyncPrefectClient, wanted: RunnerDeployment, pool: str | None) -> Change:
+def apply(client: SyncPrefectClient, wanted: RunnerDeployment, pool: str | None) -> tuple[Change, UUID]:
     try:
         existing = client.read_deployment_by_name(wanted.full_name)
     except ObjectNotFound:
         existing = None
     if existing is not None and _same(existing, wanted, pool):
-        return ("deployment", wanted.full_name, "unchanged")
-    wanted.apply(work_pool_name=pool)
-    return ("deployment", wanted.full_name, "updated" if existing else "created")
+        return ("deployment", wanted.full_name, "unchanged"), existing.id
+    # apply dispatches on the caller: from sync code (as here) it returns the id itself.
+    deployment_id = cast(UUID, wanted.apply(work_pool_name=pool))
+    return ("deployment", wanted.full_name, "updated" if existing else "created"), deployment_id
 
 
 def deploy(
@@ -126,16 +167,23 @@ def deploy(
     source_template: str | None = None,
     dest_template: str | None = None,
     model: str | None = None,
+    heartbeat_window: int | None = None,
 ) -> list[Change]:
-    """Create or update the work pool, the deployments and the GPU limit; what each one did."""
+    """Create or update the work pool, the deployments, the GPU limit and the automation; what each one did."""
     if gpus_per_host is not None and gpus_per_host < 1:
         raise InputError(f"--gpus-per-host {gpus_per_host}: give 1 or more")
+    if heartbeat_window is not None:
+        heartbeat_seconds(heartbeat_window)  # refuse a bad window before anything changes
     with get_client(sync_client=True) as client:
         s = settings(client, pool, cron, source_template, dest_template, model)
-        changes = [ensure_pool(client, pool)]
-        changes += [apply(client, d, pool) for d in definitions(s)]
+        window = heartbeat_window or current_window(client) or DEFAULT_WINDOW
+        changes = ensure_pool(client, pool, heartbeat_seconds(window))
+        applied = [apply(client, d, pool) for d in definitions(s)]
+        changes += [change for change, _ in applied]
         slots = gpus_per_host if gpus_per_host is not None else slots_per_host(client)
         changes.append(("concurrency limit", f"{GPU_LIMIT} ({slots} per host)", set_slots_per_host(client, slots)))
+        automation = zombie_automation([i for _, i in applied], window)
+        changes.append(("automation", f"{ZOMBIE_AUTOMATION} ({window} s)", ensure_automation(client, automation)))
     return changes
 
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from bertflow.cli.app import app
 from bertflow.cli.common import Bar, fail, out, reported, running
-from bertflow.names import DEFAULT_POOL, NIGHTLY
+from bertflow.names import DEFAULT_POOL, NIGHTLY, PARENTS_QUEUE, SHARDS_QUEUE
 
 _TEMPLATE_HELP = "with {date} where the day goes"
 
@@ -45,20 +45,33 @@ def deploy(
         str | None,
         typer.Option(help="Model of embed-nightly and embed-adhoc (default: the bundled one, or what is deployed)"),
     ] = None,
+    heartbeat_window: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds without a heartbeat before a run counts as dead and is marked Crashed "
+            "(default 90, or what is deployed; 60 or more)"
+        ),
+    ] = None,
 ) -> None:
-    """Create the work pool, the deployments (embed-nightly, embed-adhoc, embed-shard, backfill) and the GPU limit; idempotent."""
+    """Create the work pool and its queues, the deployments (embed-adhoc, embed-shard; with templates also
+    embed-nightly and backfill), the GPU limit and the automation that crashes dead runs; idempotent."""
     _require_server("deploy")
     from bertflow.deployments.service import deploy as deploy_all
 
     with reported():
-        changes = deploy_all(pool, gpus_per_host, cron, source_template, dest_template, model)
+        changes = deploy_all(pool, gpus_per_host, cron, source_template, dest_template, model, heartbeat_window)
     table = Table(title="bertflow deploy", title_justify="left")
     for col in ("kind", "name", "change"):
         table.add_column(col)
     for kind, name, change in changes:
         table.add_row(kind, name, change)
     out.print(table)
-    out.print(f"Start a worker on each GPU host: [bold]prefect worker start --pool {pool}[/]", highlight=False)
+    out.print(
+        f"Start a worker on each GPU host: [bold]prefect worker start --pool {pool} --work-queue {SHARDS_QUEUE} "
+        f"--limit N[/] (N: shards at once), and one for the parent runs: [bold]prefect worker start --pool {pool} "
+        f"--work-queue {PARENTS_QUEUE}[/]",
+        highlight=False,
+    )
 
 
 @app.command()

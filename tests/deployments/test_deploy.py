@@ -1,4 +1,5 @@
-"""`bertflow deploy` against a real Prefect server of its own: what it creates, read back through the client."""
+"""`bertflow deploy` against a real Prefect server of its own (basic auth on): what it creates, read back
+through the client."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from bertflow import partitions
 from tests.conftest import run_cli
-from tests.deployments.service import prefect_client, start_server, stop_process, wait_for
+from tests.deployments.service import prefect_client as _client
+from tests.deployments.service import start_server, stop_process, wait_for
 
 SOURCE = "s3://lake/raw/dt={date}/"
 DEST = "s3://lake/embeddings/dt={date}/"
@@ -20,15 +22,41 @@ DEPLOYMENTS = {
 }
 
 
+AUTH = "deployer:deploy-secret-do-not-log"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    proc, url = start_server(tmp_path_factory.mktemp("deploy-server"))
+    proc, url = start_server(tmp_path_factory.mktemp("deploy-server"), auth=AUTH)
     yield url
     stop_process(proc)
 
 
-def deploy(url: str, *args: str):
-    return run_cli("deploy", *args, env={"PREFECT_API_URL": url})
+def prefect_client(url: str):
+    return _client(url, AUTH)
+
+
+def deploy(url: str, *args: str, auth: str | None = AUTH):
+    return run_cli("deploy", *args, env={"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": auth or ""})
+
+
+def test_deploy_without_the_credential_is_refused_in_one_line(server):
+    r = deploy(server, "--pool", "gpu", auth=None)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "refused this client (401)" in r.stderr and "PREFECT_API_AUTH_STRING" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = deploy(server, "--pool", "gpu", auth="deployer:wrong")
+    assert r.returncode == 2 and "refused this client (401)" in r.stderr and "wrong" not in r.stderr
+
+
+def test_deploy_without_templates_sets_up_adhoc_and_shard_only(server):
+    r = deploy(server, "--pool", "gpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with prefect_client(server) as c:
+        names = sorted(f"{c.read_flow(d.flow_id).name}/{d.name}" for d in c.read_deployments())
+        queues = {q.name for q in c.read_work_queues(work_pool_name="gpu")}
+    assert names == ["embed-dataset/embed-adhoc", "embed-shard/embed-shard"]
+    assert {"parents", "shards"} <= queues
 
 
 def test_deploy_needs_a_server():
@@ -45,16 +73,19 @@ def snapshot(url: str) -> dict:
         pools = c.read_work_pools(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=["gpu"])))
         deployments = c.read_deployments()
         limits = c.read_global_concurrency_limits(limit=100)
+        automations = c.read_automations()
     return {
         "pools": [(p.name, p.type) for p in pools],
         "deployments": sorted(
-            (f"{flow_name(url, d.flow_id)}/{d.name}", d.work_pool_name, d.entrypoint, str(d.updated))
+            (f"{flow_name(url, d.flow_id)}/{d.name}", d.work_pool_name, d.work_queue_name, d.entrypoint, str(d.updated))
             for d in deployments
         ),
         "schedules": sorted(
             (d.name, s.schedule.cron, s.schedule.timezone, str(s.id)) for d in deployments for s in d.schedules
         ),
         "limits": sorted((lim.name, lim.limit) for lim in limits),
+        "automations": sorted((a.name, str(a.id), a.trigger.model_dump_json()) for a in automations),
+        "template": pools[0].base_job_template if pools else None,
     }
 
 
@@ -97,14 +128,16 @@ def test_deploy_twice_creates_everything_once_and_changes_nothing(server):
     assert again.returncode == 0 and bare.returncode == 0, again.stdout + again.stderr + bare.stderr
     for out in (again.stdout, bare.stdout):
         assert "created" not in out and "updated" not in out
-        assert out.count("unchanged") == 6  # pool, 4 deployments, limit
+        assert out.count("unchanged") == 9  # pool, 2 queues, 4 deployments, limit, automation
     assert snapshot(server) == before
 
     assert before["pools"] == [("gpu", "process")]
     names = [d[0] for d in before["deployments"]]
     assert sorted(names) == sorted(DEPLOYMENTS)  # each exactly once
-    for _, pool, entrypoint, _ in before["deployments"]:
+    for name, pool, queue, entrypoint, _ in before["deployments"]:
         assert pool == "gpu"
+        # Parents wait for their shards: they never take the slots of the workers that run shards.
+        assert queue == ("shards" if name == "embed-shard/embed-shard" else "parents")
         assert entrypoint.startswith("bertflow.flows.")  # module paths: workers run the installed package
     assert [(s[0], s[1], s[2]) for s in before["schedules"]] == [("embed-nightly", "30 3 * * *", "UTC")]
     assert before["limits"] == [("bertflow-gpu", 2)]
@@ -115,11 +148,31 @@ def test_deploy_twice_creates_everything_once_and_changes_nothing(server):
     assert nightly.parameters["pool"] == "gpu" and nightly.parameters["lag_days"] == 1
     assert adhoc.schedules == [] and adhoc.parameters["pool"] == "gpu"
 
+    # Zombie detection: one automation, proactive per flow run, on the heartbeats of these deployments' runs.
+    with prefect_client(server) as c:
+        [automation] = c.read_automations_by_name("bertflow-crash-dead-runs")
+        ids = {c.read_deployment_by_name(name).id for name in DEPLOYMENTS}
+    trigger = automation.trigger
+    assert automation.enabled and trigger.posture == "Proactive" and trigger.within == timedelta(seconds=90)
+    assert trigger.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.heartbeat" in trigger.expect
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert set(trigger.match_related["prefect.resource.id"]) == {f"prefect.deployment.{i}" for i in ids}
+    [action] = automation.actions
+    assert action.type == "change-flow-run-state" and action.state == "CRASHED"
+    env = before["template"]["variables"]["properties"]["env"]["default"]
+    assert env == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # every run the pool's workers start sends heartbeats
+
     # A changed option updates only what it touches.
     changed = deploy(server, "--pool", "gpu", "--gpus-per-host", "4")
     assert changed.returncode == 0, changed.stderr
-    assert "updated" in changed.stdout and changed.stdout.count("unchanged") == 5
+    assert "updated" in changed.stdout and changed.stdout.count("unchanged") == 8
     assert snapshot(server)["limits"] == [("bertflow-gpu", 4)]
+    longer = deploy(server, "--pool", "gpu", "--heartbeat-window", "150")
+    assert longer.returncode == 0, longer.stderr
+    after = snapshot(server)
+    [(_, automation_id, trigger_json)] = after["automations"]
+    assert automation_id == str(automation.id) and '"within":150.0' in trigger_json.replace(" ", "")
+    assert after["template"]["variables"]["properties"]["env"]["default"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "50"}
 
 
 def test_nightly_scheduled_runs_process_the_day_before_their_start(server):
@@ -166,6 +219,8 @@ def test_nightly_scheduled_runs_process_the_day_before_their_start(server):
         ),
         (("--cron", "every night"), "--cron 'every night' is not a cron expression"),
         (("--gpus-per-host", "0"), "--gpus-per-host 0: give 1 or more"),
+        (("--heartbeat-window", "30"), "--heartbeat-window 30: give 60 or more seconds"),
+        (("--source-template", "s3:/lake/raw/dt={date}/", "--dest-template", DEST), "write s3://lake/raw/dt={date}/"),
     ],
 )
 def test_deploy_bad_input_is_one_line(server, args, message):
