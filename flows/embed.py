@@ -5,8 +5,10 @@ Shards run in this process, or, with `pool`, as `embed-shard` runs on that pool'
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import datetime, timezone
+from typing import cast
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
@@ -16,7 +18,7 @@ from bertflow import partitions, progress
 from bertflow.config import EmbedConfig
 from bertflow.errors import BertflowError, ShardsFailedError, one_line
 from bertflow.flows.shard import embed_shard
-from bertflow.io.manifest import Manifest
+from bertflow.io.manifest import Manifest, ShardResult
 from bertflow.names import EMBED_FLOW
 from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.report import run_tags
@@ -28,8 +30,9 @@ from bertflow.tasks.embed import (
     resolve_config,
     resolve_paths,
 )
-from bertflow.tasks.fanout import check_pool, fan_out
+from bertflow.tasks.fanout import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, check_pool, fan_out
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
+from bertflow.tasks.lease import dest_lease
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
 from bertflow.tasks.reuse import ReuseMismatch, open_previous, plan_reuse
 from bertflow.tasks.secrets import storage_from_block
@@ -59,6 +62,8 @@ def embed_dataset(
     config: EmbedConfig | None = None,
     overwrite: bool = False,
     pool: str | None = None,
+    shard_attempts: int = DEFAULT_ATTEMPTS,
+    shard_timeout: float = DEFAULT_TIMEOUT,
     partition: str | None = None,
     lag_days: int = 1,
     reuse: list[str] | None = None,
@@ -71,6 +76,9 @@ def embed_dataset(
     Args:
         config: how to embed (default: the bundled model with its own pooling and length).
         pool: run each shard as an `embed-shard` run on this work pool's workers (see `bertflow deploy`).
+        shard_attempts: with `pool`, runs per shard: a shard run that crashed (its host died) or failed is
+            submitted again until this many have failed (one that failed on bad input is not).
+        shard_timeout: with `pool`, seconds to wait for all shard runs; the unfinished are then cancelled.
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
         reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
@@ -89,9 +97,9 @@ def embed_dataset(
         try:
             source, dest, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             if pool:
-                check_pool(pool)
+                check_pool(pool, source, dest, config)
             report = RunReport(dest)
-            with progress.reporting_to(report):
+            with progress.reporting_to(report), contextlib.ExitStack() as held:
                 resolved = resolve_config(config)
                 child_tags = tag_this_run(run_tags(resolved))
                 plan, index = plan_shards(source, resolved)
@@ -104,22 +112,27 @@ def embed_dataset(
                     created_at=created_at,
                     reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
                 )
+                # One writer per DEST: the lease is taken before DEST is checked, cleared (--overwrite) or written.
+                lease = held.enter_context(dest_lease(dest))
                 target, results, pending = prepare_dest(target, overwrite)
                 if pool:
-                    failed = fan_out(pending, child_tags, report.part_written)
+                    failures = fan_out(pending, child_tags, report.part_written, shard_attempts, shard_timeout)
                     # Results come back through DEST: each part's footer, read here.
-                    collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], failed)
+                    why = {name: str(f) for name, f in failures.items()}
+                    collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], why)
                     results += collected
                     if failed:
-                        report.unfinished(results, len(failed), time.perf_counter() - started, resolved)
+                        report.unfinished(results, failed, failures, time.perf_counter() - started, resolved)
                         raise ShardsFailedError.of(list(failed.values()), len(plan))
                 else:
                     # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
                     with gpu_slot(in_deployment_run()), tags(*child_tags):
                         for job in pending:
-                            result = _local_shard(job)
+                            # In this process a shard raises on failure: it returns a state only on a worker.
+                            result = cast(ShardResult, _local_shard(job))
                             report.shard_done(job.spec, result)
                             results.append(result)
+                lease.check()  # a run that lost DEST to another writes no manifest
                 manifest = finalize_dest(target, results, time.perf_counter() - started)
             report.finished(manifest)
             return manifest

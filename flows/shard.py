@@ -6,37 +6,44 @@ import time
 
 from prefect import flow
 from prefect.context import TagsContext
+from prefect.states import State
 from prefect.utilities.annotations import quote
 
+from bertflow.errors import BertflowError
 from bertflow.io.manifest import ShardJob, ShardResult
 from bertflow.names import SHARD_FLOW
 from bertflow.tasks.embed import embed, read_shard, tokenize, write_part
-from bertflow.tasks.fanout import localize_model
+from bertflow.tasks.fanout import localize_model, refused
 from bertflow.tasks.gpu import gpu_slot
 from bertflow.tasks.reporting import quiet_expected_errors
 from bertflow.tasks.secrets import storage_from_block
 
 quiet_expected_errors()
 
-# A shard run on a worker that fails is run again by Prefect (transient faults inside already
-# retry per task); the parent runs shards in its own process with `retries=0`, as before.
-SHARD_RETRIES = 2
+# Transient faults inside a shard (storage, device memory) are retried by its tasks, with backoff.
+# A shard run on a worker that still fails or crashes is submitted again by the parent (a new run,
+# perhaps on another host), unless it failed on bad input: then it ends in the state `BadInput`.
 
 
-@flow(
-    name=SHARD_FLOW,
-    flow_run_name="shard-{job.spec.index}-of-{job.spec.count}",
-    persist_result=False,
-    retries=SHARD_RETRIES,
-    retry_delay_seconds=5,
-)
-def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult:
+@flow(name=SHARD_FLOW, flow_run_name="shard-{job.spec.index}-of-{job.spec.count}", persist_result=False)
+def embed_shard(job: ShardJob, on_worker: bool = False) -> ShardResult | State:
     """Embed the rows of one shard and write its part to DEST.
 
     Args:
         on_worker: the run has a process of its own (a worker, `bertflow serve`): find the model
             on this host and hold one of the host's GPU slots while the model is in use.
     """
+    if not on_worker:
+        return _embed(job, on_worker)
+    try:
+        return _embed(job, on_worker)
+    except BertflowError as e:
+        if e.exit_code != 2:  # a fault that outlasted its retries: the parent may submit the shard again
+            raise
+        return refused(e)
+
+
+def _embed(job: ShardJob, on_worker: bool) -> ShardResult:
     started = time.perf_counter()
     # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
     # takes a tag concurrency slot, with a lease, for every tagged task (~0.5 s each here).

@@ -68,12 +68,13 @@ def run_backfill(plan: BackfillPlan, max_in_flight: int) -> dict[str, str]:
     logger = get_run_logger()
     progress.start(len(requests), 0)
 
-    def finished(request: RunRequest, run: FlowRun) -> None:
+    def finished(request: RunRequest, run: FlowRun) -> bool:
         day = by_key[request.key]
         completed = run.state is not None and run.state.is_completed()  # run_all passes runs in a final state
         results[day.partition] = "Completed" if completed else describe(run)
         logger.info("%s: %s", day.partition, results[day.partition])
         progress.advance(1)
+        return False  # a day that failed is reported; repeating the backfill reruns it
 
     run_all(requests, finished, max_in_flight=max_in_flight)
     failed = {d: s for d, s in sorted(results.items()) if s != "Completed"}

@@ -4,6 +4,11 @@ Only small values cross to the workers: each shard's `ShardJob` (file URIs and r
 resolved config, DEST, the part's fingerprint). Results come back through DEST (each part's
 footer), never through Prefect results. Credentials never travel: each worker reads its own
 environment.
+
+A shard run that ends Crashed (its host died and the zombie automation marked it, or its process
+was killed) or Failed is submitted again, up to `attempts` runs per shard; one that failed on bad
+input (state `BadInput`: the same input fails the same way) is not. The parent waits at most
+`timeout` seconds for all of them, then cancels what is left.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from prefect import get_run_logger, task
 from prefect.client.schemas.objects import FlowRun
+from prefect.states import Failed, State
 
-from bertflow.errors import InputError
-from bertflow.io import storage
+from bertflow.config import EmbedConfig
+from bertflow.errors import BertflowError, InputError, one_line
+from bertflow.io import parts, storage
 from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
 from bertflow.names import SHARD_DEPLOYMENT
@@ -24,9 +32,25 @@ from bertflow.partitions import stable_key
 from bertflow.tasks.policy import IN_MEMORY
 from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
+DEFAULT_ATTEMPTS = 2
+DEFAULT_TIMEOUT = 12 * 3600.0  # seconds the parent waits for its shard runs, all together
+PERMANENT = "BadInput"  # the state name of a shard run that failed on input no retry can fix
 
-def check_pool(pool: str) -> None:
-    """The shard deployment must exist and take its runs from `pool`."""
+
+def refused(e: BertflowError) -> State:
+    """The final state of a shard run that failed on bad input: Failed, named so the parent does not resubmit it."""
+    return Failed(name=PERMANENT, message=one_line(e))
+
+
+def check_pool(pool: str, source: str, dest: str, config: EmbedConfig) -> None:
+    """The shard deployment must exist and take its runs from `pool`, and every host must see what shards read."""
+    shared = {"SOURCE": source, "DEST": dest, "--pooler": config.pooler, "--reduction": config.reduction}
+    for what, uri in shared.items():
+        if uri and storage.is_local(uri):
+            raise InputError(
+                f"--pool {pool}: {what} {uri} is a local path, which workers on other hosts cannot see; "
+                "put it in object storage (s3://...) or run without --pool"
+            )
     deployment = read_deployment(SHARD_DEPLOYMENT)
     if deployment.work_pool_name != pool:
         where = f"work pool {deployment.work_pool_name!r}" if deployment.work_pool_name else "`bertflow serve`"
@@ -47,20 +71,78 @@ def shard_run(job: ShardJob, tags: Sequence[str]) -> RunRequest:
     )
 
 
-def fan_out(jobs: Sequence[ShardJob], tags: Sequence[str], on_done: Callable[[ShardSpec], None]) -> dict[str, str]:
-    """Run every job on the workers and wait for all; failed parts: name -> 'shard-3-of-8 (why)'."""
+@dataclass
+class ShardFailure:
+    """A shard whose runs all failed: why each attempt ended, and the runs."""
+
+    spec: ShardSpec
+    errors: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        tries = f"{len(self.errors)} attempts" if len(self.errors) != 1 else "1 attempt"
+        return (
+            f"shard-{self.spec.index}-of-{self.spec.count} ({tries}; {self.errors[-1] if self.errors else 'not run'})"
+        )
+
+    def row(self) -> dict[str, object]:
+        return {
+            "shard": f"shard-{self.spec.index}-of-{self.spec.count}",
+            "part": self.spec.name,
+            "attempts": len(self.errors),
+            "error": self.errors[-1] if self.errors else "not run",
+            "runs": ", ".join(self.runs),
+        }
+
+
+def fan_out(
+    jobs: Sequence[ShardJob],
+    tags: Sequence[str],
+    on_done: Callable[[ShardSpec], None],
+    attempts: int = DEFAULT_ATTEMPTS,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> dict[str, ShardFailure]:
+    """Run every job on the workers, resubmitting failed runs, and wait for all; the shards that failed, by part."""
     requests = [shard_run(j, tags) for j in jobs]
     spec_of = {request.key: job.spec for request, job in zip(requests, jobs)}
-    failed: dict[str, str] = {}
+    tries: dict[str, ShardFailure] = {}
+    failed: dict[str, ShardFailure] = {}
+    logger = get_run_logger()
 
-    def finished(request: RunRequest, flow_run: FlowRun) -> None:
+    def finished(request: RunRequest, flow_run: FlowRun) -> bool:
         spec = spec_of[request.key]
         if flow_run.state is not None and flow_run.state.is_completed():  # run_all passes runs in a final state
             on_done(spec)
-        else:
-            failed[spec.name] = f"{request.name} ({describe(flow_run)})"
+            return False
+        record = tries.setdefault(spec.name, ShardFailure(spec))
+        record.errors.append(describe(flow_run))
+        record.runs.append(str(flow_run.id))
+        permanent = flow_run.state is not None and flow_run.state.name == PERMANENT
+        if permanent or len(record.errors) >= attempts:
+            failed[spec.name] = record
+            return False
+        logger.warning(
+            "%s ended %s; submitting it again (attempt %d of %d)",
+            request.name, record.errors[-1], len(record.errors) + 1, attempts,
+        )  # fmt: skip
+        return True
 
-    run_all(requests, finished)
+    job_of = {request.key: job for request, job in zip(requests, jobs)}
+
+    def written(request: RunRequest) -> bool:
+        """The shard's part is in DEST: a run finished it since DEST was listed (a parent resuming a dead one's work)."""
+        job = job_of[request.key]
+        storage.forget(job.dest)
+        found = parts.complete_parts(
+            job.dest, [job.spec], {job.spec.name: job.fingerprint}, documents=job.config.aggregated
+        )
+        return job.spec.name in found
+
+    for request in run_all(requests, finished, timeout=timeout, done=written):
+        spec = spec_of[request.key]
+        record = tries.setdefault(spec.name, ShardFailure(spec))
+        record.errors.append(f"not finished after the shard timeout of {timeout:.0f} s; cancelled")
+        failed[spec.name] = record
     return failed
 
 

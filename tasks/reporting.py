@@ -2,16 +2,17 @@
 
 Artifact keys are stable per DEST, so each DEST's artifacts page shows its history:
 `bertflow-progress-...` (created at the start, updated as documents finish),
-`bertflow-summary-...` (a table at the end) and `bertflow-manifest-...` (markdown: the manifest
-summary and where the output is, or why the run failed).
+`bertflow-summary-...` (a table at the end), `bertflow-manifest-...` (markdown: the manifest
+summary and where the output is, or why the run failed) and, when shards failed, `bertflow-failed-...`
+(a table: each failed shard, its attempts, last error and runs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
 from prefect import get_client, get_run_logger
@@ -31,6 +32,9 @@ from bertflow.io.manifest import Manifest, ShardResult, ShardSpec
 from bertflow.names import BACKFILL_TAG
 from bertflow.partitions import stable_key
 from bertflow.pipeline.report import manifest_markdown, summary_row
+
+if TYPE_CHECKING:
+    from bertflow.tasks.fanout import ShardFailure
 
 # The progress artifact is updated at most this often (an API call each), and always at the end.
 UPDATE_SECONDS = 1.0
@@ -53,7 +57,7 @@ def quiet_expected_errors() -> None:
 
 
 def artifact_keys(dest: str) -> dict[str, str]:
-    return {kind: stable_key(f"bertflow-{kind}", dest) for kind in ("progress", "summary", "manifest")}
+    return {kind: stable_key(f"bertflow-{kind}", dest) for kind in ("progress", "summary", "manifest", "failed")}
 
 
 def tag_this_run(tags: Sequence[str]) -> list[str]:
@@ -130,10 +134,26 @@ class RunReport:
             description=f"Manifest of {self.dest}",
         )
 
-    def unfinished(self, shards: Sequence[ShardResult], failed: int, seconds: float, config: ResolvedConfig) -> None:
-        """The summary table of a run that ended with failed shards (no manifest yet)."""
-        row = summary_row(shards, failed, seconds, config, None)
+    def unfinished(
+        self,
+        shards: Sequence[ShardResult],
+        failed: Mapping[str, str],
+        failures: Mapping[str, ShardFailure],
+        seconds: float,
+        config: ResolvedConfig,
+    ) -> None:
+        """The summary table of a run that ended with failed shards (no manifest yet), and a table of those
+        shards: each one's id, attempts, last error and runs."""
+        row = summary_row(shards, len(failed), seconds, config, None)
         create_table_artifact([row], key=self.keys["summary"], description=f"Totals of the run into {self.dest}")
+        rows = [
+            failures[name].row() if name in failures else {"shard": why.split(" ", 1)[0], "part": name,
+                                                           "attempts": 1, "error": why, "runs": ""}
+            for name, why in sorted(failed.items())
+        ]  # fmt: skip
+        create_table_artifact(
+            rows, key=self.keys["failed"], description=f"Shards of {self.dest} that failed: rerun to redo only these"
+        )
 
     def failed(self, reason: str) -> None:
         """Say why in one line where a person looks first: the first error log line and the manifest artifact."""

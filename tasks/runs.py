@@ -21,6 +21,7 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelling
 
 from bertflow.errors import InputError
 
@@ -52,8 +53,9 @@ def read_deployment(name: str) -> DeploymentResponse:
             ) from None
 
 
-def submit(request: RunRequest) -> FlowRun:
-    """A live run for the request: the one in flight under its key, or a new one."""
+def submit(request: RunRequest, done: Callable[[RunRequest], bool] | None = None) -> FlowRun:
+    """A live run for the request: the one in flight under its key, or a new one; or, when `done` says the
+    request's output exists, the run that completed it (it may have finished just after the caller looked)."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         # run_deployment dispatches on the caller: from sync code (as here) it returns the FlowRun itself.
         run = cast(
@@ -68,6 +70,8 @@ def submit(request: RunRequest) -> FlowRun:
             ),
         )
         if run.state is None or not run.state.is_final():
+            return run
+        if run.state.is_completed() and done is not None and done(request):
             return run
     raise RuntimeError(f"{request.name}: {MAX_ATTEMPTS} earlier runs under key {request.key}")  # pragma: no cover
 
@@ -85,19 +89,43 @@ def read_runs(ids: Iterable[UUID]) -> list[FlowRun]:
 
 
 def run_all(
-    requests: Sequence[RunRequest], on_final: Callable[[RunRequest, FlowRun], None], max_in_flight: int | None = None
-) -> None:
-    """Start every request (at most `max_in_flight` running at once) and wait until each run has ended."""
+    requests: Sequence[RunRequest],
+    on_final: Callable[[RunRequest, FlowRun], bool],
+    max_in_flight: int | None = None,
+    timeout: float | None = None,
+    done: Callable[[RunRequest], bool] | None = None,
+) -> list[RunRequest]:
+    """Start every request (at most `max_in_flight` running at once) and wait until each run has ended.
+
+    `on_final` sees each run that ended and returns True to submit its request again (a new run, the
+    next attempt). `done` (see `submit`) keeps a unit whose output appeared meanwhile from running again.
+    After `timeout` seconds the runs still in flight are cancelled: returns the requests
+    that did not finish (an empty list when all did).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
     queue = list(requests)
     in_flight: dict[UUID, RunRequest] = {}
     while queue or in_flight:
         while queue and (max_in_flight is None or len(in_flight) < max_in_flight):
             request = queue.pop(0)
-            in_flight[submit(request).id] = request
+            in_flight[submit(request, done).id] = request
+        if deadline is not None and time.monotonic() >= deadline:
+            cancel(in_flight, f"not finished after {timeout:.0f} s, the parent's timeout")
+            return [*in_flight.values(), *queue]
         time.sleep(POLL_SECONDS)
         for run in read_runs(in_flight):
             if run.state is not None and run.state.is_final():
-                on_final(in_flight.pop(run.id), run)
+                request = in_flight.pop(run.id)
+                if on_final(request, run):
+                    queue.insert(0, request)
+    return []
+
+
+def cancel(runs: Iterable[UUID], why: str) -> None:
+    """Ask the runs' workers to stop them (Cancelling); a run that already ended keeps its state."""
+    with get_client(sync_client=True) as client:
+        for run_id in runs:
+            client.set_flow_run_state(run_id, Cancelling(message=why))
 
 
 def describe(run: FlowRun) -> str:

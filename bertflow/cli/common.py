@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TypeVar
 
+import httpx
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -34,6 +35,13 @@ def reported() -> Iterator[None]:
         yield
     except BertflowError as e:
         fail(str(e), e.exit_code)
+    except httpx.HTTPStatusError as e:
+        if e.response.status_code not in (401, 403):
+            raise
+        fail(
+            f"the Prefect server at {e.request.url.scheme}://{e.request.url.netloc.decode()} refused this client "
+            f"({e.response.status_code}): set PREFECT_API_AUTH_STRING to the server's credential (user:password)"
+        )
 
 
 def validated(make: Callable[[], T]) -> T:
@@ -97,9 +105,14 @@ class Bar:
 
 
 @contextlib.contextmanager
-def running(bar: Bar | None = None, storage: Sequence[str] | None = None) -> Iterator[None]:
-    """Around a flow call: errors reported in one line, progress drawn, `--storage-option`s in effect."""
+def running(bar: Bar | None = None, storage: Sequence[str] | None = None, flow: bool = False) -> Iterator[None]:
+    """Around a call: errors reported in one line, progress drawn, `--storage-option`s in effect; for a
+    `flow`, a temporary Prefect server that dies with this process when PREFECT_API_URL is not set."""
     with reported(), contextlib.ExitStack() as stack:
+        if flow:
+            from bertflow.cli.server import temporary_server
+
+            stack.enter_context(temporary_server())
         if bar is not None:
             stack.enter_context(bar.progress)
             stack.enter_context(progress.reporting_to(bar))

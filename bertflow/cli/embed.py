@@ -50,6 +50,8 @@ def embed(
     reuse_mismatch: options.ReuseMismatch = "error",
     deleted_ids: options.DeletedIds = False,
     pool: options.Pool = None,
+    shard_attempts: options.ShardAttempts = 2,
+    shard_timeout: options.ShardTimeout = 12 * 3600.0,
     storage_option: options.StorageOption = None,
     storage_block: options.StorageBlock = None,
 ) -> None:
@@ -91,13 +93,15 @@ def embed(
         fail("--deleted-ids lists the ids an earlier output has and SOURCE lost: give that output with --reuse")
     from bertflow.flows.embed import embed_dataset
 
-    with running(Bar("embedding", unit="documents"), storage_option):
+    with running(Bar("embedding", unit="documents"), storage_option, flow=True):
         manifest = embed_dataset(
             source,
             dest,
             config,
             overwrite,
             pool=pool,
+            shard_attempts=shard_attempts,
+            shard_timeout=shard_timeout,
             reuse=list(reuse or []),
             reuse_mismatch=cast(ReuseMismatch, reuse_mismatch),
             deleted_ids=deleted_ids,

@@ -75,6 +75,18 @@ Pool = Annotated[
         help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process"
     ),
 ]
+ShardAttempts = Annotated[
+    int,
+    typer.Option(
+        min=1, help="With --pool: runs per shard before the run fails (a crashed or failed shard is submitted again)"
+    ),
+]
+ShardTimeout = Annotated[
+    float,
+    typer.Option(
+        min=1, help="With --pool: seconds to wait for all shard runs; then the unfinished are cancelled (rerun resumes)"
+    ),
+]
 StorageOption = Annotated[
     list[str] | None,
     typer.Option(
