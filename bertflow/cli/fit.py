@@ -58,7 +58,7 @@ def train_pooler(
     )
     from bertflow.flows.train_pooler import train_pooler as train_flow
 
-    with running(Bar("encoding", "epochs"), storage_option):
+    with running(Bar("encoding", "epochs"), storage_option, flow=True):
         report = train_flow(data, out_dir, config)
     acc, rows = report.test_accuracy, report.rows
     examples = f"{rows['train']:,} train, {rows['validation']:,} validation, {rows['test']:,} test"
@@ -101,7 +101,7 @@ def fit_reduction(
         fail(f"--dim {dim}: give a positive dimension")
     from bertflow.flows.fit_reduction import fit_reduction as fit_flow
 
-    with running(storage=storage_option):
+    with running(storage=storage_option, flow=True):
         config = fit_flow(dest, out_dir, cast(Method, method), dim)  # one of METHODS, checked above
     out.print(
         table(

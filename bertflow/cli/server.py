@@ -1,0 +1,101 @@
+"""Prefect's temporary local server for one command, tied to the command's life.
+
+Without `PREFECT_API_URL` a flow run needs a server; Prefect would start its own temporary one as a
+child process that outlives a `bertflow` killed with SIGKILL (or by the OOM killer), keeping its port
+and memory. This starts the same server (Prefect's app under uvicorn, on 127.0.0.1, UI off) with
+Linux's parent-death signal set, so the kernel stops it whenever this process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: get SIGTERM when the parent dies (and exit if it already has)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[None]:
+    """Point Prefect at a temporary server for the block (none when PREFECT_API_URL is set, or off Linux)."""
+    import prefect
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
+        yield
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    parent = os.getpid()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ],  # fmt: skip
+        env={
+            **os.environ,
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        },
+        preexec_fn=lambda: _die_with(parent),
+    )
+    try:
+        deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Prefect's temporary server on port {port} did not start (exit {server.poll()})")
+            time.sleep(0.1)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
