@@ -3,14 +3,18 @@ a model on the device, so N workers on one host never load more models than the 
 
 `bertflow deploy --gpus-per-host N` sets `bertflow-gpu` to N: the slots each host gets. Each host
 takes its slots from its own limit, `bertflow-gpu-<host>`, created from `bertflow-gpu` on first use
-(Prefect's limits are global, so one limit per host is what bounds a host).
+(Prefect's limits are global, so one limit per host is what bounds a host; see `host_key` for what
+counts as a host).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect import get_client, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient
@@ -27,8 +31,22 @@ from bertflow.partitions import slug
 LEASE_SECONDS = 60
 
 
+def host_key() -> str:
+    """Which machine's GPUs this process shares: `BERTFLOW_GPU_HOST` when set (on Kubernetes, the node's
+    name from the downward API: pods on one node share its GPUs), else the hostname plus a digest of
+    /etc/machine-id, so two machines that happen to share a hostname (cloned images) get two limits."""
+    if explicit := os.environ.get("BERTFLOW_GPU_HOST"):
+        return explicit
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        machine = Path("/etc/machine-id").read_text().strip()
+        if machine:
+            return f"{host}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
+    return host
+
+
 def host_limit_name(host: str | None = None) -> str:
-    return f"{GPU_LIMIT}-{slug(host or socket.gethostname()) or 'host'}"
+    return f"{GPU_LIMIT}-{slug(host or host_key()) or 'host'}"
 
 
 def slots_per_host(client: SyncPrefectClient) -> int:
