@@ -1,9 +1,15 @@
-"""A real S3 HTTP endpoint on localhost: moto's server, with optional injected faults."""
+"""A real S3 HTTP endpoint on localhost: moto's server behind a fault-injecting front of our own.
+
+Faults are chosen per request (method and path): an S3 error status (503 SlowDown, 403, ...),
+a dropped connection (the socket shut without a response), or a slow response (served late).
+"""
 
 from __future__ import annotations
 
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -29,6 +35,8 @@ class Fault:
     status: int
     code: str
     hits: int = 0
+    kind: str = "error"  # "error": answer with status/code; "drop": close the connection; "slow": serve late
+    delay: float = 0.0
 
 
 @dataclass
@@ -46,12 +54,19 @@ class S3Endpoint:
 
         def app(environ, start_response):
             method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+            delay = 0.0
             with self._lock:
                 self.requests.append((method, path))
                 for fault in self.faults:
                     if fault.remaining > 0 and fault.method == method and fault.pattern.search(path):
                         fault.remaining -= 1
                         fault.hits += 1
+                        if fault.kind == "slow":
+                            delay = fault.delay
+                            break
+                        if fault.kind == "drop":
+                            environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                            raise ConnectionAbortedError("injected: connection dropped")
                         body = (
                             f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
                             f"<Message>injected fault</Message></Error>"
@@ -61,6 +76,8 @@ class S3Endpoint:
                             [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
                         )
                         return [body]
+            if delay:
+                time.sleep(delay)
             return moto_app(environ, start_response)
 
         self._server = make_server(self.host, self.port, app, threaded=True, request_handler=_QuietHandler)
@@ -82,10 +99,19 @@ class S3Endpoint:
         """What a user's shell would export to reach this store."""
         return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.url}
 
-    def fail(self, method: str, path_regex: str, times: int, status: int = 503, code: str | None = None) -> Fault:
-        """Answer the next `times` matching requests with an S3 error instead of serving them."""
+    def fail(
+        self,
+        method: str,
+        path_regex: str,
+        times: int,
+        status: int = 503,
+        code: str | None = None,
+        kind: str = "error",
+        delay: float = 0.0,
+    ) -> Fault:
+        """Answer the next `times` matching requests with an S3 error (or drop them, or serve them `delay` s late)."""
         code = code or {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}.get(status, "InternalError")
-        fault = Fault(method, re.compile(path_regex), times, status, code)
+        fault = Fault(method, re.compile(path_regex), times, status, code, kind=kind, delay=delay)
         with self._lock:
             self.faults.append(fault)
         return fault

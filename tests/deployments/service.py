@@ -1,5 +1,6 @@
-"""bertflow as a service, for integration tests: a real Prefect server, `bertflow deploy`, and two
-real `prefect worker start` processes with S3 (moto's server) in their environment.
+"""bertflow as a service, for integration tests: a real Prefect server with basic auth on, `bertflow
+deploy`, two real `prefect worker start` processes for shards (the `shards` queue) and one for parent
+runs (the `parents` queue), with S3 (moto's server) in their environment.
 
 One service per test session (the workers are costly to start): modules that need it import the
 `service` fixture from here. Processes run in their own process groups and are stopped on teardown;
@@ -28,7 +29,10 @@ POOL = "test-pool"
 BUCKET = "lake"
 SOURCE_TEMPLATE = f"s3://{BUCKET}/raw/dt={{date}}/"
 DEST_TEMPLATE = f"s3://{BUCKET}/embeddings/dt={{date}}/"
-WORKERS = ("w1", "w2")
+WORKERS = ("w1", "w2")  # GPU hosts: the shards queue, two runs each
+CONDUCTOR = "conductor"  # parent runs (embed-nightly, embed-adhoc, backfill): the parents queue
+AUTH = "bertflow-admin:auth-secret-do-not-log"  # PREFECT_SERVER_API_AUTH_STRING of the service's server
+HEARTBEAT_WINDOW = 60  # `bertflow deploy --heartbeat-window`: the shortest Prefect's 30 s heartbeats allow
 
 
 def descendants(pid: int) -> list[int]:
@@ -81,8 +85,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, diagno
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics()}")
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` on a free port, healthy; returns the process and its API URL."""
+def start_server(home: Path, auth: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port (basic auth on with `auth`), healthy; returns the process and its API URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -92,6 +96,7 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
         "PREFECT_API_URL": url,
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **({"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth} if auth else {}),
     }
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
@@ -114,23 +119,33 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
 
 
 @contextlib.contextmanager
-def prefect_client(url: str) -> Iterator:
+def prefect_settings(url: str, auth: str | None = None) -> Iterator[None]:
+    """This process's Prefect settings pointed at the server at url, with its credential."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
+        yield
+
+
+@contextlib.contextmanager
+def prefect_client(url: str, auth: str | None = None) -> Iterator:
     """A sync Prefect client on the server at url (whatever the test process's settings say)."""
     from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+    with prefect_settings(url, auth), get_client(sync_client=True) as client:
         yield client
 
 
 class Service:
     """The server at `url`, the deployments of `bertflow deploy`, and workers w1 and w2."""
 
-    def __init__(self, url: str, home: Path, s3_env: dict[str, str], model: Path) -> None:
-        self.url, self.home, self.model = url, home, model
+    def __init__(self, url: str, home: Path, s3_env: dict[str, str], model: Path, auth: str) -> None:
+        self.url, self.home, self.model, self.auth = url, home, model, auth
+        self.server: subprocess.Popen | None = None
         self.env = {
             **s3_env,
             "PREFECT_API_URL": url,
+            "PREFECT_API_AUTH_STRING": auth,
             "PREFECT_HOME": str(home),
             "HF_HUB_OFFLINE": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -151,6 +166,8 @@ class Service:
             DEST_TEMPLATE,
             "--model",
             str(self.model),
+            "--heartbeat-window",
+            str(HEARTBEAT_WINDOW),
         )
         assert r.returncode == 0, r.stdout + r.stderr
 
@@ -161,10 +178,13 @@ class Service:
             **self.env,
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",  # as the README starts workers
         }
-        # --limit 2: each worker claims at most two runs, so the pool's runs spread over both workers.
+        # As the README starts them: GPU hosts take shards, at most two at once each (--limit 2), so the
+        # pool's shard runs spread over both; the conductor takes parent runs, which wait for shards.
+        queue = ["--work-queue", "parents"] if name == CONDUCTOR else ["--work-queue", "shards", "--limit", "2"]
         self.workers[name] = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "2", "--type", "process"],
+            [PREFECT, "worker", "start", "--pool", POOL, "--name", name, *queue, "--type", "process"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -172,8 +192,9 @@ class Service:
         )
 
     def workers_ready(self) -> None:
-        """Both workers running and polling (restarting one a test stopped)."""
-        for name in WORKERS:
+        """Every worker running and polling (restarting one a test stopped)."""
+        names = (*WORKERS, CONDUCTOR)
+        for name in names:
             proc = self.workers.get(name)
             if proc is None or proc.poll() is not None:
                 self.start_worker(name)
@@ -181,22 +202,28 @@ class Service:
         def online() -> bool:
             with self.client() as c:
                 found = {w.name: w.status for w in c.read_workers_for_work_pool(POOL)}
-            return all(str(found.get(n, "")).upper().endswith("ONLINE") for n in WORKERS) and all(
-                self.workers[n].poll() is None for n in WORKERS
+            return all(str(found.get(n, "")).upper().endswith("ONLINE") for n in names) and all(
+                self.workers[n].poll() is None for n in names
             )
 
-        wait_for(online, 90, "workers w1 and w2 online", diagnostics=self.diagnostics)
+        wait_for(online, 90, "workers w1, w2 and the conductor online", diagnostics=self.diagnostics)
 
     def stop(self) -> None:
         for proc in self.workers.values():
             stop_process(proc)
+        if self.server is not None:
+            stop_process(self.server)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return run_cli(*args, env=self.env, timeout=timeout)
 
     # --- reading the server -----------------------------------------------------------------
     def client(self):
-        return prefect_client(self.url)
+        return prefect_client(self.url, self.auth)
+
+    def settings(self):
+        """This process's Prefect settings pointed at the service (for Prefect calls outside a client)."""
+        return prefect_settings(self.url, self.auth)
 
     def runs(self, deployment: str, tags: tuple[str, ...] = ()) -> list:
         """Flow runs of a deployment ('flow/name'), oldest first."""
@@ -231,7 +258,7 @@ class Service:
     def diagnostics(self) -> str:
         """Tails of the worker and server logs, for assertion messages."""
         parts = []
-        for path in sorted(self.home.glob("*.log")):
+        for path in sorted(self.home.rglob("*.log")):
             parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
 
@@ -240,11 +267,14 @@ _SERVICE: Service | None = None
 
 
 @pytest.fixture(scope="session")
-def service(prefect_server, s3_server, tiny_bert, tmp_path_factory) -> Iterator[Service]:
-    """The shared service (server, deployments, two workers), started once per session."""
+def service(s3_server, tiny_bert, tmp_path_factory) -> Iterator[Service]:
+    """The shared service (a server with auth, deployments, three workers), started once per session."""
     global _SERVICE
     if _SERVICE is None:
-        svc = Service(prefect_server, tmp_path_factory.mktemp("service"), s3_server.env, tiny_bert)
+        home = tmp_path_factory.mktemp("service")
+        server, url = start_server(home / "server", auth=AUTH)
+        svc = Service(url, home, s3_server.env, tiny_bert, AUTH)
+        svc.server = server
         svc.deploy()
         _SERVICE = svc
     _SERVICE.workers_ready()

@@ -29,12 +29,11 @@ def runs_since(svc, since: datetime) -> set:
 
 def embed_day(svc, day: str) -> None:
     """Embed one day by hand, in this process, with the deployment's config (its model, other options default)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from bertflow.config import EmbedConfig
     from bertflow.flows.embed import embed_dataset
 
-    with temporary_settings(updates={PREFECT_API_URL: svc.url}):
+    with svc.settings():
         manifest = embed_dataset(SOURCE_TEMPLATE, DEST_TEMPLATE, EmbedConfig(model=str(svc.model)), partition=day)
     assert manifest.status == "complete"
 
@@ -58,6 +57,7 @@ def test_backfill_runs_only_missing_days_once(s3, service):
         day = run.parameters["partition"]
         assert run.state.is_completed(), (run.name, run.state)
         assert "backfill" in run.tags and run.name == f"embed-embeddings-{day}"
+        assert run.work_queue_name == "parents"  # the conductor runs parents: they never take a GPU worker's slot
     backfilled = {partitions.render(DEST_TEMPLATE, run.parameters["partition"]) for run in runs}
     shards = [
         s for s in service.runs("embed-shard/embed-shard") if s.parameters.get("job", {}).get("dest") in backfilled
@@ -80,9 +80,8 @@ def test_backfill_runs_only_missing_days_once(s3, service):
 
     # The deployed backfill flow, as started from the UI with parameters, does the same on a worker.
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: service.url}):
+    with service.settings():
         run = run_deployment(
             "backfill/backfill", parameters={"start": DAYS[0], "end": DAYS[-1]}, timeout=240, poll_interval=1
         )
@@ -112,12 +111,11 @@ def test_dry_run_prints_the_plan_and_creates_nothing(s3, service):
 @pytest.fixture
 def flat_deployment(service):
     """A deployment of the embed flow whose SOURCE and DEST have no {date}."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.types.entrypoint import EntrypointType
 
     from bertflow.flows.embed import embed_dataset
 
-    with temporary_settings(updates={PREFECT_API_URL: service.url}):
+    with service.settings():
         embed_dataset.to_deployment(
             "embed-flat",
             parameters={"source": "s3://lake/raw/", "dest": "s3://lake/flat/"},

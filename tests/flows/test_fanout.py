@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import subprocess
 import threading
-import time
 
-import s3fs
-
-from bertflow.io import parts, storage
-from bertflow.io.verify import verify_dest
+from bertflow.io import parts
 from bertflow.tasks.gpu import host_limit_name
-from tests.conftest import BERTFLOW
-from tests.deployments.service import POOL, descendants, make_bucket, stop_process, wait_for, write_docs
+from tests.deployments.service import POOL, make_bucket, write_docs
 
 SHARD = "embed-shard/embed-shard"
 
@@ -83,7 +75,6 @@ def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
 def gpu_slots_taken(svc, slots: int):
     """Hold every GPU slot of this host, so shard runs wait for one (Running, mid-shard) until released."""
     from prefect.concurrency.sync import concurrency
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from bertflow.tasks.gpu import ensure_host_limit
 
@@ -92,7 +83,7 @@ def gpu_slots_taken(svc, slots: int):
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with temporary_settings(updates={PREFECT_API_URL: svc.url}):
+        with svc.settings():
             with concurrency(host_limit_name(), occupy=slots, lease_duration=300, strict=True):
                 held.set()
                 release.wait(300)
@@ -105,80 +96,3 @@ def gpu_slots_taken(svc, slots: int):
     finally:
         release.set()
         holder.join(60)
-
-
-def test_worker_killed_mid_shard_then_rerun_redoes_only_the_lost_shards(s3, service):
-    make_bucket()
-    source, dest = write_docs("s3://lake/raw-killed/", 40, "doc"), "s3://lake/killed/"
-    args = [BERTFLOW, "embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL]
-    w1 = service.workers["w1"]
-
-    def w1_busy():
-        """w1 at its limit (two runs, so it is starting no other), both inside the shard, waiting for a GPU slot."""
-        pids = {str(p) for p in descendants(w1.pid)}
-        running = [s for s in shard_runs(service, dest) if s.state.is_running() and s.infrastructure_pid in pids]
-        waiting = [
-            s for s in running if any(log.message.startswith("waiting for a GPU slot") for log in service.logs(s.id))
-        ]
-        return waiting if len(waiting) == 2 else None
-
-    def ended(ids):
-        return lambda: all(s.state.is_final() for s in shard_runs(service, dest) if s.id in ids)
-
-    with gpu_slots_taken(service, 2) as release:
-        first = subprocess.Popen(
-            args,
-            env={**os.environ, **service.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            running = wait_for(
-                w1_busy, 180, "two shards running on worker w1", interval=0.2, diagnostics=service.diagnostics
-            )
-            # Worker w1 goes down mid-shard: frozen first (it takes no other run), its two shard runs
-            # are terminated (SIGTERM, as a host shutting down sends; Prefect records them Crashed),
-            # then the worker itself is killed (SIGKILL: it reports nothing).
-            os.kill(w1.pid, signal.SIGSTOP)
-            for run in running:
-                os.kill(int(run.infrastructure_pid), signal.SIGTERM)
-            wait_for(
-                ended({r.id for r in running}), 90, "the killed shard runs to end", diagnostics=service.diagnostics
-            )
-            os.kill(w1.pid, signal.SIGKILL)
-            w1.wait(10)
-            release.set()  # the GPU is free again: w2 finishes the other shards
-            out, errs = first.communicate(timeout=240)
-        finally:
-            stop_process(first)
-    assert first.returncode != 0, out + errs
-    lost = sorted(s.name for s in shard_runs(service, dest) if not s.state.is_completed())
-    assert lost == sorted(s.name for s in running)
-    assert all(s.state.is_crashed() for s in shard_runs(service, dest) if s.name in lost)
-    assert "shards failed after retries" in errs and all(name in errs for name in lost), errs
-    survivors = {s.name for s in shard_runs(service, dest) if s.state.is_completed()}
-    written = {
-        n: s3fs.S3FileSystem().info(storage.join(dest, n))["LastModified"]
-        for n in storage.list_names(dest)
-        if n.startswith("part-")
-    }
-    assert len(written) == len(survivors)
-
-    service.workers_ready()  # w1 back, as after a restart
-    before = {s.id for s in shard_runs(service, dest)}
-    time.sleep(1)  # S3 timestamps have one-second resolution
-    r = service.cli("embed", *args[2:])
-    assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
-
-    # Other processes wrote DEST since this one listed it: drop s3fs's cached listing.
-    s3fs.S3FileSystem.clear_instance_cache()
-    rerun = [s for s in shard_runs(service, dest) if s.id not in before]
-    assert sorted(s.name for s in rerun) == lost  # only the lost shards ran again
-    assert all(s.state.is_completed() for s in rerun)
-    for name, modified in written.items():  # parts written before the kill were not rewritten
-        assert s3fs.S3FileSystem().info(storage.join(dest, name))["LastModified"] == modified
-    assert verify_dest(dest, source) == []  # what `bertflow verify DEST --source SOURCE` checks
-    manifest = parts.read_manifest(dest)
-    assert sum(not s.resumed for s in manifest.shards) == len(lost)
