@@ -49,6 +49,10 @@ class TransientStorageError(StorageError):
     exit_code = 1
 
 
+class HostError(BertflowError):
+    """This host cannot do the work (its copy of the model is missing or differs, no device): another host may."""
+
+
 class RunFailedError(BertflowError):
     """Some units of a run (shards, backfill days) failed after their retries; rerunning redoes only those."""
 

@@ -25,7 +25,8 @@ from bertflow.names import ZOMBIE_AUTOMATION
 
 DEFAULT_WINDOW = 90  # seconds without a heartbeat before a run counts as dead: three missed beats
 MIN_HEARTBEAT = 30  # Prefect sends heartbeats at most this often
-FINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
+# Final state events carry the state's name: bertflow's BadInput and Prefect's TimedOut end a run too.
+FINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed", "BadInput", "TimedOut")
 
 
 def heartbeat_seconds(window: int) -> int:

@@ -8,6 +8,7 @@ Options left out keep what the server already has.
 
 from __future__ import annotations
 
+import copy
 from typing import cast
 from uuid import UUID
 
@@ -80,19 +81,21 @@ def _check_cron(cron: str) -> None:
         raise InputError(f"--cron {cron!r} is not a cron expression; e.g. '0 2 * * *' is daily at 02:00 UTC") from None
 
 
-def job_template(heartbeat: int) -> dict:
-    """The process worker's job template, with heartbeats on for every run it starts."""
-    template = ProcessWorker.get_default_base_job_template()
-    template["variables"]["properties"]["env"]["default"] = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
+def job_template(heartbeat: int, current: dict | None = None) -> dict:
+    """The pool's job template (the process worker's default, or what the pool has, edits kept) with
+    heartbeats on for every run its workers start."""
+    template = copy.deepcopy(current) if current else ProcessWorker.get_default_base_job_template()
+    env = template["variables"]["properties"]["env"]
+    env["default"] = {**(env.get("default") or {}), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
     return template
 
 
 def ensure_pool(client: SyncPrefectClient, pool: str, heartbeat: int) -> list[Change]:
     """The process pool (runs send heartbeats every `heartbeat` s) and its `parents` and `shards` queues."""
-    template = job_template(heartbeat)
     try:
         current = client.read_work_pool(pool)
     except ObjectNotFound:
+        template = job_template(heartbeat)
         client.create_work_pool(
             WorkPoolCreate(
                 name=pool,
@@ -111,6 +114,7 @@ def ensure_pool(client: SyncPrefectClient, pool: str, heartbeat: int) -> list[Ch
                 f"--pool {pool}: that work pool is of type {current.type!r}; bertflow deploys to a process pool"
             )
         action = "unchanged"
+        template = job_template(heartbeat, current.base_job_template)
         if current.base_job_template != template:
             client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
             action = "updated"
@@ -192,8 +196,10 @@ def served_deployments(
     source_template: str | None = None,
     dest_template: str | None = None,
     model: str | None = None,
-) -> list[RunnerDeployment]:
-    """The deployments `bertflow serve` runs in its own process (no pool: parents embed in-process)."""
+) -> tuple[list[RunnerDeployment], int]:
+    """The deployments `bertflow serve` runs in its own process (no pool: parents embed in-process), and
+    how often their runs must send heartbeats for the dead-run automation's window."""
     with get_client(sync_client=True) as client:
         s = settings(client, None, cron, source_template, dest_template, model)
-    return definitions(s, served=True)
+        window = current_window(client) or DEFAULT_WINDOW
+    return definitions(s, served=True), heartbeat_seconds(window)

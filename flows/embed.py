@@ -5,7 +5,6 @@ Shards run in this process, or, with `pool`, as `embed-shard` runs on that pool'
 
 from __future__ import annotations
 
-import contextlib
 import time
 from datetime import datetime, timezone
 from typing import cast
@@ -98,44 +97,46 @@ def embed_dataset(
             source, dest, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             if pool:
                 check_pool(pool, source, dest, config)
-            report = RunReport(dest)
-            with progress.reporting_to(report), contextlib.ExitStack() as held:
-                resolved = resolve_config(config)
-                child_tags = tag_this_run(run_tags(resolved))
-                plan, index = plan_shards(source, resolved)
-                found = open_previous(dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else [])
-                target = RunTarget(
-                    source=source,
-                    dest=dest,
-                    config=resolved,
-                    plan=plan,
-                    created_at=created_at,
-                    reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
-                )
-                # One writer per DEST: the lease is taken before DEST is checked, cleared (--overwrite) or written.
-                lease = held.enter_context(dest_lease(dest))
-                target, results, pending = prepare_dest(target, overwrite)
-                if pool:
-                    failures = fan_out(pending, child_tags, report.part_written, shard_attempts, shard_timeout)
-                    # Results come back through DEST: each part's footer, read here.
-                    why = {name: str(f) for name, f in failures.items()}
-                    collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], why)
-                    results += collected
-                    if failed:
-                        report.unfinished(results, failed, failures, time.perf_counter() - started, resolved)
-                        raise ShardsFailedError.of(list(failed.values()), len(plan))
-                else:
-                    # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
-                    with gpu_slot(in_deployment_run()), tags(*child_tags):
-                        for job in pending:
-                            # In this process a shard raises on failure: it returns a state only on a worker.
-                            result = cast(ShardResult, _local_shard(job))
-                            report.shard_done(job.spec, result)
-                            results.append(result)
-                lease.check()  # a run that lost DEST to another writes no manifest
-                manifest = finalize_dest(target, results, time.perf_counter() - started)
-            report.finished(manifest)
-            return manifest
+            # One writer per DEST, taken first: a run refused here leaves DEST and its artifacts untouched.
+            with dest_lease(dest) as lease:
+                report = RunReport(dest)
+                with progress.reporting_to(report):
+                    resolved = resolve_config(config)
+                    child_tags = tag_this_run(run_tags(resolved))
+                    plan, index = plan_shards(source, resolved)
+                    found = open_previous(
+                        dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else []
+                    )
+                    target = RunTarget(
+                        source=source,
+                        dest=dest,
+                        config=resolved,
+                        plan=plan,
+                        created_at=created_at,
+                        reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
+                    )
+                    target, results, pending = prepare_dest(target, overwrite)
+                    if pool:
+                        failures = fan_out(pending, child_tags, report.part_written, shard_attempts, shard_timeout)
+                        # Results come back through DEST: each part's footer, read here.
+                        why = {name: str(f) for name, f in failures.items()}
+                        collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], why)
+                        results += collected
+                        if failed:
+                            report.unfinished(results, failed, failures, time.perf_counter() - started, resolved)
+                            raise ShardsFailedError.of(list(failed.values()), len(plan))
+                    else:
+                        # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
+                        with gpu_slot(in_deployment_run()), tags(*child_tags):
+                            for job in pending:
+                                # In this process a shard raises on failure: it returns a state only on a worker.
+                                result = cast(ShardResult, _local_shard(job))
+                                report.shard_done(job.spec, result)
+                                results.append(result)
+                    lease.check()  # a run that lost DEST to another writes no manifest
+                    manifest = finalize_dest(target, results, time.perf_counter() - started)
+                report.finished(manifest)
+                return manifest
         except Exception as e:
             reason = one_line(e)
             if report is not None:

@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Failed, State
 
 from bertflow.config import EmbedConfig
-from bertflow.errors import BertflowError, InputError, one_line
+from bertflow.errors import BertflowError, HostError, InputError, ModelError, one_line
 from bertflow.io import parts, storage
 from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
@@ -153,5 +153,8 @@ def localize_model(job: ShardJob) -> ShardJob:
         "shard %d of %d on host %s, worker %s, pid %d", job.spec.index, job.spec.count, socket.gethostname(),
         os.environ.get("PREFECT__WORKER_NAME", "-"), os.getpid(),
     )  # fmt: skip
-    config = localize(job.config)
+    try:
+        config = localize(job.config)
+    except ModelError as e:  # about this host, not the input: the parent may give the shard to another
+        raise HostError(f"host {socket.gethostname()}: {e}") from None
     return job if config is job.config else job.model_copy(update={"config": config})

@@ -82,6 +82,14 @@ def embed(
             storage_block=storage_block,
         )  # fmt: skip
     )
+    if pool:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            fail(
+                f"--pool {pool} needs the Prefect server its workers poll: export PREFECT_API_URL=http://HOST:4200/api "
+                "(and PREFECT_API_AUTH_STRING), or run without --pool"
+            )
     if pool and storage_option:
         fail(
             "--storage-option stays in this process and cannot reach the workers of --pool; "

@@ -93,6 +93,13 @@ def temporary_server() -> Iterator[None]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
     finally:
+        # Logs and events of the run still queued in this process go to the server before it stops.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        with contextlib.suppress(Exception):
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
         server.terminate()
         try:
             server.wait(15)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -91,7 +92,9 @@ def serve(
     from bertflow.deployments.service import served_deployments
 
     with reported():
-        deployments = served_deployments(cron, source_template, dest_template, model)
+        deployments, heartbeat = served_deployments(cron, source_template, dest_template, model)
+    # Served runs are runs of the deployments the dead-run automation watches: they must beat as often.
+    os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(heartbeat)
     prefect_serve(*deployments, limit=limit)
 
 

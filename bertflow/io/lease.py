@@ -36,6 +36,27 @@ DEFAULT_SECONDS = 120  # a dead run blocks its DEST this long at most; `BERTFLOW
 log = logging.getLogger(__name__)
 
 
+def machine() -> str:
+    """This machine, boot and pid namespace: where a holder's pid can be checked for life."""
+    parts = [socket.gethostname()]
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        with contextlib.suppress(OSError):
+            parts.append(open(path).read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LeaseRecord(BaseModel):
     """Who holds DEST, since when, and until when unless renewed."""
 
@@ -44,8 +65,13 @@ class LeaseRecord(BaseModel):
     run_name: str | None = None
     host: str
     pid: int
+    machine: str | None = None
     since: datetime
     expires: datetime
+
+    def dead(self, now: datetime) -> bool:
+        """Expired, or held by a process of this machine that no longer exists (killed: no need to wait)."""
+        return self.expires <= now or (self.machine == machine() and not _alive(self.pid))
 
     def describe(self) -> str:
         run = f"flow run {self.run_name} ({self.run_id})" if self.run_id else "a run outside Prefect"
@@ -111,7 +137,7 @@ class _Store:
         with storage.translated(self.uri):
             try:
                 data = self.fs.cat_file(self.path)
-                version = self.fs.info(self.path)["ETag"] if self.s3 else hashlib.sha256(data).hexdigest()
+                version = self.fs.info(self.path, refresh=True)["ETag"] if self.s3 else hashlib.sha256(data).hexdigest()
             except FileNotFoundError:
                 return None
         return LeaseRecord.model_validate_json(data), version
@@ -121,8 +147,10 @@ class _Store:
             with storage.translated(self.uri):
                 try:
                     return self.fs.pipe_file(self.path, data, mode="create")["ETag"]
-                except FileExistsError:
-                    return None
+                except (FileExistsError, OSError) as e:
+                    if isinstance(e, FileExistsError) or _precondition_failed(e):
+                        return None
+                    raise
         with self._guard():
             if self.fs.exists(self.path):
                 return None
@@ -135,8 +163,8 @@ class _Store:
             with storage.translated(self.uri):
                 try:
                     return self.fs.pipe_file(self.path, data, IfMatch=version)["ETag"]
-                except (OSError, FileNotFoundError) as e:
-                    if _precondition_failed(e):
+                except OSError as e:  # FileNotFoundError: deleted meanwhile; either way it is not ours to replace
+                    if isinstance(e, FileNotFoundError) or _precondition_failed(e):
                         return None
                     raise
         with self._guard():
@@ -194,6 +222,11 @@ class Lease:
         version = self.store.replace(record.model_dump_json().encode(), self.version)
         if version is None:
             found = self.store.read()
+            if found is not None and found[0].token == self.record.token:
+                # Ours all the same: a retried PUT whose first attempt had landed, or a renewal that failed
+                # after it was stored. Carry on from what is stored.
+                self.record, self.version = found
+                return
             self.lost = found[0] if found else self.record
             raise LeaseLostError(self.lost_message())
         self.record, self.version = record, version
@@ -222,7 +255,7 @@ def acquire(dest: str, run_id: str | None, run_name: str | None, seconds: int) -
         now = datetime.now(timezone.utc)
         record = LeaseRecord(
             token=uuid.uuid4().hex, run_id=run_id, run_name=run_name, host=socket.gethostname(), pid=os.getpid(),
-            since=now, expires=now + timedelta(seconds=seconds),
+            machine=machine(), since=now, expires=now + timedelta(seconds=seconds),
         )  # fmt: skip
         data = record.model_dump_json().encode()
         found = store.read()
@@ -230,9 +263,12 @@ def acquire(dest: str, run_id: str | None, run_name: str | None, seconds: int) -
             version = store.create(data)
             if version is not None:
                 return Lease(store, record, version, seconds)
+            again = store.read()
+            if again is not None and again[0].token == record.token:  # it landed; the retry was refused
+                return Lease(store, record, again[1], seconds)
             continue
         held, held_version = found
-        if held.expires > now:
+        if not held.dead(now):
             raise LeaseHeldError(dest, held)
         version = store.replace(data, held_version)
         if version is not None:

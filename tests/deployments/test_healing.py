@@ -192,3 +192,21 @@ def test_two_runs_on_one_dest_one_writes_the_other_exits_2_and_a_dead_holder_is_
     assert any("took over" in log.message for log in service.logs(took_over[0].id))
     s3fs.S3FileSystem.clear_instance_cache()
     assert verify_dest(dest, source) == [] and not storage.exists(lease_uri)  # released at the end
+
+
+def test_pool_refuses_what_other_hosts_cannot_see_and_malformed_uris(s3, service, tmp_path):
+    make_bucket()
+    source = write_docs("s3://lake/raw-local/", 3, "doc")
+    cases = [
+        ([source, str(tmp_path / "out")], "DEST"),
+        ([str(tmp_path), "s3://lake/local-out/"], "SOURCE"),
+        ([source, "s3://lake/local-out/", "--pooling", "mean_lstm", "--pooler", str(tmp_path)], "--pooler"),
+    ]
+    for args, what in cases:
+        r = service.cli("embed", *args, "--model", str(service.model), "--pool", POOL)
+        assert r.returncode == 2, r.stdout + r.stderr
+        message = r.stderr.strip()
+        assert "\n" not in message and f"{what} " in message and "workers on other hosts cannot see" in message
+    r = service.cli("embed", "s3:/lake/raw-local/", "s3://lake/local-out/", "--model", str(service.model))
+    assert r.returncode == 2 and "write s3://lake/raw-local/" in r.stderr, r.stderr
+    assert not storage.list_names("s3://lake/local-out/") and not (tmp_path / "out").exists()

@@ -114,3 +114,30 @@ def test_lease_seconds_from_the_environment(monkeypatch):
 def test_malformed_uris_are_refused_not_read_as_local_paths(uri):
     with pytest.raises(InputError, match="bucket"):
         storage.filesystem(uri)
+
+
+def test_a_killed_holder_on_this_machine_is_taken_over_at_once(dest):
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lease.acquire(dest, "killed-run", "embed-out", 600)
+    uri = storage.join(dest, LEASE_NAME)
+    record = LeaseRecord.model_validate_json(storage.read_bytes(uri)).model_copy(update={"pid": gone.pid})
+    storage.write_atomic(uri, record.model_dump_json().encode())  # as if that process had taken it and died
+
+    taker = lease.acquire(dest, "next-run", "embed-out", 600)  # not expired for ten minutes, but dead
+    assert taker.took_over is not None and taker.took_over.pid == gone.pid
+    taker.release()
+
+
+def test_a_renewal_whose_write_landed_but_was_refused_is_still_ours(dest):
+    held = lease.acquire(dest, "run", "embed-out", 60)
+    stale = held.version
+    held.renew()
+    held.version = stale  # as after a retried PUT: stored, but we kept the old version
+    held.renew()  # refused by the version check, read back: the token is ours
+    assert held.lost is None
+    held.release()
+    assert not storage.exists(storage.join(dest, LEASE_NAME))
