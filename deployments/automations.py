@@ -10,6 +10,7 @@ Crashed. The parent then sees a crashed shard and submits it again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from uuid import UUID
@@ -72,8 +73,20 @@ def zombie_automation(deployment_ids: Sequence[UUID], window: int) -> Automation
     )
 
 
+def _canonical(value: object) -> object:
+    """Sets (the trigger's events, for_each) dump in hash order, which differs per process: sort them."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return sorted(value)
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _key(a: AutomationCore) -> str:
-    return a.model_dump_json(include={"name", "description", "enabled", "trigger", "actions"})
+    dumped = a.model_dump(mode="json", include={"name", "description", "enabled", "trigger", "actions"})
+    return json.dumps(_canonical(dumped), sort_keys=True)
 
 
 def current_window(client: SyncPrefectClient) -> int | None:
