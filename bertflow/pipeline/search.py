@@ -23,6 +23,7 @@ from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
 from bertflow.model.resolve import encoder_for, resolve_config
+from bertflow.model.st_files import read_settings
 from bertflow.pipeline import shard as steps
 
 SNIPPET_CHARS = 160
@@ -68,11 +69,13 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
     """The run's settings as DEST's manifest records them; the model must still have the same weights."""
     recorded = manifest.config
     # The resolved path first (a relative --model may not resolve from here), else the name.
-    model = recorded.model.path if Path(recorded.model.path).is_dir() else recorded.model.name
+    here = Path(recorded.model.path).is_dir()
+    model = recorded.model.path if here else recorded.model.name
     precision = recorded.precision if recorded.precision != "fp16" or torch.cuda.is_available() else "fp32"
     resolved = resolve_config(
         EmbedConfig(
             model=model,
+            revision=None if here else recorded.model.revision,
             pooling=recorded.pooling,
             layers=recorded.layers,
             layer_mode=recorded.layer_mode,
@@ -147,15 +150,39 @@ def _short(text: str | None) -> str | None:
     return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
 
 
-def search(dest: str, query: str, k: int = 10, column: str | None = None) -> list[Hit]:
+def query_prompt(config: ResolvedConfig, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+    """The prompt put before a query: `prompt`, the model's prompt `prompt_name`, else its prompt named
+    "query" if it has one, else none. Passages and queries often differ (e5: "passage: " / "query: "),
+    so DEST's own prompt is never assumed."""
+    if prompt is not None and prompt_name is not None:
+        raise InputError("--query-prompt and --query-prompt-name both give the query's prompt: pass one")
+    if prompt is not None:
+        return prompt or None
+    prompts = read_settings(Path(config.model.path)).prompts
+    if prompt_name is not None and prompt_name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise InputError(f"--query-prompt-name {prompt_name}: the model's prompts are {known}")
+    return prompts.get(prompt_name or "query") or None
+
+
+def search(
+    dest: str,
+    query: str,
+    k: int = 10,
+    column: str | None = None,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+) -> list[Hit]:
     """Top-k rows of DEST for the query text, embedded with DEST's recorded settings.
 
     Args:
         column: the vector column of a DEST with several (`--pooling mean,cls`); default the first.
+        prompt, prompt_name: the query's prompt (see `query_prompt`).
     """
     if k < 1:
         raise InputError(f"-k {k}: ask for at least one result")
     manifest = read_searchable(dest)
     name, block = vector_column(manifest, column)
     config = query_config(manifest)
+    config = config.model_copy(update={"prompt": query_prompt(config, prompt, prompt_name), "prompt_name": None})
     return scan(dest, manifest, embed_query(query, config)[block], k, name)

@@ -77,7 +77,9 @@ def tokenize(encoder: Encoder, text: ShardText, config: ResolvedConfig) -> Shard
     rows found in an earlier output are set aside instead of fed to the model."""
     texts = text.frame["text"].to_list()
     if config.chunked:
-        chunks = encoder.tokenizer.tokenize_chunks(texts, config.chunk_tokens or config.max_length, config.stride)
+        chunks = encoder.tokenizer.tokenize_chunks(
+            texts, config.chunk_tokens or config.max_length, config.stride, config.prompt or ""
+        )
         hashes = reuse.window_hashes(chunks) if config.text_hash else None
         found = reuse.match_windows(text.frame, chunks, hashes, text.previous) if hashes is not None else None
         tok = chunks.tok if found is None else reuse.take(chunks.tok, found.fresh())
@@ -88,7 +90,7 @@ def tokenize(encoder: Encoder, text: ShardText, config: ResolvedConfig) -> Shard
         tok = token_text.tok if found is None else reuse.take(token_text.tok, found.fresh())
         return ShardTokens(tok, len(texts), token_text=token_text, reused=found)
     fresh = texts if found is None else [texts[i] for i in found.fresh().tolist()]
-    return ShardTokens(encoder.tokenizer.tokenize(fresh), len(texts), reused=found)
+    return ShardTokens(encoder.tokenizer.tokenize(fresh, config.prompt or ""), len(texts), reused=found)
 
 
 def embed(
@@ -119,6 +121,9 @@ def embed(
         normalize_output=config.normalize and not several,
         on_rows=None if config.chunked else on_documents,  # rows are windows there, not documents
         exclude_special=config.exclude_special,
+        exclude_first=encoder.tokenizer.prompt_length(config.prompt)
+        if config.prompt and not config.include_prompt
+        else 0,
     )
     if config.chunked and on_documents is not None:
         on_documents(tokens.documents)

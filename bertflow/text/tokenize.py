@@ -61,9 +61,17 @@ class TextTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
 
-    def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length."""
-        return _tokenized(self._tokenizer.encode_batch_fast(list(texts)))
+    def tokenize(self, texts: Sequence[str], prompt: str = "") -> Tokenized:
+        """Tokenize in parallel (Rust threads, GIL released); flag rows cut at max_length.
+
+        A prompt goes before each text, as text (sentence-transformers' `prompt + text`)."""
+        return _tokenized(self._tokenizer.encode_batch_fast([prompt + t for t in texts] if prompt else list(texts)))
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt takes at the start of a row, leading special tokens included (as sentence-transformers
+        counts them for `include_prompt=False`)."""
+        enc = self._tokenizer.encode(prompt)
+        return len(enc.ids) - (1 if enc.special_tokens_mask and enc.special_tokens_mask[-1] else 0)
 
     def tokenize_tokens(self, texts: Sequence[str]) -> TokenText:
         """Like `tokenize`, keeping each token's string, char span and whether it is special."""
@@ -75,19 +83,23 @@ class TextTokenizer:
             [[bool(m) for m in e.special_tokens_mask] for e in encodings],
         )
 
-    def tokenize_chunks(self, texts: Sequence[str], chunk_tokens: int, stride: int) -> Chunks:
+    def tokenize_chunks(self, texts: Sequence[str], chunk_tokens: int, stride: int, prompt: str = "") -> Chunks:
         """Cut each text on token boundaries into windows of `chunk_tokens` (special tokens included)
-        sharing `stride` tokens; nothing is truncated, however long the text."""
+        sharing `stride` tokens; nothing is truncated, however long the text. A prompt's tokens start
+        every window, after the leading special tokens; char spans stay those of the text."""
         whole = Tokenizer.from_str(self._tokenizer.to_str())  # no truncation: every token of the text
         whole.no_truncation()
         probe = self._tokenizer.encode("a")  # the model's wrapping, e.g. [CLS] ... [SEP]
         real = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
         prefix, suffix = probe.ids[: real[0]], probe.ids[real[-1] + 1 :]
+        prompt_ids = whole.encode(prompt, add_special_tokens=False).ids if prompt else []
+        prefix = prefix + prompt_ids
         content = chunk_tokens - len(prefix) - len(suffix)
         if content <= stride:
+            besides = "special and prompt tokens" if prompt_ids else "special tokens"
             raise InputError(
                 f"--chunk-tokens {chunk_tokens} leaves {content} text tokens per window besides the model's "
-                f"{len(prefix) + len(suffix)} special tokens, not more than --stride {stride}; raise --chunk-tokens"
+                f"{len(prefix) + len(suffix)} {besides}, not more than --stride {stride}; raise --chunk-tokens"
             )
         ids: list[list[int]] = []
         doc, index, start, end = [], [], [], []

@@ -53,10 +53,12 @@ def test_explicit_options_override_model_defaults_and_are_checked_against_it(bun
         resolve_config(EmbedConfig(layers=(-7, -1)))
 
 
-def test_hub_id_outside_the_local_cache_is_refused_without_download(tmp_path, monkeypatch):
+def test_offline_hub_id_outside_the_cache_says_how_to_get_it(tmp_path, monkeypatch):
+    # tests run with HF_HUB_OFFLINE=1 (conftest): nothing is fetched, the error says how to get the model
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(
-        ModelError, match=r"never downloads at run time: fetch it once with `hf download org/missing-model`"
+        ModelError,
+        match=r"not in the Hugging Face cache and HF_HUB_OFFLINE is set: get it with `hf download org/missing-model`",
     ):
         resolve_model_path("org/missing-model")
     with pytest.raises(ModelError, match="does not exist"):
