@@ -83,6 +83,7 @@ class EmbedConfig(BaseModel):
     trust_remote_code: bool = False
     pooler: str | None = None  # a head from `bertflow train-pooler`, for pooling mean_lstm
     reduction: str | None = None  # a transform from `bertflow fit-reduction`
+    truncate_dim: int | None = Field(default=None, gt=0)  # keep the first N dimensions (Matryoshka models)
     # Name of a Prefect Secret block holding storage options as JSON; each process loads it itself.
     storage_block: str | None = None
 
@@ -137,8 +138,12 @@ class EmbedConfig(BaseModel):
         elif self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
             raise ValueError(f"--stride {self.stride} must be less than --chunk-tokens {self.chunk_tokens}")
         token_level = pooling == (TOKEN_LEVEL,)
-        if (len(pooling) > 1 or token_level) and (self.pooler or self.reduction):
-            raise ValueError("--pooler and --reduction work with one pooling strategy, not a list or none")
+        if (len(pooling) > 1 or token_level) and (self.pooler or self.reduction or self.truncate_dim):
+            raise ValueError(
+                "--pooler, --reduction and --truncate-dim work with one pooling strategy, not a list or none"
+            )
+        if self.truncate_dim and self.reduction:
+            raise ValueError("--truncate-dim and --reduction both set the vectors' width: pick one")
         if token_level and self.long_text == "chunk":
             raise ValueError("--pooling none writes every token already; drop --long-text chunk")
         if "first_last_avg" in pooling and self.layers != (-1,):
@@ -213,6 +218,7 @@ class ResolvedConfig(BaseModel):
     aggregate: Aggregate = "none"
     pooler: FittedRef | None = None
     reduction: FittedRef | None = None
+    truncate_dim: int | None = None  # the vectors keep their first N dimensions (renormalized when normalizing)
     storage_block: str | None = None
     # How each part row's `text_hash` is computed (`bertflow.io.reuse.TEXT_HASH`); None: the rows carry
     # none (outputs of bertflow 0.2 and earlier, which cannot be reused).
@@ -280,6 +286,7 @@ class ResolvedConfig(BaseModel):
             "precision": self.precision,
             "pooler_sha256": self.pooler.sha256 if self.pooler else None,
             "reduction_sha256": self.reduction.sha256 if self.reduction else None,
+            "truncate_dim": self.truncate_dim,
         }
 
     def output_fingerprint(self) -> dict[str, object]:
@@ -303,6 +310,7 @@ class ResolvedConfig(BaseModel):
             # only when used, so DESTs made without them keep their fingerprints
             **({"pooler_sha256": self.pooler.sha256} if self.pooler else {}),
             **({"reduction_sha256": self.reduction.sha256} if self.reduction else {}),
+            **({"truncate_dim": self.truncate_dim} if self.truncate_dim else {}),
             **({"exclude_special": True} if self.exclude_special else {}),
             **({"tokenizer_sha256": self.model.tokenizer_sha256} if self.model.tokenizer_sha256 else {}),
             **({"text_hash": self.text_hash} if self.text_hash else {}),

@@ -36,6 +36,7 @@ def embed(
     aggregate: options.Aggregate = "none",
     pooler: options.Pooler = None,
     reduction: options.Reduction = None,
+    truncate_dim: options.TruncateDim = None,
     layers: options.Layers = "-1",
     layer_mode: options.LayerMode = "mean",
     normalize: options.Normalize = None,
@@ -85,6 +86,7 @@ def embed(
             trust_remote_code=trust_remote_code,
             pooler=pooler,
             reduction=reduction,
+            truncate_dim=truncate_dim,
             storage_block=storage_block,
         )  # fmt: skip
     )

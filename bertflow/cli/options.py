@@ -57,6 +57,12 @@ Pooler = Annotated[str | None, typer.Option(help="Head trained by `bertflow trai
 Reduction = Annotated[
     str | None, typer.Option(help="PCA/whitening fitted by `bertflow fit-reduction`, applied before writing")
 ]
+TruncateDim = Annotated[
+    int | None,
+    typer.Option(
+        help="Keep the first N dimensions of each vector (Matryoshka models), L2-normalized again when normalizing"
+    ),
+]
 Layers = Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")]
 LayerMode = Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")]
 Normalize = Annotated[

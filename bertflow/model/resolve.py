@@ -128,7 +128,17 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         storage_block=config.storage_block,
         text_hash=TEXT_HASH,
     )
-    return attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
+    resolved = attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
+    return _truncated(resolved, config.truncate_dim)
+
+
+def _truncated(resolved: ResolvedConfig, dim: int | None) -> ResolvedConfig:
+    """Record --truncate-dim (a single pooling's vectors cut to their first `dim` dimensions)."""
+    if dim is None:
+        return resolved
+    if dim >= resolved.dimension:
+        raise InputError(f"--truncate-dim {dim}: the vectors have {resolved.dimension} dimensions; give fewer")
+    return resolved.model_copy(update={"truncate_dim": dim, "dimensions": {resolved.pooling[0]: dim}})
 
 
 def encoder_for(config: ResolvedConfig) -> Encoder:

@@ -38,6 +38,7 @@ QUERY_SETTINGS = (
     "pooler_sha256",
     "reduction_sha256",
     "exclude_special",
+    "truncate_dim",
 )
 
 
@@ -85,6 +86,7 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
             exclude_special=recorded.exclude_special,
             pooler=recorded.pooler.uri if recorded.pooler else None,
             reduction=recorded.reduction.uri if recorded.reduction else None,
+            truncate_dim=recorded.truncate_dim,
         )
     )
     now = resolved.output_fingerprint()

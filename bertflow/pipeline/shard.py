@@ -24,7 +24,7 @@ from bertflow.pipeline import reuse
 from bertflow.pipeline.reuse import Reuse
 from bertflow.progress import OnProgress
 from bertflow.text.tokenize import Chunks, Tokenized, TokenText
-from bertflow.vectors import normalize
+from bertflow.vectors import normalize, truncate
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ def embed(
         on_documents(tokens.documents)
     if not several:
         vectors = reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
+        vectors = truncate(vectors, config.truncate_dim, config.normalize)  # --truncate-dim, likewise
         # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
         return vectors.reshape(len(tok.ids), config.dimension)
     widths = list(config.embedding_columns().values())
