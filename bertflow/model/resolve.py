@@ -10,17 +10,15 @@ from bertflow.config import EmbedConfig, ModelRef, ResolvedConfig
 from bertflow.errors import InputError, ModelError
 from bertflow.io.reuse import TEXT_HASH
 from bertflow.model import hub
+from bertflow.model.defaults import ModelDefaults, model_defaults, special_tokens
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import attach, head_for
 from bertflow.model.loading import (
-    ModelDefaults,
     check_custom_code,
     config_sha256,
     load_model,
-    model_defaults,
     pick_device,
     resolve_model_path,
-    special_tokens,
     tokenizer_sha256,
     weights_sha256,
 )

@@ -9,7 +9,8 @@ import pytest
 
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
-from bertflow.model.loading import load_model, model_defaults, resolve_model_path
+from bertflow.model.defaults import model_defaults
+from bertflow.model.loading import load_model, resolve_model_path
 from bertflow.model.resolve import resolve_config
 
 CUSTOM_CODE = '''
