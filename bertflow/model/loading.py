@@ -40,7 +40,11 @@ def resolve_model_path(name: str, revision: str | None = None) -> Path:
             raise ModelError(f"model path {name!r} is not a Hugging Face model directory (no config.json)")
         return path
     if not hub.is_hub_id(name):
-        raise ModelError(f"model path {name!r} does not exist (and is not a Hub id such as BAAI/bge-small-en-v1.5)")
+        if "/" in name or name.startswith(("~", ".")):
+            raise ModelError(f"model path {name!r} does not exist")
+        raise ModelError(
+            f"model {name!r} is neither a local directory nor a Hub id (ORG/NAME, e.g. BAAI/bge-small-en-v1.5)"
+        )
     return hub.fetch(name, revision)
 
 
