@@ -170,7 +170,7 @@ def test_bundled_model_with_its_own_defaults(prefect_harness, tmp_path, bundled_
     m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     c = m["config"]
     tokenizer, model_config = c["model"].pop("tokenizer_sha256"), c["model"].pop("config_sha256")
-    assert c["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights}
+    assert c["model"] == {"name": DEFAULT_MODEL, "path": str(bundled_model), "sha256": weights, "revision": None}
     assert len(tokenizer) == len(model_config) == 64 and len({tokenizer, model_config, weights}) == 3
     assert m["embedding_fingerprint"]["tokenizer_sha256"] == tokenizer
     assert (c["dimensions"], c["max_length"]) == ({"mean": 384}, 256)
