@@ -132,7 +132,6 @@ def fan_out(
     def written(request: RunRequest) -> bool:
         """The shard's part is in DEST: a run finished it since DEST was listed (a parent resuming a dead one's work)."""
         job = job_of[request.key]
-        storage.forget(job.dest)
         found = parts.complete_parts(
             job.dest, [job.spec], {job.spec.name: job.fingerprint}, documents=job.config.aggregated
         )

@@ -54,6 +54,10 @@ def _client_kwargs(protocol: str, options: Mapping[str, str]) -> dict:
             kwargs[key] = value
     if client:
         kwargs["client_kwargs"] = client
+    # DEST is written by many processes at once (shard runs on other hosts, a run taking over a dead
+    # one's): a listing cached here goes stale under them, and s3fs answers `open`/`info` from it
+    # ("does not exist" for a part written since, the old size of a part rewritten since). List afresh.
+    kwargs.setdefault("use_listings_cache", False)
     return kwargs
 
 
@@ -200,12 +204,6 @@ def exists(uri: str) -> bool:
         return fs.exists(path)
 
 
-def forget(uri: str) -> None:
-    """Drop what this process cached of the listing at `uri`: other processes wrote there since."""
-    fs, path = filesystem(uri)
-    fs.invalidate_cache(path)
-
-
 def list_names(uri: str) -> list[str]:
     """Names of the entries directly in the directory `uri` (empty if it does not exist yet)."""
     fs, path = filesystem(uri)
@@ -219,8 +217,8 @@ def list_files(uri: str) -> list[str]:
     """Files named by `uri`: the file itself, every file under a directory, or a glob's matches."""
     fs, path = filesystem(uri)
     with translated(uri):
-        if any(c in path for c in "*?["):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
+        if any(c in path for c in "*?["):  # one listing with types, not a request per match
+            found = [p for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
         elif fs.isdir(path):
             found = fs.find(path)
         elif fs.isfile(path):
