@@ -17,6 +17,9 @@ LongText = Literal["truncate", "chunk"]
 LONG_TEXTS: tuple[str, ...] = get_args(LongText)
 Aggregate = Literal["none", "mean", "max"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+# `--quantize`: int8/uint8 scale each dimension by calibrated ranges; binary/ubinary keep the sign bit, 8 per byte.
+Quantize = Literal["int8", "uint8", "binary", "ubinary"]
+QUANTIZE: tuple[str, ...] = get_args(Quantize)
 LayerMode = Literal["mean", "concat"]
 LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
 # Strategies that need nothing but the token states (bertflow.model.pooling implements each).

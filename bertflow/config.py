@@ -1,13 +1,11 @@
-"""The one validated configuration of a run, passed down from the CLI or a deployment.
+"""What a user asks a run to do, validated once, passed down from the CLI or a deployment.
 
-`EmbedConfig` is what a user asks for (`None`: the model's own default); `ResolvedConfig` is the
-same with every default filled in from the model, and is what the manifest records, as is.
+`EmbedConfig` is the request (`None`: the model's own default); `bertflow.resolved.ResolvedConfig`
+is the same with every default filled in from the model, and is what the manifest records.
 Choices and their names live in `bertflow.choices`. Pure: pydantic only.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -18,6 +16,7 @@ from bertflow.choices import (
     LAYER_MODES,
     LONG_TEXTS,
     PRECISIONS,
+    QUANTIZE,
     TOKEN_LEVEL,
     Aggregate,
     Device,
@@ -25,16 +24,13 @@ from bertflow.choices import (
     LongText,
     Pooling,
     Precision,
-    embedding_column,
+    Quantize,
     one_of,
     parse_pooling,
-    pooling_label,
 )
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-# Output-fingerprint keys added in bertflow 0.3: outputs written before lack them (and their rows a text_hash).
-ADDED_IN_0_3 = ("tokenizer_sha256", "text_hash")
 CHUNK_COLUMNS = ("chunk_index", "char_start", "char_end")  # leading columns of a chunked part
 TOKEN_COLUMNS = ("tokens", "offsets", "special", "token_embeddings")  # vector columns of a token-level part
 
@@ -46,12 +42,6 @@ _CHOICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "device": ("device", DEVICES),
     "precision": ("precision", PRECISIONS),
 }
-
-
-def fingerprint_diff(recorded: dict[str, object], now: dict[str, object], keys: Sequence[str] = ()) -> list[str]:
-    """The settings (of `keys`, default all on either side) on which two embedding fingerprints differ."""
-    names = keys or list({**recorded, **now})
-    return [k for k in names if recorded.get(k) != now.get(k)]
 
 
 class EmbedConfig(BaseModel):
@@ -84,6 +74,8 @@ class EmbedConfig(BaseModel):
     pooler: str | None = None  # a head from `bertflow train-pooler`, for pooling mean_lstm
     reduction: str | None = None  # a transform from `bertflow fit-reduction`
     truncate_dim: int | None = Field(default=None, gt=0)  # keep the first N dimensions (Matryoshka models)
+    quantize: Quantize | None = None  # compact vectors: int8/uint8 (calibrated ranges), binary/ubinary (bits)
+    quantize_ranges: str | None = None  # a DEST whose recorded int8/uint8 ranges this run uses as well
     # Name of a Prefect Secret block holding storage options as JSON; each process loads it itself.
     storage_block: str | None = None
 
@@ -99,6 +91,11 @@ class EmbedConfig(BaseModel):
     def _choice(cls, v: object, info: ValidationInfo) -> object:
         kind, valid = _CHOICES[info.field_name or ""]
         return one_of(kind, v, valid)
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize(cls, v: object) -> object:
+        return v if v is None else one_of("quantization", v, QUANTIZE)
 
     @field_validator("layers")
     @classmethod
@@ -138,10 +135,16 @@ class EmbedConfig(BaseModel):
         elif self.chunk_tokens is not None and self.stride >= self.chunk_tokens:
             raise ValueError(f"--stride {self.stride} must be less than --chunk-tokens {self.chunk_tokens}")
         token_level = pooling == (TOKEN_LEVEL,)
-        if (len(pooling) > 1 or token_level) and (self.pooler or self.reduction or self.truncate_dim):
+        if (len(pooling) > 1 or token_level) and (self.pooler or self.reduction or self.truncate_dim or self.quantize):
             raise ValueError(
-                "--pooler, --reduction and --truncate-dim work with one pooling strategy, not a list or none"
+                "--pooler, --reduction, --truncate-dim and --quantize work with one pooling strategy, not a list or none"
             )
+        if self.quantize and self.aggregate != "none":
+            raise ValueError(
+                "--aggregate averages float chunk vectors; with --quantize they are no longer floats: drop one"
+            )
+        if self.quantize_ranges and self.quantize not in ("int8", "uint8"):
+            raise ValueError("--quantize-ranges gives int8/uint8 calibration ranges: add --quantize int8 or uint8")
         if self.truncate_dim and self.reduction:
             raise ValueError("--truncate-dim and --reduction both set the vectors' width: pick one")
         if token_level and self.long_text == "chunk":
@@ -158,171 +161,3 @@ class EmbedConfig(BaseModel):
         if overlap:
             raise ValueError(f"--keep {','.join(overlap)} is already the id or text column")
         return self
-
-
-class ModelRef(BaseModel):
-    """The encoder of a run: the name asked for, the directory it resolved to, its weights' sha256."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    path: str
-    sha256: str
-    # the Hub commit the name resolved to (every shard run loads exactly it); None for a local directory
-    revision: str | None = None
-    # sha256 over the tokenizer's files (`TOKENIZER_FILES`); None in manifests of bertflow 0.2 and earlier
-    tokenizer_sha256: str | None = None
-    # sha256 over config.json (activation, norm epsilon, position embeddings), and the model's own .py
-    # files when its code is trusted; None in manifests of bertflow 0.2 and earlier
-    config_sha256: str | None = None
-
-
-class FittedRef(BaseModel):
-    """A trained head (`--pooler`) or fitted reduction (`--reduction`): where it is, its weights' sha256."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    uri: str
-    sha256: str
-
-
-class ResolvedConfig(BaseModel):
-    """EmbedConfig with every default filled in from the model; what the manifest records."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: ModelRef
-    pooling: Pooling
-    # put before every text; include_prompt False (the model's Pooling config): its tokens are left out of
-    # mean/max, as sentence-transformers does
-    prompt: str | None = None
-    prompt_name: str | None = None
-    include_prompt: bool = True
-    dimensions: dict[str, int]  # width of each pooling's vector, in pooling order
-    layers: tuple[int, ...]
-    layer_mode: LayerMode
-    normalize: bool
-    max_length: int
-    id_column: str
-    text_column: str
-    keep: tuple[str, ...]
-    shard_rows: int
-    batch_tokens: int | None
-    device: Device
-    precision: Precision
-    trust_remote_code: bool
-    exclude_special: bool = False
-    long_text: LongText = "truncate"
-    chunk_tokens: int | None = None  # set when long_text is "chunk"
-    stride: int = 0
-    aggregate: Aggregate = "none"
-    pooler: FittedRef | None = None
-    reduction: FittedRef | None = None
-    truncate_dim: int | None = None  # the vectors keep their first N dimensions (renormalized when normalizing)
-    storage_block: str | None = None
-    # How each part row's `text_hash` is computed (`bertflow.io.reuse.TEXT_HASH`); None: the rows carry
-    # none (outputs of bertflow 0.2 and earlier, which cannot be reused).
-    text_hash: str | None = None
-
-    @property
-    def dimension(self) -> int:
-        """Width of the first (for one pooling: the only) vector column."""
-        return self.dimensions[self.pooling[0]]
-
-    @property
-    def token_level(self) -> bool:
-        return self.pooling == (TOKEN_LEVEL,)
-
-    @property
-    def chunked(self) -> bool:
-        return self.long_text == "chunk"
-
-    @property
-    def aggregated(self) -> bool:
-        """Whether a documents/ part (one row per document) is written beside each chunk part."""
-        return self.aggregate != "none"
-
-    def embedding_columns(self) -> dict[str, int]:
-        """Vector column name -> width, as written; empty for token-level output."""
-        if self.token_level:
-            return {}
-        return {embedding_column(self.pooling, p): self.dimensions[p] for p in self.pooling}
-
-    def columns(self) -> list[str]:
-        """The columns of a part, in order."""
-        vectors = list(TOKEN_COLUMNS) if self.token_level else list(self.embedding_columns())
-        chunk = list(CHUNK_COLUMNS) if self.chunked else []
-        hashed = ["text_hash"] if self.text_hash else []
-        return ["id", *chunk, *vectors, "n_tokens", "truncated", *hashed, *self.keep]
-
-    def document_columns(self) -> list[str]:
-        """The columns of a documents/ part (`--aggregate`), in order; empty without one."""
-        if not self.aggregated:
-            return []
-        hashed = ["text_hash"] if self.text_hash else []
-        return ["id", *self.embedding_columns(), "n_tokens", "n_chunks", *hashed, *self.keep]
-
-    def embedding_fingerprint(self) -> dict[str, object]:
-        """Everything that changes a vector, most telling first: equal fingerprints, interchangeable vectors.
-
-        `--reuse` copies rows only from outputs with an equal one. It leaves out what only shapes the
-        table (columns kept, shard size) and `aggregate` (documents/ rows are recomputed from chunks).
-        """
-        return {
-            "model_sha256": self.model.sha256,
-            "tokenizer_sha256": self.model.tokenizer_sha256,
-            "model_config_sha256": self.model.config_sha256,
-            "pooling": pooling_label(self.pooling),
-            "prompt": self.prompt,
-            "include_prompt": self.include_prompt if self.prompt else None,
-            "layers": list(self.layers),
-            "layer_mode": self.layer_mode,
-            "max_length": self.max_length,
-            "long_text": self.long_text,
-            "chunk_tokens": self.chunk_tokens,
-            "stride": self.stride,
-            "exclude_special": self.exclude_special,
-            "normalize": self.normalize,
-            "precision": self.precision,
-            "pooler_sha256": self.pooler.sha256 if self.pooler else None,
-            "reduction_sha256": self.reduction.sha256 if self.reduction else None,
-            "truncate_dim": self.truncate_dim,
-        }
-
-    def output_fingerprint(self) -> dict[str, object]:
-        """The settings that shape DEST: its vectors and its table. A rerun into the same DEST must match them.
-
-        Keys keep the names and the "only when used" rule of the outputs written before, so their
-        reruns still match (the embedding fingerprint is the newer, complete list).
-        """
-        return {
-            "model_sha256": self.model.sha256,
-            "pooling": pooling_label(self.pooling),
-            "layers": list(self.layers),
-            "layer_mode": self.layer_mode,
-            "normalize": self.normalize,
-            "max_length": self.max_length,
-            "precision": self.precision,
-            "id_column": self.id_column,
-            "text_column": self.text_column,
-            "keep": list(self.keep),
-            "shard_rows": self.shard_rows,
-            # only when used, so DESTs made without them keep their fingerprints
-            **({"pooler_sha256": self.pooler.sha256} if self.pooler else {}),
-            **({"reduction_sha256": self.reduction.sha256} if self.reduction else {}),
-            **({"truncate_dim": self.truncate_dim} if self.truncate_dim else {}),
-            **({"exclude_special": True} if self.exclude_special else {}),
-            **({"tokenizer_sha256": self.model.tokenizer_sha256} if self.model.tokenizer_sha256 else {}),
-            **({"text_hash": self.text_hash} if self.text_hash else {}),
-            **({"prompt": self.prompt, "include_prompt": self.include_prompt} if self.prompt else {}),
-            **(
-                {
-                    "long_text": self.long_text,
-                    "chunk_tokens": self.chunk_tokens,
-                    "stride": self.stride,
-                    "aggregate": self.aggregate,
-                }
-                if self.chunked
-                else {}
-            ),
-        }

@@ -26,6 +26,7 @@ from bertflow.tasks.embed import (
     finalize_dest,
     plan_shards,
     prepare_dest,
+    quantization_ranges,
     resolve_config,
     resolve_paths,
 )
@@ -104,6 +105,7 @@ def embed_dataset(
                     resolved = resolve_config(config)
                     child_tags = tag_this_run(run_tags(resolved))
                     plan, index = plan_shards(source, resolved)
+                    resolved = quantization_ranges(resolved, plan, dest, config.quantize_ranges, overwrite)
                     found = open_previous(
                         dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else []
                     )

@@ -12,7 +12,7 @@ from datetime import datetime
 from prefect import get_run_logger, task
 
 from bertflow import heap, partitions, progress
-from bertflow.config import EmbedConfig, ResolvedConfig
+from bertflow.config import EmbedConfig
 from bertflow.io import sources, storage
 from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
 from bertflow.io.reuse import IdIndex
@@ -20,11 +20,12 @@ from bertflow.model import resolve
 from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
-from bertflow.pipeline import shard
+from bertflow.pipeline import quantize, shard
 from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.previous import previous_partitions
 from bertflow.pipeline.report import reuse_text
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
+from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
 
@@ -44,6 +45,18 @@ def plan_shards(source: str, config: ResolvedConfig) -> tuple[list[ShardSpec], I
         keep=config.keep,
         shard_rows=config.shard_rows,
     )
+
+
+@task(**IN_MEMORY, **RETRY)
+def quantization_ranges(
+    config: ResolvedConfig, plan: list[ShardSpec], dest: str, ranges_from: str | None, overwrite: bool
+) -> ResolvedConfig:
+    """`--quantize int8|uint8`: the ranges every shard quantizes with, from another output, DEST's manifest
+    or a calibration sample embedded here (`bertflow.pipeline.quantize`); the config as is otherwise."""
+    config, origin = quantize.with_ranges(config, plan, dest, ranges_from, overwrite)
+    if origin is not None:
+        get_run_logger().info("%s ranges %s", config.quantize, origin)
+    return config
 
 
 @task(**IN_MEMORY, **RETRY)

@@ -25,13 +25,13 @@ from prefect.artifacts import (
 from prefect.context import FlowRunContext
 
 from bertflow import progress
-from bertflow.config import ResolvedConfig
 from bertflow.errors import BertflowError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest, ShardResult, ShardSpec
 from bertflow.names import BACKFILL_TAG
 from bertflow.partitions import stable_key
 from bertflow.pipeline.report import manifest_markdown, summary_row
+from bertflow.resolved import ResolvedConfig
 
 if TYPE_CHECKING:
     from bertflow.tasks.fanout import ShardFailure

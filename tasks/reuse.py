@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from bertflow.config import ResolvedConfig
 from bertflow.io import storage
 from bertflow.io.manifest import ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.pipeline import previous
 from bertflow.pipeline.previous import Previous, ReuseMismatch, ReusePlan
+from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
 

@@ -6,13 +6,13 @@ import torch
 from prefect import get_run_logger, task
 
 from bertflow import progress
-from bertflow.config import ResolvedConfig
 from bertflow.model import training
 from bertflow.model.heads import HeadConfig, LstmHead
 from bertflow.model.resolve import encoder_for
 from bertflow.model.training import TrainResult
 from bertflow.pipeline import pooler
 from bertflow.pipeline.pooler import Examples, PoolerReport, TrainConfig
+from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
 

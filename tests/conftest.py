@@ -15,7 +15,7 @@ import httpx
 import polars as pl
 import pytest
 
-from bertflow.config import ModelRef, ResolvedConfig
+from bertflow.resolved import ModelRef, ResolvedConfig
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried to download would fail loudly

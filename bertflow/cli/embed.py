@@ -37,6 +37,8 @@ def embed(
     pooler: options.Pooler = None,
     reduction: options.Reduction = None,
     truncate_dim: options.TruncateDim = None,
+    quantize: options.Quantize = None,
+    quantize_ranges: options.QuantizeRanges = None,
     layers: options.Layers = "-1",
     layer_mode: options.LayerMode = "mean",
     normalize: options.Normalize = None,
@@ -87,6 +89,8 @@ def embed(
             pooler=pooler,
             reduction=reduction,
             truncate_dim=truncate_dim,
+            quantize=quantize,
+            quantize_ranges=quantize_ranges,
             storage_block=storage_block,
         )  # fmt: skip
     )
@@ -128,6 +132,11 @@ def embed(
     out.print(summary(manifest, dest))
 
 
+def _stored(quantize: str, dimension: int) -> str:
+    packed = quantize in ("binary", "ubinary")
+    return f"{quantize}, {(dimension + 7) // 8 if packed else dimension} bytes per vector"
+
+
 def summary(manifest: Manifest, dest: str) -> Table:
     """The closing table: what was written, how fast, with which settings."""
     totals, config = manifest.totals, manifest.config
@@ -140,6 +149,7 @@ def summary(manifest: Manifest, dest: str) -> Table:
         *([("chunks", f"{totals.rows:,}")] if config.chunked else []),
         ("rejected (see _rejects.parquet)" if totals.rejected else "rejected", f"{totals.rejected:,}"),
         ("dimension", ", ".join(f"{c} {w}" for c, w in columns.items()) if len(columns) > 1 else str(config.dimension)),
+        *([("stored as", _stored(config.quantize, config.dimension))] if config.quantize else []),
         ("tokens", f"{totals.tokens:,}"),
         ("truncated", f"{totals.truncated:,} (at {config.max_length} tokens)"),
         ("shards", f"{numbers['shards_done']} embedded, {numbers['shards_resumed']} resumed"),

@@ -63,6 +63,19 @@ TruncateDim = Annotated[
         help="Keep the first N dimensions of each vector (Matryoshka models), L2-normalized again when normalizing"
     ),
 ]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
+        help="Store compact vectors: int8 or uint8 (4x smaller; per-dimension ranges calibrated on the run's first "
+        "1000 rows), binary or ubinary (32x smaller; the sign bit, 8 dimensions per byte)"
+    ),
+]
+QuantizeRanges = Annotated[
+    str | None,
+    typer.Option(
+        help="With --quantize int8/uint8: use the ranges recorded by this earlier DEST (keeps a series of days comparable)"
+    ),
+]
 Layers = Annotated[str, typer.Option(help="Layers to pool, negative indices: -1, or -4,-3,-2,-1")]
 LayerMode = Annotated[str, typer.Option(help="Combine several layers by 'mean' or 'concat'")]
 Normalize = Annotated[

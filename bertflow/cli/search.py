@@ -30,16 +30,26 @@ def search(
         str | None,
         typer.Option(help="One of the model's named prompts (config_sentence_transformers.json) for the query"),
     ] = None,
+    rescore: Annotated[
+        int,
+        typer.Option(
+            help="A binary DEST (--quantize binary): rescore this many times k candidates found by Hamming distance "
+            "with the float query (0: Hamming ranking only)"
+        ),
+    ] = 4,
     storage_option: StorageOption = None,
 ) -> None:
     """Embed QUERY with DEST's own model, pooling, layers, reduction and normalization; print the k nearest rows.
+
+    Quantized DESTs are scored with the float query: int8/uint8 rows by their calibrated values, binary rows
+    by Hamming distance and then, for the best candidates, by the float query against their sign vectors.
 
     In a chunked DEST each result is one window of a text: its chunk index and character span are shown.
     """
     from bertflow.pipeline.search import search as run_search
 
     with running(storage=storage_option):
-        hits = run_search(dest, query, k, column, query_prompt, query_prompt_name)
+        hits = run_search(dest, query, k, column, query_prompt, query_prompt_name, rescore)
     chunked = any(hit.chunk is not None for hit in hits)
     table = Table(title=f"top {len(hits)} for {query!r} (cosine)", title_justify="left")
     for name in ("#", "score", "id", *(("chunk", "chars") if chunked else ()), "text"):

@@ -9,7 +9,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from bertflow.config import ResolvedConfig
+from bertflow.resolved import ResolvedConfig
 
 # 2: the resolved config embedded as `config` (format 1 repeated its fields at the top level)
 FORMAT_VERSION: Final = 2

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from bertflow.config import fingerprint_diff
 from bertflow.errors import DestMismatchError, InputError
 from bertflow.io import manifest_v1, storage
 from bertflow.io.manifest import (
@@ -26,6 +25,7 @@ from bertflow.io.manifest import (
     ShardSpec,
 )
 from bertflow.io.schema import rejects_frame
+from bertflow.resolved import fingerprint_diff
 
 
 def serialize_part(table: pl.DataFrame, info: PartInfo) -> bytes:

@@ -18,13 +18,19 @@ from bertflow.vectors import normalize as l2_normalize
 ID_DTYPES: dict[IdKind, pl.DataType] = {"int": pl.Int64(), "str": pl.String()}
 
 
+# numpy's name of the stored vector values -> the inner type of their Array column
+VALUE_TYPES: dict[str, type[pl.DataType]] = {"float32": pl.Float32, "int8": pl.Int8, "uint8": pl.UInt8}
+
+
 def vector_series(embeddings: np.ndarray, columns: dict[str, int] | None = None) -> list[pl.Series]:
-    """(N, sum D) vectors split into one Array(Float32, D) column per name (default: `embedding`)."""
+    """(N, sum W) vectors split into one Array(T, W) column per name (default: `embedding`): T is Float32,
+    or Int8/UInt8 for quantized vectors (`--quantize`), W the stored width (bytes of packed bits for binary)."""
     columns = columns or {"embedding": embeddings.shape[1]}
+    kind = embeddings.dtype.name if embeddings.dtype.name in ("int8", "uint8") else "float32"
     out, at = [], 0
     for name, width in columns.items():
-        block = embeddings[:, at : at + width].astype(np.float32, copy=False)  # (N, D)
-        out.append(pl.Series(name, block, dtype=pl.Array(pl.Float32, width)))
+        block = embeddings[:, at : at + width].astype(kind, copy=False)  # (N, W)
+        out.append(pl.Series(name, block, dtype=pl.Array(VALUE_TYPES[kind], width)))
         at += width
     return out
 
@@ -40,7 +46,7 @@ def part_frame(
     leading: Sequence[pl.Series] = (),
     text_hash: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D), n_tokens, truncated,
+    """The part's table: id, `leading` (chunk columns), vectors Array(Float32, D) (or quantized), n_tokens, truncated,
     text_hash, kept columns.
 
     Args:

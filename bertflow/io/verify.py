@@ -6,6 +6,7 @@ import polars as pl
 
 from bertflow.io import parts, sources, storage
 from bertflow.io.manifest import DELETED_NAME, DOCUMENTS_DIR, REJECTS_NAME, Manifest
+from bertflow.io.schema import VALUE_TYPES
 
 
 def _keys(uri: str, chunked: bool) -> pl.DataFrame:
@@ -22,6 +23,7 @@ def _check_part(
     want_rows: int,
     columns: list[str],
     vectors: dict[str, int],
+    value_type: type[pl.DataType],
     problems: list[str],
     chunked: bool = False,
 ) -> pl.DataFrame | None:
@@ -38,7 +40,7 @@ def _check_part(
     if schema.names() != columns:
         problems.append(f"{name}: columns {schema.names()} differ from the manifest's {columns}")
     for column, width in vectors.items():
-        expected = pl.Array(pl.Float32, width)
+        expected = pl.Array(value_type, width)
         if schema.get(column) != expected:
             problems.append(f"{name}: {column} is {schema.get(column)}, expected {expected}")
     if rows != want_rows:
@@ -120,11 +122,12 @@ def _check_listing(dest: str, manifest: Manifest, problems: list[str]) -> None:
 def _check_parts(dest: str, manifest: Manifest, problems: list[str]) -> pl.DataFrame:
     """Every listed part intact; the keys (`id`, and `chunk_index` when chunked) of all their rows."""
     chunked = manifest.config.chunked
-    vectors = manifest.config.embedding_columns()
+    vectors, value_type = manifest.config.stored_columns(), VALUE_TYPES[manifest.config.vector_dtype]
     found = [
         k
         for s in manifest.shards
-        if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, problems, chunked)) is not None
+        if (k := _check_part(dest, s.name, s.sha256, s.rows, manifest.columns, vectors, value_type, problems, chunked))
+        is not None
     ]
     if found:
         return pl.concat(found)
@@ -182,10 +185,11 @@ def _check_documents(
         problems.append(
             f"manifest lists {len(manifest.documents_parts)} document parts for {len(manifest.shards)} shards"
         )
-    found = [
+    columns = manifest.document_columns
+    found = [  # documents/ vectors are never quantized (`--aggregate` refuses `--quantize`)
         k
         for d in manifest.documents_parts
-        if (k := _check_part(dest, d.name, d.sha256, d.rows, manifest.document_columns, vectors, problems)) is not None
+        if (k := _check_part(dest, d.name, d.sha256, d.rows, columns, vectors, pl.Float32, problems)) is not None
     ]
     ids = pl.concat([k["id"] for k in found]) if found else pl.Series("id", [], pl.String)
     if len(ids) != len(part_ids) or not ids.sort().equals(part_ids.sort()):

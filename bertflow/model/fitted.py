@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from bertflow.config import FittedRef, ResolvedConfig, fingerprint_diff
 from bertflow.errors import InputError
 from bertflow.io import storage
 from bertflow.model.heads import HeadConfig, LstmHead, head_from_bytes
 from bertflow.model.reduction import Reduction, ReductionConfig, reduction_from_bytes
+from bertflow.resolved import FittedRef, ResolvedConfig, fingerprint_diff
 from bertflow.vectors import normalize
 
 POOLER_WEIGHTS, POOLER_CONFIG, POOLER_REPORT = "pooler.safetensors", "pooler.json", "report.json"

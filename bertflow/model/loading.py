@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from bertflow.choices import Device, Precision
-from bertflow.config import DEFAULT_MODEL, ResolvedConfig
+from bertflow.config import DEFAULT_MODEL
 from bertflow.errors import InputError, ModelError
 from bertflow.model import hub
 from bertflow.model.st_files import read_json
+from bertflow.resolved import ResolvedConfig
 
 if TYPE_CHECKING:  # imported where used: loading torch and transformers takes seconds
     import torch

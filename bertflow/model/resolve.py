@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bertflow.choices import TOKEN_LEVEL
-from bertflow.config import EmbedConfig, ModelRef, ResolvedConfig
+from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
 from bertflow.io.reuse import TEXT_HASH
 from bertflow.model import hub
@@ -23,6 +23,7 @@ from bertflow.model.loading import (
     weights_sha256,
 )
 from bertflow.model.pooling import output_dim
+from bertflow.resolved import ModelRef, ResolvedConfig
 
 
 def _check_lengths(config: EmbedConfig, d: ModelDefaults, max_length: int) -> None:
@@ -127,7 +128,8 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         text_hash=TEXT_HASH,
     )
     resolved = attach(resolved, config.pooler, config.reduction)  # checks --pooler/--reduction, final dimension
-    return _truncated(resolved, config.truncate_dim)
+    # int8/uint8 ranges are calibrated on the run's data afterwards (`bertflow.pipeline.quantize`)
+    return _truncated(resolved, config.truncate_dim).model_copy(update={"quantize": config.quantize})
 
 
 def _truncated(resolved: ResolvedConfig, dim: int | None) -> ResolvedConfig:

@@ -11,10 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bertflow import partitions
-from bertflow.config import ADDED_IN_0_3, EmbedConfig, fingerprint_diff
+from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
+from bertflow.resolved import ADDED_IN_0_3, fingerprint_diff
 
 
 class Day(BaseModel):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import bertflow
-from bertflow.config import ResolvedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import (
@@ -28,6 +27,7 @@ from bertflow.io.manifest import (
 )
 from bertflow.pipeline import previous
 from bertflow.pipeline.previous import ReusePlan
+from bertflow.resolved import ResolvedConfig
 
 
 @dataclass(frozen=True)

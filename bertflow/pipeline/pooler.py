@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertflow.choices import LayerMode
-from bertflow.config import DEFAULT_MODEL, EmbedConfig, ResolvedConfig
+from bertflow.config import DEFAULT_MODEL, EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import sources
 from bertflow.model import fitted
@@ -35,6 +35,7 @@ from bertflow.model.training import (
     stratified_split,
 )
 from bertflow.progress import OnProgress
+from bertflow.resolved import ResolvedConfig
 
 # Each class needs rows in train, validation and test, and a few to learn from.
 MIN_PER_CLASS = 5

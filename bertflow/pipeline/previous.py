@@ -20,13 +20,13 @@ import numpy as np
 import polars as pl
 
 from bertflow import partitions
-from bertflow.config import ResolvedConfig, fingerprint_diff
 from bertflow.errors import BertflowError, InputError, ReuseMismatchError, one_line
 from bertflow.io import parts, reuse, storage
 from bertflow.io.manifest import DELETED_NAME, Manifest, ReusePart, ReuseSummary, ShardJob, ShardResult, ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.io.schema import ID_DTYPES
 from bertflow.io.verify import verify_parts
+from bertflow.resolved import ResolvedConfig, fingerprint_diff
 
 # What a run does with an earlier output (`--reuse`) embedded otherwise: fail, or leave it out.
 ReuseMismatch = Literal["error", "ignore"]

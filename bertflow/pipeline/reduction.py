@@ -12,13 +12,18 @@ from bertflow.model.reduction import Method, Moments, ReductionConfig, fit, redu
 
 
 def read_fittable(dest: str) -> Manifest:
-    """DEST's manifest; it must be complete, hold one vector column and not be reduced already."""
+    """DEST's manifest; it must be complete, hold one float vector column and not be reduced already."""
     manifest = parts.read_pooled(dest, "fit on")
     columns = manifest.config.embedding_columns()
     if len(columns) > 1:
         raise InputError(
             f"DEST {dest} has several vector columns ({', '.join(columns)}); "
             "a reduction applies to one pooling: fit on a DEST embedded with one"
+        )
+    if manifest.config.quantize is not None:
+        raise InputError(
+            f"DEST {dest} holds {manifest.config.quantize} vectors; fit on a DEST embedded without --quantize "
+            "(then embed with --reduction and --quantize together)"
         )
     if manifest.config.reduction is not None:
         raise InputError(

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bertflow.choices import pooling_label
-from bertflow.config import ResolvedConfig
 from bertflow.io import storage
 from bertflow.io.manifest import MANIFEST_NAME, Manifest, ReuseSummary, ShardResult
+from bertflow.resolved import ResolvedConfig
 
 
 def run_tags(config: ResolvedConfig) -> list[str]:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from bertflow.config import ResolvedConfig
 from bertflow.io import reuse
 from bertflow.io.manifest import ShardJob
 from bertflow.io.schema import ID_DTYPES
+from bertflow.resolved import ResolvedConfig
 from bertflow.text.tokenize import Chunks, Tokenized
 
 
@@ -115,14 +115,16 @@ def scatter(fresh: np.ndarray, reused: np.ndarray | None, found: Reuse | None) -
 
 
 def copied_vectors(config: ResolvedConfig, found: Reuse) -> np.ndarray | list[np.ndarray]:
-    """The copied rows' vectors: (R, sum D) float32 in pooling order, or per row its tokens' vectors."""
+    """The copied rows' vectors as stored: (R, sum W) in pooling order (float32, or int8/uint8 under
+    `--quantize`, which the earlier output shares: its fingerprint matched), or per row its tokens' vectors."""
     prev = found.previous
     if config.token_level:
         return [
             np.asarray(v.to_numpy(), dtype=np.float32).reshape(-1, config.dimension) for v in prev["token_embeddings"]
         ]
-    blocks = [prev[c].to_numpy().reshape(len(prev), w) for c, w in config.embedding_columns().items()]
-    return np.hstack(blocks).astype(np.float32, copy=False) if blocks else np.zeros((len(prev), 0), np.float32)
+    kind = config.vector_dtype
+    blocks = [prev[c].to_numpy().reshape(len(prev), w) for c, w in config.stored_columns().items()]
+    return np.hstack(blocks).astype(kind, copy=False) if blocks else np.zeros((len(prev), 0), kind)
 
 
 def all_vectors(

@@ -7,6 +7,11 @@ Scores are cosine similarities (the dot product when DEST is normalized).
 A chunked DEST (`--long-text chunk`) is searched window by window: each hit names its chunk and
 character span. A DEST with several vector columns (`--pooling mean,cls`) is searched in one of
 them (`--column`, by default the first). Token-level DESTs (`--pooling none`) are refused.
+
+Quantized DESTs (`--quantize`) are scored against the float query: int8/uint8 rows as the values their
+buckets stand for (the manifest records the ranges); binary rows first by Hamming distance to the
+query's bits, then the best `rescore` x k of each part by the float query against their ±1 vectors
+(sentence-transformers' rescoring; `rescore` 0 keeps the Hamming ranking).
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from bertflow.config import CHUNK_COLUMNS, EmbedConfig, ResolvedConfig, fingerprint_diff
+from bertflow.config import CHUNK_COLUMNS, EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
 from bertflow.model.resolve import encoder_for, resolve_config
 from bertflow.model.st_files import read_settings
 from bertflow.pipeline import shard as steps
+from bertflow.resolved import ResolvedConfig, fingerprint_diff
+from bertflow.vectors import PACKED, dequantize, hamming, quantize
 
 SNIPPET_CHARS = 160
+RESCORE = 4  # binary DESTs: candidates per part by Hamming distance, as a multiple of k, rescored with the float query
 # The recorded settings a query must be embedded with, as the manifest's fingerprint names them.
 QUERY_SETTINGS = (
     "model_sha256",
@@ -120,7 +128,29 @@ def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.divide(vectors @ query, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
 
 
-def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding") -> list[Hit]:
+def similarity(
+    stored: np.ndarray, query: np.ndarray, config: ResolvedConfig, k: int, rescore: int = RESCORE
+) -> np.ndarray:
+    """(N,) similarity of each stored row (N, W) to the float query (D,); -inf for binary rows left out of rescoring."""
+    how = config.quantize
+    if how is None:
+        return _cosine(stored, query)
+    if how not in PACKED:
+        ranges = np.asarray(config.quantize_ranges, dtype=np.float32)
+        return _cosine(dequantize(stored, how, ranges), query)
+    dim = len(query)
+    by_bits = 1 - 2 * hamming(stored, quantize(query[None, :], how)[0]) / dim  # cosine of the sign vectors
+    if rescore == 0:
+        return by_bits.astype(np.float32)
+    best = np.argsort(-by_bits, kind="stable")[: k * rescore]
+    out = np.full(len(stored), -np.inf, np.float32)
+    out[best] = _cosine(dequantize(stored[best], how, dim=dim), query)
+    return out
+
+
+def scan(
+    dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding", rescore: int = RESCORE
+) -> list[Hit]:
     """The k rows of DEST nearest the query in column `vectors`, best first (ties keep DEST's order)."""
     column = _snippet_column(manifest, dest)
     chunked = manifest.config.chunked
@@ -133,7 +163,7 @@ def scan(dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str 
             frame = pl.read_parquet(src, columns=["id", vectors, *extra])
         if frame.is_empty():
             continue
-        part = _cosine(frame[vectors].to_numpy(), query)  # (N,)
+        part = similarity(frame[vectors].to_numpy(), query, manifest.config, k, rescore)  # (N,)
         top = np.sort(np.argpartition(-part, min(k, len(part)) - 1)[:k])  # this part's best k, in row order
         best = frame[top]
         snippets = best[column].to_list() if column else [None] * len(best)
@@ -174,17 +204,21 @@ def search(
     column: str | None = None,
     prompt: str | None = None,
     prompt_name: str | None = None,
+    rescore: int = RESCORE,
 ) -> list[Hit]:
     """Top-k rows of DEST for the query text, embedded with DEST's recorded settings.
 
     Args:
         column: the vector column of a DEST with several (`--pooling mean,cls`); default the first.
         prompt, prompt_name: the query's prompt (see `query_prompt`).
+        rescore: a binary DEST: rescore this many times k candidates per part (0: Hamming only).
     """
     if k < 1:
         raise InputError(f"-k {k}: ask for at least one result")
+    if rescore < 0:
+        raise InputError(f"--rescore {rescore}: give 0 (rank by Hamming distance only) or more candidates per result")
     manifest = read_searchable(dest)
     name, block = vector_column(manifest, column)
     config = query_config(manifest)
     config = config.model_copy(update={"prompt": query_prompt(config, prompt, prompt_name), "prompt_name": None})
-    return scan(dest, manifest, embed_query(query, config)[block], k, name)
+    return scan(dest, manifest, embed_query(query, config)[block], k, name, rescore)

@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from bertflow.config import ResolvedConfig
 from bertflow.io import reuse as reuse_io
 from bertflow.io import schema, sources, storage
 from bertflow.io.manifest import DOCUMENTS_DIR, DocumentsPart, PartInfo, Reject, ShardJob, ShardResult, ShardSpec
@@ -23,8 +22,9 @@ from bertflow.model.fitted import reduce_vectors
 from bertflow.pipeline import reuse
 from bertflow.pipeline.reuse import Reuse
 from bertflow.progress import OnProgress
+from bertflow.resolved import ResolvedConfig
 from bertflow.text.tokenize import Chunks, Tokenized, TokenText
-from bertflow.vectors import normalize, truncate
+from bertflow.vectors import normalize, quantize, truncate
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ def embed(
     if not several:
         vectors = reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
         vectors = truncate(vectors, config.truncate_dim, config.normalize)  # --truncate-dim, likewise
-        # A shard whose rows were all rejected still writes Array(Float32, D), like every other part.
-        return vectors.reshape(len(tok.ids), config.dimension)
+        vectors = vectors.reshape(len(tok.ids), config.dimension)  # (N, D), even when all rows were rejected
+        return quantize(vectors, config.quantize, _ranges(config))  # --quantize: (N, stored width) int8/uint8
     widths = list(config.embedding_columns().values())
     vectors = vectors.reshape(len(tok.ids), sum(widths))  # (N, sum D): one block per strategy
     if config.normalize:  # each strategy's vector on its own, as its single-pooling run would
@@ -140,6 +140,10 @@ def embed(
             vectors[:, at : at + w] = normalize(torch.from_numpy(vectors[:, at : at + w])).numpy()
             at += w
     return vectors
+
+
+def _ranges(config: ResolvedConfig) -> np.ndarray | None:
+    return None if config.quantize_ranges is None else np.asarray(config.quantize_ranges, dtype=np.float32)
 
 
 def part_table(
@@ -194,7 +198,7 @@ def part_table(
         truncated,
         config.keep,
         spec.id_kind,
-        config.embedding_columns(),
+        config.stored_columns(),
         leading,
         hashes,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bertflow.config import ResolvedConfig
 from bertflow.model import fitted
 from bertflow.model.reduction import (
     Moments,
@@ -14,6 +13,7 @@ from bertflow.model.reduction import (
     reduction_from_bytes,
     reduction_to_bytes,
 )
+from bertflow.resolved import ResolvedConfig
 from tests.conftest import resolved_config
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bertflow.config import ModelRef
 from bertflow.errors import InputError, ReuseMismatchError
 from bertflow.io import sources
 from bertflow.io.manifest import PartInfo, ShardResult
@@ -23,6 +22,7 @@ from bertflow.io.schema import part_frame
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import previous
 from bertflow.pipeline.dest import RunTarget
+from bertflow.resolved import ModelRef
 from tests.conftest import resolved_config, write_rows
 
 CONFIG = resolved_config(

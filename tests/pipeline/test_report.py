@@ -3,9 +3,9 @@ counted apart, and rates count only the shards this run embedded (not resumed on
 
 from __future__ import annotations
 
-from bertflow.config import ModelRef, ResolvedConfig
 from bertflow.io.manifest import Piece, ShardResult
 from bertflow.pipeline.report import run_tags, summary_row
+from bertflow.resolved import ModelRef, ResolvedConfig
 from tests.conftest import resolved_config
 
 
