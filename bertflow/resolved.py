@@ -27,6 +27,7 @@ from bertflow.choices import (
 )
 from bertflow.config import CHUNK_COLUMNS, TOKEN_COLUMNS
 
+TEXT_HASH = "blake2b-128"  # how part rows' `text_hash` is computed (`bertflow.io.reuse`): `config.text_hash`
 # Output-fingerprint keys added in bertflow 0.3: outputs written before lack them (and their rows a text_hash).
 ADDED_IN_0_3 = ("tokenizer_sha256", "text_hash")
 
@@ -100,7 +101,7 @@ class ResolvedConfig(BaseModel):
     # int8/uint8: each dimension's [min, max] that 256 buckets span (`bertflow.vectors`), as calibrated
     quantize_ranges: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     storage_block: str | None = None
-    # How each part row's `text_hash` is computed (`bertflow.io.reuse.TEXT_HASH`); None: the rows carry
+    # How each part row's `text_hash` is computed (`TEXT_HASH`, see `bertflow.io.reuse`); None: the rows carry
     # none (outputs of bertflow 0.2 and earlier, which cannot be reused).
     text_hash: str | None = None
 

@@ -25,7 +25,6 @@ from bertflow.io import storage
 from bertflow.io.manifest import IdKind, ReusePart
 from bertflow.io.schema import ID_DTYPES
 
-TEXT_HASH = "blake2b-128"  # recorded as `config.text_hash` in every manifest
 _KEY_SEED = 0x6265727466  # fixed, so keys of one process agree across calls
 
 

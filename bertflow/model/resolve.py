@@ -8,7 +8,6 @@ from pathlib import Path
 from bertflow.choices import TOKEN_LEVEL
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
-from bertflow.io.reuse import TEXT_HASH
 from bertflow.model import hub
 from bertflow.model.defaults import ModelDefaults, model_defaults, special_tokens
 from bertflow.model.encoder import Encoder
@@ -23,7 +22,7 @@ from bertflow.model.loading import (
     weights_sha256,
 )
 from bertflow.model.pooling import output_dim
-from bertflow.resolved import ModelRef, ResolvedConfig
+from bertflow.resolved import TEXT_HASH, ModelRef, ResolvedConfig
 
 
 def _check_lengths(config: EmbedConfig, d: ModelDefaults, max_length: int) -> None:

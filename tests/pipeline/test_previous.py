@@ -17,12 +17,12 @@ from bertflow.errors import InputError, ReuseMismatchError
 from bertflow.io import sources
 from bertflow.io.manifest import PartInfo, ShardResult
 from bertflow.io.parts import serialize_part
-from bertflow.io.reuse import TEXT_HASH, text_hashes
+from bertflow.io.reuse import text_hashes
 from bertflow.io.schema import part_frame
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import previous
 from bertflow.pipeline.dest import RunTarget
-from bertflow.resolved import ModelRef
+from bertflow.resolved import TEXT_HASH, ModelRef
 from tests.conftest import resolved_config, write_rows
 
 CONFIG = resolved_config(
