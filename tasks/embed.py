@@ -6,10 +6,12 @@ goes through `bertflow.progress`, which the CLI draws and the parent run's artif
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from bertflow import heap, partitions, progress
 from bertflow.config import EmbedConfig
@@ -109,7 +111,18 @@ def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, float]:
     """Forward passes and pooling per batch on the device (the model loaded once per process); and the
     seconds they took (the model's own time, for throughput and the time `--reuse` saves)."""
     started = time.perf_counter()
-    vectors = shard.embed(encoder_for(job.config), tokens, job.config, on_documents=progress.advance)
+    encoder = encoder_for(job.config)
+    vectors = shard.embed(encoder, tokens, job.config, on_documents=progress.advance)
+    if encoder.memory.splits:
+        try:
+            logger: logging.Logger | logging.LoggerAdapter = get_run_logger()
+        except MissingContextError:  # called outside a run (`.fn`)
+            logger = logging.getLogger(__name__)
+        logger.warning(
+            "%s ran out of memory: %d batches split; the rest of the shard ran at most %d padded tokens per "
+            "forward pass (--batch-tokens %d starts there)",
+            encoder.device, encoder.memory.splits, encoder.memory.budget, encoder.memory.budget,
+        )  # fmt: skip
     return vectors, time.perf_counter() - started
 
 

@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bertflow.choices import Precision
 from bertflow.model.fused import fused_encoder
+from bertflow.model.memory import MemoryGuard
 from bertflow.model.pooling import LayerMode, combine_layers, first_last_layers, pool
 from bertflow.model.threads import use_cpu_threads
 from bertflow.text.batching import pad_batch, token_budget_batches
@@ -28,7 +29,7 @@ from bertflow.vectors import normalize
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-_T = TypeVar("_T")  # what one batch's forward returns: pooled vectors, or per-row token states
+_T = TypeVar("_T")  # what one batch's forward returns: pooled vectors, or per-row token states (see MemoryGuard)
 Exclude = tuple[bool, int]  # left out of content poolings: special tokens?, how many first tokens
 
 # Padded tokens per forward pass. On CPU each core runs its own batch (see `_run_batches`), whose
@@ -72,6 +73,7 @@ class Encoder:
         self.precision = precision
         self.max_length = max_length
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 8192)
+        self.memory = MemoryGuard(device, precision)  # batches split on out-of-memory, and the budget after
         self.head = head.to(device) if head is not None else None  # trained head of pooling mean_lstm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
@@ -101,7 +103,7 @@ class Encoder:
         """
         out: list[np.ndarray] = [np.empty((0, 0), np.float32)] * len(tok.ids)
         forward = functools.partial(self._states, layers=layers, mode=layer_mode, normalize_output=normalize_output)
-        run = functools.partial(self._split_on_oom, forward, join=lambda halves: [*halves[0], *halves[1]])
+        run = functools.partial(self.memory.run, forward, join=lambda halves: [*halves[0], *halves[1]])
         for batch, rows in self._run_batches(tok, (False, 0), run):
             for i, h in zip(batch, rows):
                 out[i] = h  # (T_i, H)
@@ -131,7 +133,7 @@ class Encoder:
         """
         out: np.ndarray | None = None
         forward = functools.partial(self._forward, pooling=pooling, layers=layers, mode=layer_mode)
-        run = functools.partial(self._split_on_oom, forward, join=torch.cat)
+        run = functools.partial(self.memory.run, forward, join=torch.cat)
         for batch, pooled in self._run_batches(tok, (exclude_special, exclude_first), run):  # (B, D) each
             if normalize_output:
                 pooled = normalize(pooled)
@@ -197,36 +199,6 @@ class Encoder:
         finally:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)  # the streams set the process-wide count to 1
-
-    def _split_on_oom(
-        self,
-        forward: Callable[[torch.Tensor, torch.Tensor], _T],
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        *,
-        join: Callable[[list[_T]], _T],
-    ) -> _T:
-        """forward(ids, mask) for one batch; on device out-of-memory, each half alone, joined.
-
-        Halves are split again as needed; a single row that does not fit is raised, for the
-        task's retry. Each half drops the padding it no longer needs.
-        """
-        try:
-            return forward(ids, mask)
-        except torch.OutOfMemoryError:
-            if len(ids) == 1:
-                raise
-        # Retry outside the `except` block: while it runs, the error's traceback keeps the failed
-        # pass's frames, and with them its activations, alive on the device, so every half would
-        # run out of memory too (seen on an H100: the split went down to one row and failed).
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
-        half = len(ids) // 2
-        parts: list[_T] = []
-        for sl in (slice(0, half), slice(half, None)):
-            width = int((mask[sl] > 0).sum(1).max())
-            parts.append(self._split_on_oom(forward, ids[sl, :width], mask[sl, :width], join=join))
-        return join(parts)
 
     def _hidden_states(
         self, input_ids: torch.Tensor, attention: torch.Tensor, need_all: bool

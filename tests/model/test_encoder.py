@@ -8,11 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from prefect.states import Failed
 
+from bertflow.errors import HostError
 from bertflow.model import fused as fused_module
 from bertflow.model.encoder import Encoder
 from bertflow.model.loading import load_model
 from bertflow.model.threads import cpu_threads, use_cpu_threads
+from bertflow.tasks.policy import is_transient
 from bertflow.text.tokenize import Tokenized
 
 TEXTS = [
@@ -135,11 +138,29 @@ def test_out_of_memory_splits_token_level_batches_and_gives_the_same_token_vecto
     assert max(np.abs(a - b).max() for a, b in zip(split, clean)) < 1e-6
 
 
-def test_out_of_memory_on_a_single_row_is_raised_for_the_task_to_retry(tiny, monkeypatch):
+def test_after_an_out_of_memory_later_batches_are_split_before_they_are_tried(tiny, monkeypatch):
+    enc = encoder(tiny, batch_tokens=1 << 20)
+    tok = enc.tokenizer.tokenize(TEXTS)
+    seen = wrap_forward(monkeypatch, enc, max_rows=3)
+    first = enc.embed(tok, pooling="mean")
+    refused = len(seen.refused)
+    assert refused >= 2 and enc.memory.splits == refused and enc.memory.budget is not None
+    ran = len(seen.shapes)
+    again = enc.embed(tok, pooling="mean")  # the next shard on this encoder
+    assert len(seen.refused) == refused  # nothing as big as what failed was tried again
+    assert all(rows * width <= enc.memory.budget or rows == 1 for rows, width in seen.shapes[ran:])
+    assert np.abs(again - first).max() < 1e-6
+
+
+def test_a_single_row_that_does_not_fit_is_a_one_line_host_error_not_retried(tiny, monkeypatch):
     enc = encoder(tiny, batch_tokens=1 << 20)
     wrap_forward(monkeypatch, enc, max_rows=0)
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(HostError) as failed:
         enc.embed(enc.tokenizer.tokenize(TEXTS[:3]), pooling="mean")
+    message = str(failed.value)
+    assert "\n" not in message and "does not fit in the free memory of cpu even alone" in message
+    assert "--max-length" in message and failed.value.exit_code == 1
+    assert not is_transient(None, None, Failed(data=failed.value))  # Prefect's task retries skip it
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bertflow.config import EmbedConfig
+from bertflow.errors import HostError
 from bertflow.model.encoder import Encoder
 from bertflow.model.loading import load_model
 from bertflow.model.resolve import resolve_config
@@ -95,7 +96,7 @@ def test_cuda_half_precision_keeps_the_neighbours(model_path, texts, cpu_fp32, p
 def test_pinned_batches_give_the_cpu_results_for_other_poolings(model_path, texts, pooling):
     cpu = embed(encoder(model_path, "cpu", "fp32"), texts[:100], pooling=pooling)
     enc = encoder(model_path, "cuda", "fp32")
-    ids, mask = enc._padded(enc.tokenizer.tokenize(texts[:4]), np.arange(4), False)
+    ids, mask = enc._padded(enc.tokenizer.tokenize(texts[:4]), np.arange(4), (False, 0))
     assert ids.is_pinned() and mask.is_pinned()  # so the host-to-device copy is asynchronous
     assert np.abs(embed(enc, texts[:100], pooling=pooling) - cpu).max() < 1e-5
 
@@ -138,3 +139,35 @@ def test_a_real_out_of_memory_splits_token_level_batches_too(model_path, texts):
         assert torch.cuda.memory_stats()["num_ooms"] > ooms
     assert [a.shape for a in got] == [a.shape for a in reference]
     assert max(np.abs(a - b).max() for a, b in zip(got, reference)) < 1e-5
+
+
+def test_a_real_out_of_memory_lowers_the_budget_for_the_batches_after_it(model_path, texts):
+    long_texts = [t * 20 for t in texts]  # 256 tokens each after truncation
+    huge = encoder(model_path, "cuda", "fp32", batch_tokens=1 << 24)
+    with gpu_memory_limit(768 << 20):
+        first = embed(huge, long_texts)
+        ooms = torch.cuda.memory_stats()["num_ooms"]
+        assert huge.memory.splits >= 1 and huge.memory.budget < N_TEXTS * 256
+        again = embed(huge, long_texts)  # the next shard on this warm encoder
+        assert torch.cuda.memory_stats()["num_ooms"] == ooms  # split before it was tried: no second refusal
+    assert np.abs(first - again).max() < 1e-5
+
+
+def test_a_row_that_does_not_fit_even_alone_is_a_one_line_host_error(model_path, texts):
+    enc = encoder(model_path, "cuda", "fp32")
+    torch.cuda.empty_cache()
+    with gpu_memory_limit(torch.cuda.memory_reserved() + (64 << 20)):
+        filler = []  # take what is left under the limit, 1 MiB at a time: one row of 256 tokens needs more
+        try:
+            while True:
+                filler.append(torch.empty(1 << 20, dtype=torch.uint8, device="cuda"))
+        except torch.OutOfMemoryError:
+            pass
+        with pytest.raises(HostError) as failed:
+            embed(enc, [texts[0] * 40])
+        del filler
+    message = str(failed.value)
+    assert (
+        "\n" not in message
+        and "one text of 256 tokens does not fit in the free memory of cuda even alone (fp32)" in message
+    )

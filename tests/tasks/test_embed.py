@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 import torch
@@ -15,7 +17,7 @@ from bertflow.tasks.embed import embed, tokenize
 from tests.model.test_encoder import TEXTS
 
 
-def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
+def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch, caplog):
     """The Prefect task as the flow runs it; the device "runs out of memory" in attention above 2 rows."""
     config = resolve_config(EmbedConfig(model=str(tiny_bert), device="cpu", max_length=64, batch_tokens=1 << 20))
     job = ShardJob(spec=ShardSpec(index=0, count=1, pieces=(), id_kind="int"), config=config, dest="", fingerprint="")
@@ -30,6 +32,8 @@ def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch):
         return sdpa(q, *args, **kwargs)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", tight_memory)
-    split, seconds = embed.fn(job, tokens)
-    assert max(calls) == 8 and calls.count(8) == 1  # tried whole once, then only halves that fit
+    with caplog.at_level(logging.WARNING):
+        split, seconds = embed.fn(job, tokens)
+    assert max(calls) == 8 and calls.count(8) == 1  # tried whole once, then only smaller batches
+    assert "cpu ran out of memory: " in caplog.text and "the rest of the shard ran at most" in caplog.text
     assert np.abs(split - clean).max() < 1e-6 and seconds > 0
