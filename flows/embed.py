@@ -105,7 +105,9 @@ def embed_dataset(
                     resolved = resolve_config(config)
                     child_tags = tag_this_run(run_tags(resolved))
                     plan, index = plan_shards(source, resolved)
-                    resolved = quantization_ranges(resolved, plan, dest, config.quantize_ranges, overwrite)
+                    resolved = quantization_ranges(
+                        resolved, plan, dest, config.quantize_ranges, overwrite, earlier if reuse_previous else []
+                    )
                     found = open_previous(
                         dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else []
                     )

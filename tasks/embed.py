@@ -51,11 +51,17 @@ def plan_shards(source: str, config: ResolvedConfig) -> tuple[list[ShardSpec], I
 
 @task(**IN_MEMORY, **RETRY)
 def quantization_ranges(
-    config: ResolvedConfig, plan: list[ShardSpec], dest: str, ranges_from: str | None, overwrite: bool
+    config: ResolvedConfig,
+    plan: list[ShardSpec],
+    dest: str,
+    ranges_from: str | None,
+    overwrite: bool,
+    earlier: list[str],
 ) -> ResolvedConfig:
-    """`--quantize int8|uint8`: the ranges every shard quantizes with, from another output, DEST's manifest
-    or a calibration sample embedded here (`bertflow.pipeline.quantize`); the config as is otherwise."""
-    config, origin = quantize.with_ranges(config, plan, dest, ranges_from, overwrite)
+    """`--quantize int8|uint8`: the ranges every shard quantizes with, from another output, DEST's manifest,
+    the partition before or a calibration sample embedded here (`bertflow.pipeline.quantize`); the config
+    as is otherwise."""
+    config, origin = quantize.with_ranges(config, plan, dest, ranges_from, overwrite, earlier)
     if origin is not None:
         get_run_logger().info("%s ranges %s", config.quantize, origin)
     return config

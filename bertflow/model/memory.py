@@ -54,7 +54,7 @@ class MemoryGuard:
                 f"({self.precision}): lower --max-length, use --long-text chunk or a device with more memory"
             )
         self.splits += 1
-        half = (rows // 2) * width
+        half = ((rows + 1) // 2) * width  # the larger half, untrimmed: neither half is split again unasked
         self.budget = half if self.budget is None else min(self.budget, half)
         return self._halves(forward, ids, mask, join)
 

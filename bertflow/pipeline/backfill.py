@@ -15,7 +15,9 @@ from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
+from bertflow.pipeline.quantize import ranges_of
 from bertflow.resolved import ADDED_IN_0_3, fingerprint_diff
+from bertflow.vectors import SCALAR
 
 
 class Day(BaseModel):
@@ -70,22 +72,35 @@ def plan_days(
         config = EmbedConfig.model_validate(params.get("config") or {})
     except ValueError as e:
         raise InputError(f"deployment {deployment} has an invalid config parameter: {e}") from None
-    fingerprint = resolve_config(config).output_fingerprint()
-    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite) for d in days]
+    resolved = resolve_config(config)
+    loose: frozenset[str] = frozenset()
+    if resolved.quantize in SCALAR:  # int8/uint8 ranges: given, or each day's own (from the day before or calibrated)
+        if config.quantize_ranges:
+            resolved = resolved.model_copy(update={"quantize_ranges": ranges_of(config.quantize_ranges, resolved)})
+        else:
+            loose = frozenset({"quantize_ranges_sha256"})
+    fingerprint = resolved.output_fingerprint()
+    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite, loose) for d in days]
     return BackfillPlan(
         deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, start=start, end=end, every=every,
         overwrite=overwrite, days=planned,
     )  # fmt: skip
 
 
-def _day(day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], overwrite: bool) -> Day:
+def _day(
+    day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], overwrite: bool, loose: frozenset[str]
+) -> Day:
     source, dest = partitions.render(source_t, day), partitions.render(dest_t, day)
     if overwrite:
         return Day(partition=day, source=source, dest=dest, action="run", why="--overwrite: redo from scratch")
     manifest = parts.read_manifest(dest)
     if manifest is None:
         return Day(partition=day, source=source, dest=dest, action="run", why="no output yet")
-    keys = [k for k in {**manifest.fingerprint, **fingerprint} if k in manifest.fingerprint or k not in ADDED_IN_0_3]
+    keys = [
+        k
+        for k in {**manifest.fingerprint, **fingerprint}
+        if (k in manifest.fingerprint or k not in ADDED_IN_0_3) and k not in loose
+    ]
     if fingerprint_diff(manifest.fingerprint, fingerprint, keys):
         raise InputError(
             f"partition {day}: DEST {dest} holds output made with other settings; "

@@ -12,8 +12,11 @@ from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
 from bertflow.flows.embed import embed_dataset
 from bertflow.io.manifest import Manifest
+from bertflow.io.sources import plan_source
 from bertflow.io.verify import verify_dest
 from bertflow.model.resolve import resolve_config
+from bertflow.pipeline.backfill import plan_days
+from bertflow.pipeline.quantize import calibration_sample
 from bertflow.pipeline.reduction import read_fittable
 from bertflow.pipeline.search import search
 from bertflow.vectors import calibrate, dequantize, hamming, quantize
@@ -129,3 +132,34 @@ def test_the_cli_writes_binary_vectors_and_refuses_an_unknown_form_in_one_line(t
     assert done.returncode == 0, done.stderr
     assert "ubinary, 48 bytes per vector" in " ".join(done.stdout.split())
     assert pl.read_parquet(tmp_path / "out" / "part-*.parquet").schema["embedding"] == pl.Array(pl.UInt8, 48)
+
+
+def test_a_nightly_series_keeps_the_first_days_ranges_reuses_rows_and_backfill_accepts_it(corpus):
+    root, _, rows, _ = corpus
+    write_rows(root / "in-2026-01-01.jsonl", rows[:60])
+    write_rows(root / "in-2026-01-02.jsonl", rows[10:70])  # 50 texts of the day before, 10 new
+    source_t, dest_t = str(root / "in-{date}.jsonl"), str(root / "nightly-{date}")
+    first = embed_dataset(source_t, dest_t, EmbedConfig(quantize="int8"), partition="2026-01-01")
+    second = embed_dataset(source_t, dest_t, EmbedConfig(quantize="int8"), partition="2026-01-02")
+    assert second.config.quantize_ranges == first.config.quantize_ranges  # from the partition before
+    assert second.reuse is not None and second.reuse.previous == [str(root / "nightly-2026-01-01")]
+    assert sum(s.reused for s in second.shards) == 50
+
+    params = {"source": source_t, "dest": dest_t, "config": EmbedConfig(quantize="int8").model_dump(mode="json")}
+    plan = plan_days("embed-dataset/embed-nightly", "id", params, "2026-01-01", "2026-01-02", "1d", False)
+    assert [(d.action, d.why) for d in plan.days] == [("skip", "complete with the same config")] * 2
+
+
+def test_ranges_of_an_output_embedded_otherwise_are_refused_and_fp16_calibrates_without_cuda(corpus):
+    root, source, _, _ = corpus
+    embed_dataset(source, str(root / "cls"), EmbedConfig(quantize="int8", pooling="cls"))
+    with pytest.raises(InputError, match="it was embedded with pooling 'cls', this run with 'mean'"):
+        embed_dataset(source, str(root / "mean"), EmbedConfig(quantize="int8", quantize_ranges=str(root / "cls")))
+    assert not (root / "mean").exists()
+
+    # A fan-out parent without a GPU calibrates an fp16 run in fp32 instead of failing.
+    config = resolve_config(EmbedConfig(quantize="int8", precision="fp16"))
+    plan, _ = plan_source(source, id_column="id", text_column="text", keep=(), shard_rows=40)
+    sample = calibration_sample(config, plan, str(root / "unused"), 50)
+    floats = calibration_sample(resolve_config(EmbedConfig(quantize="int8")), plan, str(root / "unused"), 50)
+    assert sample.shape == (50, 384) and np.array_equal(sample, floats)
