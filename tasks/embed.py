@@ -18,7 +18,7 @@ from bertflow.config import EmbedConfig
 from bertflow.io import sources, storage
 from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
 from bertflow.io.reuse import IdIndex
-from bertflow.model import resolve
+from bertflow.model import cards, resolve
 from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
@@ -137,11 +137,12 @@ def write_part(
     job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, model_seconds: float
 ) -> ShardResult:
     """Write the shard's part (and documents/ part under --aggregate) to DEST (storage), atomically."""
-    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds)
+    device = cards.label(pick_device(job.config.device))
+    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds, device)
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""
     get_run_logger().info(
-        "%s: %d documents%s, %d tokens in %.1fs (%.0f documents/s, %.0f tokens/s)%s%s",
+        "%s: %d documents%s, %d tokens in %.1fs (%.0f documents/s, %.0f tokens/s) on %s%s%s",
         job.spec.name,
         result.documents,
         chunks,
@@ -149,6 +150,7 @@ def write_part(
         seconds,
         result.documents / rate,
         result.tokens / rate,
+        device,
         f", {result.truncated} truncated at {job.config.max_length} tokens" if result.truncated else "",
         f", {result.reused} of {result.rows} rows reused from an earlier output" if result.reused else "",
     )

@@ -4,7 +4,8 @@ a model on the device, so N workers on one host never load more models than the 
 `bertflow deploy --gpus-per-host N` sets `bertflow-gpu` to N: the slots each host gets. Each host
 takes its slots from its own limit, `bertflow-gpu-<host>`, created from `bertflow-gpu` on first use
 (Prefect's limits are global, so one limit per host is what bounds a host; see `host_key` for what
-counts as a host).
+counts as a host). A slot's holder then claims a card index of the host (`bertflow.model.cards`)
+and puts its model on that card: N slots keep N cards busy, not N models on card 0.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from bertflow.model import cards
 from bertflow.names import GPU_LIMIT
 from bertflow.partitions import slug
 
@@ -97,14 +99,27 @@ def gpu_slot(enabled: bool) -> Iterator[None]:
     name = host_limit_name()
     with get_client(sync_client=True) as client:
         ensure_host_limit(client, name)
+        slots = client.read_global_concurrency_limit_by_name(name).limit
     logger = get_run_logger()
     logger.info("waiting for a GPU slot of %s", name)
-    with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True):
-        logger.info("holding a GPU slot of %s", name)
+    with concurrency(name, occupy=1, lease_duration=LEASE_SECONDS, strict=True), cards.claim(slots) as index:
+        card = _use_card(index)
+        logger.info("holding GPU slot %d of %s%s", index, name, f", on cuda:{card}" if card is not None else "")
         try:
             yield
         finally:
-            logger.info("releasing a GPU slot of %s", name)
+            logger.info("releasing GPU slot %d of %s", index, name)
+
+
+def _use_card(index: int) -> int | None:
+    """Make card `index` (wrapped by the host's card count) this process's CUDA device; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    card = cards.card_of(index, torch.cuda.device_count())
+    torch.cuda.set_device(card)  # "cuda" means this card from here on: the model, the batches, the cache
+    return card
 
 
 def in_deployment_run() -> bool:

@@ -106,12 +106,13 @@ class RunReport:
         """One log line per shard: documents, tokens, seconds, throughput."""
         rate = max(result.seconds, 1e-9)
         self.logger.info(
-            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s%s",
+            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s%s%s",
             spec.index, spec.count, spec.name, result.documents, result.tokens, result.seconds,
             result.documents / rate, result.tokens / rate,
             f", {result.truncated} truncated" if result.truncated else "",
             f", {result.rejected} rejected" if result.rejected else "",
             f", {result.reused} of {result.rows} rows reused" if result.reused else "",
+            f", on {result.device}" if result.device else "",
         )  # fmt: skip
 
     def part_written(self, spec: ShardSpec) -> None:

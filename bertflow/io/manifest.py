@@ -118,6 +118,7 @@ class PartInfo(BaseModel):
     reused: int = 0  # rows copied from an earlier output (`--reuse`), not embedded
     reused_tokens: int = 0  # their tokens
     model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
+    device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
 
 
 class DocumentsPart(BaseModel):
@@ -147,6 +148,7 @@ class ShardResult(BaseModel):
     reused: int = 0  # rows copied from an earlier output (`--reuse`); rows - reused went through the model
     reused_tokens: int = 0
     model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
+    device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
     # Listed at the top of the manifest (`documents_parts`), not per shard.

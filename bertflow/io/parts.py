@@ -100,6 +100,7 @@ def shard_result(
         reused=info.reused,
         reused_tokens=info.reused_tokens,
         model_seconds=info.model_seconds,
+        device=info.device,
     )
 
 

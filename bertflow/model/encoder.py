@@ -223,9 +223,11 @@ class Encoder:
 
     def _to_device(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+        # To the model's own card (`cuda` alone would be the process's current one, which a GPU slot sets).
+        target = next(self.model.parameters()).device if self.device == "cuda" else self.device
         if self.device == "cuda":  # from pinned memory the copy overlaps the GPU's work
-            return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
-        return t.to(self.device)
+            return (t if t.is_pinned() else t.pin_memory()).to(target, non_blocking=True)
+        return t.to(target)
 
     def _states(
         self, ids: torch.Tensor, mask: torch.Tensor, layers: Sequence[int], mode: LayerMode, normalize_output: bool

@@ -4,6 +4,7 @@ artifacts, the run's tags. Pure: values in, dicts and text out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,6 +102,9 @@ def manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str
         f"({config.layer_mode}), {'normalized' if config.normalize else 'not normalized'} |",
         f"| precision / device | {config.precision} / {manifest.device} |",
     ]
+    devices = Counter(s.device for s in manifest.shards if s.device)
+    if devices:  # where the shards ran: with `--pool`, each on its host's card
+        lines.append(f"| shards ran on | {', '.join(f'{d} ({n})' for d, n in sorted(devices.items()))} |")
     if manifest.reuse is not None:
         lines.append(f"| reuse | {reuse_text(manifest.reuse)} |")
     if manifest.completed_at:

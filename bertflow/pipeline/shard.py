@@ -205,13 +205,20 @@ def part_table(
 
 
 def write_part(
-    job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, model_seconds: float = 0.0
+    job: ShardJob,
+    text: ShardText,
+    tokens: ShardTokens,
+    vectors: Vectors,
+    seconds: float,
+    model_seconds: float = 0.0,
+    device: str | None = None,
 ) -> ShardResult:
     """Build the part's table and write it (and, under `--aggregate`, its documents/ part first) to DEST,
     each atomically.
 
     Args:
         seconds: the shard's time from reading to its last vector; `model_seconds` of it in `embed`.
+        device: what the vectors were computed on (`bertflow.model.cards.label`), for the manifest.
     """
     dest, spec, config = job.dest, job.spec, job.config
     table = part_table(spec, config, text, tokens, vectors)
@@ -228,6 +235,7 @@ def write_part(
         reused=0 if found is None else len(found.rows),
         reused_tokens=0 if found is None else int(n_tokens.to_numpy()[found.rows].sum()),
         model_seconds=round(model_seconds, 3),
+        device=device,
     )
     documents_part = None
     if config.aggregated:  # written first: a main part on its own is not a finished shard
@@ -261,4 +269,5 @@ def write_part(
         reused=info.reused,
         reused_tokens=info.reused_tokens,
         model_seconds=info.model_seconds,
+        device=device,
     )

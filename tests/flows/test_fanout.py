@@ -54,18 +54,25 @@ def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
     assert not any(s.resumed for s in manifest.shards)
 
     # GPU guard: up to four shard runs at once on this host (two workers, two runs each), but
-    # never more than two holding a slot of the host's limit (`--gpus-per-host 2`).
+    # never more than two holding a slot of the host's limit (`--gpus-per-host 2`), and two holders
+    # at once never on the same card index (slot k runs on card k).
     limit = host_limit_name()
     events = []
     for s in shards:
         for log in service.logs(s.id):
-            if log.message in (f"holding a GPU slot of {limit}", f"releasing a GPU slot of {limit}"):
-                events.append((log.timestamp, +1 if log.message.startswith("holding") else -1))
-    assert sorted(e for _, e in events).count(+1) == 6 and len(events) == 12
-    held = [0]
-    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # at equal times, a release comes first
-        held.append(held[-1] + step)
-    assert max(held) <= 2 and held[-1] == 0
+            if m := re.match(rf"(holding|releasing) GPU slot (\d+) of {re.escape(limit)}", log.message):
+                events.append((log.timestamp, -1 if m.group(1) == "releasing" else +1, int(m.group(2))))
+    assert sorted(e for _, e, _ in events).count(+1) == 6 and len(events) == 12
+    held: set[int] = set()
+    for _, step, index in sorted(events, key=lambda e: (e[0], e[1])):  # at equal times, a release comes first
+        if step > 0:
+            assert index not in held and index in (0, 1), (index, held)
+            held.add(index)
+        else:
+            held.remove(index)
+        assert len(held) <= 2
+    assert not held
+    assert {s.device for s in manifest.shards} == {"cpu"}  # what each shard ran on (here: no GPU)
     with service.client() as c:
         lim = c.read_global_concurrency_limit_by_name(limit)
     assert lim.limit == 2 and lim.active_slots == 0

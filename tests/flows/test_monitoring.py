@@ -101,7 +101,7 @@ def test_run_names_tags_artifacts_and_log_lines(s3, service):
         for _, m in messages
         if re.fullmatch(
             r"shard \d of 2 \(part-0000\d\.parquet\): \d+ documents, \d+ tokens in [\d.]+ s \(\d+ documents/s, \d+ tokens/s\)"
-            r", \d+ truncated(, 1 rejected)?",
+            r", \d+ truncated(, 1 rejected)?, on cpu",
             m,
         )
     ]

@@ -1,0 +1,63 @@
+"""Which GPU of its host a shard run uses: slot k of the host's GPU limit runs on card k.
+
+Prefect's concurrency limit bounds how many runs hold a model on a host at once, but its slots
+carry no number. Each holder also claims a card index on the host: the first of `bertflow-card-<k>`
+lock files (flock, in the temporary directory) it can lock. The kernel drops a dead holder's lock
+with its process, so a run that died never keeps its card; and as no more runs hold a Prefect slot
+than there are indices, a holder always finds one free. With more slots than cards (two models per
+card), index k runs on card k mod cards. Under Kubernetes each pod sees only the GPU it was given:
+its index maps to that card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+
+WAIT_SECONDS = 0.2
+
+
+def _lock_dir() -> str:
+    path = os.path.join(tempfile.gettempdir(), f"bertflow-cards-{os.getuid()}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def claim(indices: int) -> Iterator[int]:
+    """Hold the lowest free card index below `indices` on this host for the block (waits while all are taken)."""
+    files = [os.path.join(_lock_dir(), f"bertflow-card-{k}.lock") for k in range(max(indices, 1))]
+    while True:
+        for k, path in enumerate(files):
+            handle = open(path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield k
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(WAIT_SECONDS)
+
+
+def card_of(index: int, cards: int) -> int:
+    """The card a claimed index runs on: the index itself, wrapped when slots outnumber cards."""
+    return index % cards if cards > 0 else 0
+
+
+def label(device: str) -> str:
+    """What the manifest and artifacts say a shard ran on: `cuda:1 (NVIDIA H200)`, or the device as is."""
+    if device != "cuda":
+        return device
+    import torch
+
+    k = torch.cuda.current_device()
+    return f"cuda:{k} ({torch.cuda.get_device_name(k)})"
