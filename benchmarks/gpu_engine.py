@@ -26,23 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from corpus import build_tiny_bert
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "data" / "sample" / "docs.jsonl"
-
-
-def bert_base(minilm: Path, out: Path) -> Path:
-    """A random bert-base (BertConfig() defaults) with MiniLM's tokenizer files, saved as safetensors."""
-    import shutil
-
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm / name).exists():
-            shutil.copy(minilm / name, out / name)
-    return out
 
 
 class Busy:
@@ -131,7 +118,7 @@ def main() -> None:
     texts = (lines * (args.docs // len(lines) + 1))[: args.docs]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        base = bert_base(args.model, Path(tmp) / "bert-base")
+        base = build_tiny_bert(Path(tmp) / "bert-base", layers=12, hidden=768, heads=12, tokenizer=args.model)
         for name, path, max_length in (("all-MiniLM-L6-v2", args.model, 256), ("bert-base (random)", base, 512)):
             for precision in ("fp16", "bf16"):
                 rows.append(measure(name, path, precision, texts, max_length, args.peak_tflops))

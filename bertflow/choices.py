@@ -20,6 +20,8 @@ AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 # `--quantize`: int8/uint8 scale each dimension by calibrated ranges; binary/ubinary keep the sign bit, 8 per byte.
 Quantize = Literal["int8", "uint8", "binary", "ubinary"]
 QUANTIZE: tuple[str, ...] = get_args(Quantize)
+SCALAR_QUANTIZE = ("int8", "uint8")  # need calibrated ranges
+PACKED_QUANTIZE = ("binary", "ubinary")  # one bit per dimension, 8 to a byte
 LayerMode = Literal["mean", "concat"]
 LAYER_MODES: tuple[str, ...] = get_args(LayerMode)
 # Strategies that need nothing but the token states (bertflow.model.pooling implements each).
@@ -62,3 +64,13 @@ def pooling_label(pooling: Pooling) -> str:
 def embedding_column(pooling: Pooling, name: str) -> str:
     """`embedding` for a single pooling, `embedding_<name>` for each of several."""
     return "embedding" if len(pooling) == 1 else f"embedding_{name}"
+
+
+def stored_dtype(quantize: str | None) -> str:
+    """numpy's name of the values a vector is stored as: float32, or int8/uint8 under `--quantize`."""
+    return "float32" if quantize is None else ("int8" if quantize in ("int8", "binary") else "uint8")
+
+
+def stored_width(dim: int, quantize: str | None) -> int:
+    """Values stored per vector of `dim` dimensions: `dim`, or bytes of packed bits."""
+    return (dim + 7) // 8 if quantize in PACKED_QUANTIZE else dim

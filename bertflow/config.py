@@ -17,6 +17,7 @@ from bertflow.choices import (
     LONG_TEXTS,
     PRECISIONS,
     QUANTIZE,
+    SCALAR_QUANTIZE,
     TOKEN_LEVEL,
     Aggregate,
     Device,
@@ -143,7 +144,7 @@ class EmbedConfig(BaseModel):
             raise ValueError(
                 "--aggregate averages float chunk vectors; with --quantize they are no longer floats: drop one"
             )
-        if self.quantize_ranges and self.quantize not in ("int8", "uint8"):
+        if self.quantize_ranges and self.quantize not in SCALAR_QUANTIZE:
             raise ValueError("--quantize-ranges gives int8/uint8 calibration ranges: add --quantize int8 or uint8")
         if self.truncate_dim and self.reduction:
             raise ValueError("--truncate-dim and --reduction both set the vectors' width: pick one")

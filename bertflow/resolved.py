@@ -24,6 +24,8 @@ from bertflow.choices import (
     Quantize,
     embedding_column,
     pooling_label,
+    stored_dtype,
+    stored_width,
 )
 from bertflow.config import CHUNK_COLUMNS, TOKEN_COLUMNS
 
@@ -132,12 +134,11 @@ class ResolvedConfig(BaseModel):
     @property
     def vector_dtype(self) -> str:
         """numpy's name of the stored vector values: float32, int8 or uint8."""
-        return {None: "float32", "int8": "int8", "binary": "int8"}.get(self.quantize, "uint8")
+        return stored_dtype(self.quantize)
 
     def stored_columns(self) -> dict[str, int]:
         """Vector column name -> values stored per row: the width, or bytes of packed bits (binary)."""
-        packed = self.quantize in ("binary", "ubinary")
-        return {name: (w + 7) // 8 if packed else w for name, w in self.embedding_columns().items()}
+        return {name: stored_width(w, self.quantize) for name, w in self.embedding_columns().items()}
 
     def ranges_sha256(self) -> str | None:
         """Identity of the int8/uint8 calibration ranges (vectors quantized with other ranges differ)."""

@@ -8,17 +8,18 @@ bit per dimension (value > 0), packed 8 to a byte, big-endian (`np.packbits`), b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-T = TypeVar("T", torch.Tensor, np.ndarray)
+from bertflow.choices import PACKED_QUANTIZE, stored_dtype, stored_width
 
-SCALAR = ("int8", "uint8")  # need calibration ranges
-PACKED = ("binary", "ubinary")  # one bit per dimension
-DTYPES = {"int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
+T = TypeVar("T", torch.Tensor, np.ndarray)
+# (2, D): each dimension's [min, max]; as `calibrate` returns them or as the manifest records them
+Ranges = np.ndarray | Sequence[Sequence[float]]
 
 
 def normalize(x: T) -> T:
@@ -36,11 +37,6 @@ def truncate(x: np.ndarray, dim: int | None, renormalize: bool) -> np.ndarray:
     return normalize(head) if renormalize else head
 
 
-def stored_width(dim: int, quantize: str | None) -> int:
-    """Values per stored vector: `dim`, or bytes of packed bits."""
-    return (dim + 7) // 8 if quantize in PACKED else dim
-
-
 def calibrate(x: np.ndarray) -> np.ndarray:
     """(2, D) float32: each dimension's min and max over the rows of `x` (N, D)."""
     if len(x) == 0:
@@ -48,13 +44,14 @@ def calibrate(x: np.ndarray) -> np.ndarray:
     return np.stack([x.min(axis=0), x.max(axis=0)]).astype(np.float32)
 
 
-def _steps(ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    starts = ranges[0].astype(np.float32)
-    steps = (ranges[1].astype(np.float32) - starts) / 255
+def _steps(ranges: Ranges) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(ranges, dtype=np.float32)
+    starts = r[0]
+    steps = (r[1] - starts) / 255
     return starts, np.where(steps == 0, np.float32(1.0), steps)  # a constant dimension maps to its start
 
 
-def quantize(x: np.ndarray, how: str | None, ranges: np.ndarray | None = None) -> np.ndarray:
+def quantize(x: np.ndarray, how: str | None, ranges: Ranges | None = None) -> np.ndarray:
     """(N, D) float -> (N, stored_width) int8 or uint8; `x` as is when `how` is None.
 
     int8/uint8 need the calibrated `ranges` (see `calibrate`); values outside them are clipped.
@@ -62,21 +59,21 @@ def quantize(x: np.ndarray, how: str | None, ranges: np.ndarray | None = None) -
     if how is None:
         return x
     if len(x) == 0:  # a part whose rows were all rejected: no values, the stored width all the same
-        return np.zeros((0, stored_width(x.shape[-1], how)), DTYPES[how])
-    if how in PACKED:
+        return np.zeros((0, stored_width(x.shape[-1], how)), stored_dtype(how))
+    if how in PACKED_QUANTIZE:
         bits = np.packbits(x > 0, axis=-1)
         return (bits.astype(np.int16) - 128).astype(np.int8) if how == "binary" else bits
-    if ranges is None or ranges.shape != (2, x.shape[-1]):
+    if ranges is None or np.shape(ranges) != (2, x.shape[-1]):
         raise ValueError(f"{how} quantization needs ranges of shape (2, {x.shape[-1]})")
     starts, steps = _steps(ranges)
     levels = np.clip(np.floor((x - starts) / steps), 0, 255)  # bucket 0..255
     return (levels - 128).astype(np.int8) if how == "int8" else levels.astype(np.uint8)
 
 
-def dequantize(q: np.ndarray, how: str, ranges: np.ndarray | None = None, dim: int | None = None) -> np.ndarray:
+def dequantize(q: np.ndarray, how: str, ranges: Ranges | None = None, dim: int | None = None) -> np.ndarray:
     """The float vectors a quantized block stands for: the middle of each value's bucket within its
     dimension's range (int8/uint8), or ±1 per bit (binary/ubinary; `dim` drops the padding bits of the last byte)."""
-    if how in PACKED:
+    if how in PACKED_QUANTIZE:
         raw = q.astype(np.int16) + 128 if how == "binary" else q
         bits = np.unpackbits(raw.astype(np.uint8), axis=-1)
         bits = bits[..., :dim] if dim is not None else bits

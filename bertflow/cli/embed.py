@@ -7,7 +7,7 @@ from typing import Annotated, cast, get_args
 import typer
 from rich.table import Table
 
-from bertflow.choices import pooling_label
+from bertflow.choices import pooling_label, stored_width
 from bertflow.cli import options
 from bertflow.cli.app import app
 from bertflow.cli.common import Bar, csv, err, fail, out, reported, running, table, validated
@@ -132,11 +132,6 @@ def embed(
     out.print(summary(manifest, dest))
 
 
-def _stored(quantize: str, dimension: int) -> str:
-    packed = quantize in ("binary", "ubinary")
-    return f"{quantize}, {(dimension + 7) // 8 if packed else dimension} bytes per vector"
-
-
 def summary(manifest: Manifest, dest: str) -> Table:
     """The closing table: what was written, how fast, with which settings."""
     totals, config = manifest.totals, manifest.config
@@ -149,7 +144,11 @@ def summary(manifest: Manifest, dest: str) -> Table:
         *([("chunks", f"{totals.rows:,}")] if config.chunked else []),
         ("rejected (see _rejects.parquet)" if totals.rejected else "rejected", f"{totals.rejected:,}"),
         ("dimension", ", ".join(f"{c} {w}" for c, w in columns.items()) if len(columns) > 1 else str(config.dimension)),
-        *([("stored as", _stored(config.quantize, config.dimension))] if config.quantize else []),
+        *(
+            [("stored as", f"{config.quantize}, {stored_width(config.dimension, config.quantize)} bytes per vector")]
+            if config.quantize
+            else []
+        ),
         ("tokens", f"{totals.tokens:,}"),
         ("truncated", f"{totals.truncated:,} (at {config.max_length} tokens)"),
         ("shards", f"{numbers['shards_done']} embedded, {numbers['shards_resumed']} resumed"),

@@ -11,13 +11,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bertflow import partitions
+from bertflow.choices import SCALAR_QUANTIZE
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
 from bertflow.pipeline.quantize import ranges_of
 from bertflow.resolved import ADDED_IN_0_3, fingerprint_diff
-from bertflow.vectors import SCALAR
 
 
 class Day(BaseModel):
@@ -74,7 +74,9 @@ def plan_days(
         raise InputError(f"deployment {deployment} has an invalid config parameter: {e}") from None
     resolved = resolve_config(config)
     loose: frozenset[str] = frozenset()
-    if resolved.quantize in SCALAR:  # int8/uint8 ranges: given, or each day's own (from the day before or calibrated)
+    if (
+        resolved.quantize in SCALAR_QUANTIZE
+    ):  # int8/uint8 ranges: given, or each day's own (from the day before or calibrated)
         if config.quantize_ranges:
             resolved = resolved.model_copy(update={"quantize_ranges": ranges_of(config.quantize_ranges, resolved)})
         else:

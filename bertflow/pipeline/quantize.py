@@ -21,13 +21,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from bertflow.choices import SCALAR_QUANTIZE
 from bertflow.errors import InputError
 from bertflow.io import parts
 from bertflow.io.manifest import Manifest, ShardJob, ShardSpec
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import shard as steps
 from bertflow.resolved import ResolvedConfig, fingerprint_diff
-from bertflow.vectors import SCALAR, calibrate
+from bertflow.vectors import calibrate
 
 CALIBRATION_ROWS = 1000
 # Settings two outputs may differ in and still share ranges: how they are stored, and the matmul precision.
@@ -108,7 +109,7 @@ def with_ranges(
         earlier: a partitioned run's earlier partitions, nearest first: the nearest quantized like this
             run lends its ranges, so a nightly series keeps one set (its days compare, and reuse each other).
     """
-    if config.quantize not in SCALAR:
+    if config.quantize not in SCALAR_QUANTIZE:
         return config, None
     if ranges_from:
         return config.model_copy(update={"quantize_ranges": ranges_of(ranges_from, config)}), f"from {ranges_from}"

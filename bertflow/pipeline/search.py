@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from bertflow.choices import PACKED_QUANTIZE
 from bertflow.config import CHUNK_COLUMNS, EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
@@ -31,7 +32,7 @@ from bertflow.model.resolve import encoder_for, resolve_config
 from bertflow.model.st_files import read_settings
 from bertflow.pipeline import shard as steps
 from bertflow.resolved import ResolvedConfig, fingerprint_diff
-from bertflow.vectors import PACKED, dequantize, hamming, quantize
+from bertflow.vectors import dequantize, hamming, quantize
 
 SNIPPET_CHARS = 160
 RESCORE = 4  # binary DESTs: candidates per part by Hamming distance, as a multiple of k, rescored with the float query
@@ -135,9 +136,8 @@ def similarity(
     how = config.quantize
     if how is None:
         return _cosine(stored, query)
-    if how not in PACKED:
-        ranges = np.asarray(config.quantize_ranges, dtype=np.float32)
-        return _cosine(dequantize(stored, how, ranges), query)
+    if how not in PACKED_QUANTIZE:
+        return _cosine(dequantize(stored, how, config.quantize_ranges), query)
     dim = len(query)
     by_bits = 1 - 2 * hamming(stored, quantize(query[None, :], how)[0]) / dim  # cosine of the sign vectors
     if rescore == 0:

@@ -131,7 +131,7 @@ def embed(
         vectors = reduce_vectors(config, vectors)  # --reduction, then L2 again when normalizing
         vectors = truncate(vectors, config.truncate_dim, config.normalize)  # --truncate-dim, likewise
         vectors = vectors.reshape(len(tok.ids), config.dimension)  # (N, D), even when all rows were rejected
-        return quantize(vectors, config.quantize, _ranges(config))  # --quantize: (N, stored width) int8/uint8
+        return quantize(vectors, config.quantize, config.quantize_ranges)  # --quantize: (N, stored width) int8/uint8
     widths = list(config.embedding_columns().values())
     vectors = vectors.reshape(len(tok.ids), sum(widths))  # (N, sum D): one block per strategy
     if config.normalize:  # each strategy's vector on its own, as its single-pooling run would
@@ -140,10 +140,6 @@ def embed(
             vectors[:, at : at + w] = normalize(torch.from_numpy(vectors[:, at : at + w])).numpy()
             at += w
     return vectors
-
-
-def _ranges(config: ResolvedConfig) -> np.ndarray | None:
-    return None if config.quantize_ranges is None else np.asarray(config.quantize_ranges, dtype=np.float32)
 
 
 def part_table(
