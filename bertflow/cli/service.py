@@ -1,8 +1,11 @@
-"""`bertflow deploy`, `bertflow serve`, `bertflow backfill`: bertflow as a service on a Prefect server."""
+"""`bertflow deploy`, `serve`, `backfill`, `dev-server`: bertflow as a service on a Prefect server."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -132,3 +135,45 @@ def backfill(
         )  # fmt: skip
     for partition, result in sorted(results.items()):
         out.print(f"{partition}  {result}", highlight=False, soft_wrap=True)
+
+
+@app.command("dev-server")
+def dev_server(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Prefect API and UI on 127.0.0.1")] = 4200,
+    data_dir: Annotated[
+        Path, typer.Option(help="PostgreSQL's cluster, the credentials and the server's home; reused by the next start")
+    ] = Path("~/.bertflow/dev-server"),
+    pg_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    ] = None,
+    auth: Annotated[
+        bool, typer.Option(help="Basic auth on the Prefect API (the credential is kept in DATA_DIR/api-auth)")
+    ] = True,
+) -> None:
+    """A local PostgreSQL and a Prefect server on it, in the foreground (Ctrl-C stops both; the data stays)."""
+    from bertflow.deployments.devserver import DevServer
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with reported():
+        server = DevServer(data_dir, port, pg_port, auth)
+        try:
+            try:
+                server.start()
+            except RuntimeError as e:
+                fail(f"{e} (logs in {server.dir})", 1)
+            out.print(f"Prefect server on PostgreSQL at {server.api_url}; data in {server.dir}", highlight=False)
+            out.print(f"export PREFECT_API_URL={server.api_url}", highlight=False, soft_wrap=True)
+            if auth and os.environ.get("PREFECT_SERVER_API_AUTH_STRING"):
+                out.print("export PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING", highlight=False)
+            elif auth:
+                out.print(
+                    f'export PREFECT_API_AUTH_STRING="$(cat {server.auth_file})"', highlight=False, soft_wrap=True
+                )
+            out.print("Ctrl-C stops both; the next start reuses the data.", highlight=False)
+            while not stop.wait(1):
+                if why := server.exited():
+                    fail(f"{why}; logs in {server.dir}", 1)
+        finally:
+            server.stop()

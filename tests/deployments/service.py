@@ -139,8 +139,18 @@ def prefect_client(url: str, auth: str | None = None) -> Iterator:
 class Service:
     """The server at `url`, the deployments of `bertflow deploy`, and workers w1 and w2."""
 
-    def __init__(self, url: str, home: Path, s3_env: dict[str, str], model: Path, auth: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        home: Path,
+        s3_env: dict[str, str],
+        model: Path,
+        auth: str,
+        pool: str = POOL,
+        workers: tuple[str, ...] = (*WORKERS, CONDUCTOR),
+    ) -> None:
         self.url, self.home, self.model, self.auth = url, home, model, auth
+        self.pool, self.names = pool, workers
         self.server: subprocess.Popen | None = None
         self.env = {
             **s3_env,
@@ -157,7 +167,7 @@ class Service:
         r = self.cli(
             "deploy",
             "--pool",
-            POOL,
+            self.pool,
             "--gpus-per-host",
             "2",
             "--source-template",
@@ -184,7 +194,7 @@ class Service:
         # pool's shard runs spread over both; the conductor takes parent runs, which wait for shards.
         queue = ["--work-queue", "parents"] if name == CONDUCTOR else ["--work-queue", "shards", "--limit", "2"]
         self.workers[name] = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", POOL, "--name", name, *queue, "--type", "process"],
+            [PREFECT, "worker", "start", "--pool", self.pool, "--name", name, *queue, "--type", "process"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -193,7 +203,7 @@ class Service:
 
     def workers_ready(self) -> None:
         """Every worker running and polling (restarting one a test stopped)."""
-        names = (*WORKERS, CONDUCTOR)
+        names = self.names
         for name in names:
             proc = self.workers.get(name)
             if proc is None or proc.poll() is not None:
@@ -201,12 +211,12 @@ class Service:
 
         def online() -> bool:
             with self.client() as c:
-                found = {w.name: w.status for w in c.read_workers_for_work_pool(POOL)}
+                found = {w.name: w.status for w in c.read_workers_for_work_pool(self.pool)}
             return all(str(found.get(n, "")).upper().endswith("ONLINE") for n in names) and all(
                 self.workers[n].poll() is None for n in names
             )
 
-        wait_for(online, 90, "workers w1, w2 and the conductor online", diagnostics=self.diagnostics)
+        wait_for(online, 90, f"workers {', '.join(names)} online", diagnostics=self.diagnostics)
 
     def stop(self) -> None:
         for proc in self.workers.values():
