@@ -30,7 +30,7 @@ from bertflow.tasks.embed import (
     resolve_config,
     resolve_paths,
 )
-from bertflow.tasks.fanout import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, check_pool, fan_out
+from bertflow.tasks.fanout import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, check_pool, fan_out, shard_wave_size
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lease import dest_lease
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
@@ -64,6 +64,7 @@ def embed_dataset(
     pool: str | None = None,
     shard_attempts: int = DEFAULT_ATTEMPTS,
     shard_timeout: float = DEFAULT_TIMEOUT,
+    shard_wave: int | None = None,
     partition: str | None = None,
     lag_days: int = 1,
     reuse: list[str] | None = None,
@@ -79,6 +80,8 @@ def embed_dataset(
         shard_attempts: with `pool`, runs per shard: a shard run that crashed (its host died) or failed is
             submitted again until this many have failed (one that failed on bad input is not).
         shard_timeout: with `pool`, seconds to wait for all shard runs; the unfinished are then cancelled.
+        shard_wave: with `pool`, at most this many shard runs submitted and not finished at once (default:
+            twice what the pool runs at once: its concurrency limit, or its online workers x GPU slots per host).
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
         reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
@@ -96,8 +99,10 @@ def embed_dataset(
         report = None
         try:
             source, dest, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            wave = None
             if pool:
                 check_pool(pool, source, dest, config)
+                wave = shard_wave_size(pool, shard_wave)
             # One writer per DEST, taken first: a run refused here leaves DEST and its artifacts untouched.
             with dest_lease(dest) as lease:
                 report = RunReport(dest)
@@ -121,7 +126,9 @@ def embed_dataset(
                     )
                     target, results, pending = prepare_dest(target, overwrite)
                     if pool:
-                        failures = fan_out(pending, child_tags, report.part_written, shard_attempts, shard_timeout)
+                        failures = fan_out(
+                            pending, child_tags, report.part_written, shard_attempts, shard_timeout, wave
+                        )
                         # Results come back through DEST: each part's footer, read here.
                         why = {name: str(f) for name, f in failures.items()}
                         collected, failed = collect_parts(dest, target.config, [j.spec for j in pending], why)

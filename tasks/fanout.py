@@ -9,6 +9,10 @@ A shard run that ends Crashed (its host died and the zombie automation marked it
 was killed) or Failed is submitted again, up to `attempts` runs per shard; one that failed on bad
 input (state `BadInput`: the same input fails the same way) is not. The parent waits at most
 `timeout` seconds for all of them, then cancels what is left.
+
+Runs are submitted in a bounded wave (`wave_size`): a few more than the pool can run at once, so a
+worker always finds the next shard queued, and the server never holds thousands of scheduled runs
+(nor a worker without `--limit` starts them all at once).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Failed, State
 
@@ -29,12 +33,15 @@ from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
 from bertflow.names import SHARD_DEPLOYMENT
 from bertflow.partitions import stable_key
+from bertflow.tasks.gpu import slots_per_host
 from bertflow.tasks.policy import IN_MEMORY
 from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
 DEFAULT_ATTEMPTS = 2
 DEFAULT_TIMEOUT = 12 * 3600.0  # seconds the parent waits for its shard runs, all together
 PERMANENT = "BadInput"  # the state name of a shard run that failed on input no retry can fix
+QUEUED_PER_SLOT = 2  # shard runs in flight per slot the pool can run: one running, one queued behind it
+WAVE_WITHOUT_WORKERS = 64  # a pool whose workers do not run the shards themselves (Kubernetes) and has no limit
 
 
 def refused(e: BertflowError) -> State:
@@ -58,6 +65,31 @@ def check_pool(pool: str, source: str, dest: str, config: EmbedConfig) -> None:
             f"--pool {pool}: {SHARD_DEPLOYMENT} runs on {where}; run `bertflow deploy --pool {pool}` "
             "or pass the pool it was deployed to"
         )
+
+
+def wave_size(pool: str, given: int | None) -> tuple[int, str]:
+    """At most this many shard runs in flight at once, and why.
+
+    `given` wins. Otherwise twice what the pool can run at once: its concurrency limit when it has
+    one; on a process pool, its online workers times the GPU slots per host (`--gpus-per-host`); else
+    a fixed default. Read once, when the run starts.
+    """
+    if given is not None:
+        if given < 1:
+            raise InputError(f"--shard-wave {given}: give 1 or more")
+        return given, "as given"
+    with get_client(sync_client=True) as client:
+        work_pool = client.read_work_pool(pool)
+        if work_pool.concurrency_limit:
+            slots, why = work_pool.concurrency_limit, f"pool {pool}'s concurrency limit {work_pool.concurrency_limit}"
+        elif work_pool.type == "process":
+            online = [w for w in client.read_workers_for_work_pool(pool) if str(w.status).upper().endswith("ONLINE")]
+            per_host = slots_per_host(client)
+            slots = max(1, len(online)) * per_host
+            why = f"{len(online)} workers online x {per_host} GPU slots per host"
+        else:
+            return WAVE_WITHOUT_WORKERS, f"the default for a {work_pool.type} pool without a concurrency limit"
+    return slots * QUEUED_PER_SLOT, f"{why}, x {QUEUED_PER_SLOT}"
 
 
 def shard_run(job: ShardJob, tags: Sequence[str]) -> RunRequest:
@@ -101,8 +133,10 @@ def fan_out(
     on_done: Callable[[ShardSpec], None],
     attempts: int = DEFAULT_ATTEMPTS,
     timeout: float = DEFAULT_TIMEOUT,
+    wave: int | None = None,
 ) -> dict[str, ShardFailure]:
-    """Run every job on the workers, resubmitting failed runs, and wait for all; the shards that failed, by part."""
+    """Run every job on the workers (at most `wave` runs in flight), resubmitting failed runs, and wait for
+    all; the shards that failed, by part."""
     requests = [shard_run(j, tags) for j in jobs]
     spec_of = {request.key: job.spec for request, job in zip(requests, jobs)}
     tries: dict[str, ShardFailure] = {}
@@ -137,7 +171,7 @@ def fan_out(
         )
         return job.spec.name in found
 
-    for request in run_all(requests, finished, timeout=timeout, done=written):
+    for request in run_all(requests, finished, max_in_flight=wave, timeout=timeout, done=written):
         spec = spec_of[request.key]
         record = tries.setdefault(spec.name, ShardFailure(spec))
         record.errors.append(f"not finished after the shard timeout of {timeout:.0f} s; cancelled")
@@ -157,3 +191,11 @@ def localize_model(job: ShardJob) -> ShardJob:
     except ModelError as e:  # about this host, not the input: the parent may give the shard to another
         raise HostError(f"host {socket.gethostname()}: {e}") from None
     return job if config is job.config else job.model_copy(update={"config": config})
+
+
+@task(**IN_MEMORY)
+def shard_wave_size(pool: str, given: int | None) -> int:
+    """`wave_size`, logged: how many shard runs the parent keeps in flight on the pool."""
+    wave, why = wave_size(pool, given)
+    get_run_logger().info("at most %d shard runs in flight on pool %s (%s)", wave, pool, why)
+    return wave

@@ -58,6 +58,7 @@ def embed(
     pool: options.Pool = None,
     shard_attempts: options.ShardAttempts = 2,
     shard_timeout: options.ShardTimeout = 12 * 3600.0,
+    shard_wave: options.ShardWave = None,
     storage_option: options.StorageOption = None,
     storage_block: options.StorageBlock = None,
 ) -> None:
@@ -102,6 +103,8 @@ def embed(
                 f"--pool {pool} needs the Prefect server its workers poll: export PREFECT_API_URL=http://HOST:4200/api "
                 "(and PREFECT_API_AUTH_STRING), or run without --pool"
             )
+    if shard_wave is not None and not pool:
+        fail("--shard-wave bounds the shard runs of --pool; without --pool every shard runs in this process")
     if pool and storage_option:
         fail(
             "--storage-option stays in this process and cannot reach the workers of --pool; "
@@ -125,6 +128,7 @@ def embed(
             pool=pool,
             shard_attempts=shard_attempts,
             shard_timeout=shard_timeout,
+            shard_wave=shard_wave,
             reuse=list(reuse or []),
             reuse_mismatch=cast(ReuseMismatch, reuse_mismatch),
             deleted_ids=deleted_ids,

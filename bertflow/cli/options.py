@@ -114,6 +114,14 @@ Pool = Annotated[
         help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process"
     ),
 ]
+ShardWave = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="With --pool: at most this many shard runs submitted and unfinished at once "
+        "(default: twice what the pool runs at once)",
+    ),
+]
 ShardAttempts = Annotated[
     int,
     typer.Option(

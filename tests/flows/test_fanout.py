@@ -47,6 +47,10 @@ def test_fan_out_runs_every_shard_once_on_both_workers(s3, service):
     assert all(s.state.is_completed() for s in shards), [(s.name, s.state.name) for s in shards]
     assert {worker_of(service, s) for s in shards} == {"w1", "w2"}, service.diagnostics()
 
+    # The default wave: twice what the pool runs at once (three workers online, two GPU slots per host).
+    wave = [log.message for log in service.logs(parent.id) if "shard runs in flight" in log.message]
+    assert wave == [f"at most 12 shard runs in flight on pool {POOL} (3 workers online x 2 GPU slots per host, x 2)"]
+
     v = service.cli("verify", dest, "--source", source)
     assert v.returncode == 0, v.stdout + v.stderr
     manifest = parts.read_manifest(dest)
@@ -103,3 +107,28 @@ def gpu_slots_taken(svc, slots: int):
     finally:
         release.set()
         holder.join(60)
+
+
+def test_shard_wave_caps_the_runs_in_flight_as_the_server_records_them(s3, service):
+    make_bucket()
+    source, dest = write_docs("s3://lake/raw-waved/", 50, "doc"), "s3://lake/waved/"
+    args = ("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL)
+    r = service.cli(*args, "--shard-wave", "2")
+    assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
+    shards = shard_runs(service, dest)
+    assert len(shards) == 5 and all(s.state.is_completed() for s in shards)
+    # When each run was created, the runs created before it that had not ended were fewer than 2.
+    for run in shards:
+        open_before = [
+            s for s in shards if s.created < run.created and (s.end_time is None or s.end_time > run.created)
+        ]
+        assert len(open_before) < 2, [(s.name, s.created, s.end_time) for s in shards]
+    # Without the cap all five would be submitted at once; the parent says what it used.
+    [parent] = parent_runs(service, "embed-waved")
+    messages = [log.message for log in service.logs(parent.id)]
+    assert "at most 2 shard runs in flight on pool test-pool (as given)" in messages, messages
+    v = service.cli("verify", dest, "--source", source)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    r = service.cli("embed", source, "out/", "--shard-wave", "2")
+    assert r.returncode == 2 and "--shard-wave bounds the shard runs of --pool" in r.stderr
