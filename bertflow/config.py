@@ -7,6 +7,8 @@ Choices and their names live in `bertflow.choices`. Pure: pydantic only.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bertflow.choices import (
@@ -67,7 +69,9 @@ class EmbedConfig(BaseModel):
     id_column: str = "id"
     text_column: str = "text"
     keep: tuple[str, ...] = ()
-    shard_rows: int = Field(default=10_000, gt=0)
+    # Rows per part, or "auto": sized so a shard takes about `shard_seconds` (bertflow.pipeline.sizing)
+    shard_rows: int | Literal["auto"] = 10_000
+    shard_seconds: float = Field(default=300.0, gt=0)
     batch_tokens: int | None = Field(default=None, gt=0)
     device: Device = "auto"
     precision: Precision = "fp32"
@@ -97,6 +101,17 @@ class EmbedConfig(BaseModel):
     @classmethod
     def _quantize(cls, v: object) -> object:
         return v if v is None else one_of("quantization", v, QUANTIZE)
+
+    @field_validator("shard_rows", mode="before")
+    @classmethod
+    def _shard_rows(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{v!r} is not a row count: give a positive number or auto")
+        return v
 
     @field_validator("layers")
     @classmethod

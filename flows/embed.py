@@ -25,12 +25,20 @@ from bertflow.tasks.embed import (
     collect_parts,
     finalize_dest,
     plan_shards,
+    plan_sized_shards,
     prepare_dest,
     quantization_ranges,
     resolve_config,
     resolve_paths,
 )
-from bertflow.tasks.fanout import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, check_pool, fan_out, shard_wave_size
+from bertflow.tasks.fanout import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    QUEUED_PER_SLOT,
+    check_pool,
+    fan_out,
+    shard_wave_size,
+)
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lease import dest_lease
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
@@ -109,7 +117,15 @@ def embed_dataset(
                 with progress.reporting_to(report):
                     resolved = resolve_config(config)
                     child_tags = tag_this_run(run_tags(resolved))
-                    plan, index = plan_shards(source, resolved)
+                    sizing = None
+                    if config.shard_rows == "auto":
+                        outputs = [*(reuse or []), *(earlier if reuse_previous else [])]
+                        parallel = max(1, (wave or 0) // QUEUED_PER_SLOT)
+                        resolved, plan, index, sizing = plan_sized_shards(
+                            source, dest, resolved, config.shard_seconds, parallel, outputs, overwrite
+                        )
+                    else:
+                        plan, index = plan_shards(source, resolved)
                     resolved = quantization_ranges(
                         resolved, plan, dest, config.quantize_ranges, overwrite, earlier if reuse_previous else []
                     )
@@ -123,6 +139,7 @@ def embed_dataset(
                         plan=plan,
                         created_at=created_at,
                         reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
+                        sizing=sizing,
                     )
                     target, results, pending = prepare_dest(target, overwrite)
                     if pool:

@@ -16,13 +16,13 @@ from prefect.exceptions import MissingContextError
 from bertflow import heap, partitions, progress
 from bertflow.config import EmbedConfig
 from bertflow.io import sources, storage
-from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSpec
+from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSizing, ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.model import cards, resolve
 from bertflow.model.loading import pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
-from bertflow.pipeline import quantize, shard
+from bertflow.pipeline import quantize, shard, sizing
 from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.previous import previous_partitions
 from bertflow.pipeline.report import reuse_text
@@ -47,6 +47,35 @@ def plan_shards(source: str, config: ResolvedConfig) -> tuple[list[ShardSpec], I
         keep=config.keep,
         shard_rows=config.shard_rows,
     )
+
+
+@task(**IN_MEMORY, **RETRY)
+def plan_sized_shards(
+    source: str,
+    dest: str,
+    config: ResolvedConfig,
+    target_seconds: float,
+    parallel: int,
+    outputs: list[str],
+    overwrite: bool,
+) -> tuple[ResolvedConfig, list[ShardSpec], IdIndex, ShardSizing]:
+    """`--shard-rows auto`: `plan_shards` with shards sized to take about `target_seconds` each
+    (`bertflow.pipeline.sizing`); the config with that size, and how it was chosen."""
+    sizer = sizing.Sizer(config, dest, target_seconds, parallel, outputs, overwrite)
+    chosen: list[ShardSizing] = []
+
+    def size(split: sources.Split) -> int:
+        chosen.append(sizer.size(split))
+        return chosen[-1].shard_rows
+
+    plan, index = sources.plan_source(
+        source, id_column=config.id_column, text_column=config.text_column, keep=config.keep, shard_rows=size
+    )
+    get_run_logger().info(
+        "--shard-rows auto: %d rows per shard, %d shards (about %.0f s each; rate %s)",
+        chosen[0].shard_rows, len(plan), target_seconds, chosen[0].origin,
+    )  # fmt: skip
+    return config.model_copy(update={"shard_rows": chosen[0].shard_rows}), plan, index, chosen[0]
 
 
 @task(**IN_MEMORY, **RETRY)

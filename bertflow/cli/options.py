@@ -85,7 +85,15 @@ MaxLength = Annotated[int | None, typer.Option(help="Truncate at this many token
 IdColumn = Annotated[str, typer.Option(help="Column holding unique row ids")]
 TextColumn = Annotated[str, typer.Option(help="Column holding the text to embed")]
 Keep = Annotated[str | None, typer.Option(help="Comma-separated columns to pass through to the output")]
-ShardRows = Annotated[int, typer.Option(help="Rows per output part (the unit of resume and fan-out)")]
+ShardRows = Annotated[
+    str,
+    typer.Option(
+        help="Rows per output part (the unit of resume and fan-out), or auto: sized so a shard takes --shard-seconds"
+    ),
+]
+ShardSeconds = Annotated[
+    float, typer.Option(min=1, help="With --shard-rows auto: about how long one shard should take, in seconds")
+]
 BatchTokens = Annotated[int | None, typer.Option(help="Padded tokens per forward pass (default per device)")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps")]
 Precision = Annotated[str, typer.Option(help="fp32, bf16 or fp16")]

@@ -179,6 +179,17 @@ class ReuseSummary(BaseModel):
     tokens_per_s: float | None = None  # the model throughput of the estimate: this run's, or the earlier output's
 
 
+class ShardSizing(BaseModel):
+    """How `--shard-rows auto` sized a run's shards (`bertflow.pipeline.sizing`); in the manifest as `shard_sizing`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shard_rows: int
+    target_seconds: float
+    rows_per_second: float | None  # None when DEST's own size was kept
+    origin: str  # where the rate (or the size) came from
+
+
 class Manifest(BaseModel):
     """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete").
 
@@ -200,6 +211,7 @@ class Manifest(BaseModel):
     rejects: str | None = None
     documents_parts: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per document
     reuse: ReuseSummary | None = None  # set when the run looked rows up in earlier outputs
+    shard_sizing: ShardSizing | None = None  # set under `--shard-rows auto`
     created_at: datetime
     completed_at: datetime | None = None
 

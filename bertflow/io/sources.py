@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -102,13 +102,20 @@ def plan_shards(
     return plan_source(source, id_column=id_column, text_column=text_column, keep=keep, shard_rows=shard_rows)[0]
 
 
+Split = Callable[[int], list[ShardSpec]]  # rows per shard -> SOURCE's plan
+
+
 def plan_source(
-    source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int
+    source: str, *, id_column: str, text_column: str, keep: Sequence[str], shard_rows: int | Callable[[Split], int]
 ) -> tuple[list[ShardSpec], IdIndex]:
-    """`plan_shards`, and every id of SOURCE indexed by shard (what `--reuse` looks earlier outputs up by)."""
+    """`plan_shards`, and every id of SOURCE indexed by shard (what `--reuse` looks earlier outputs up by).
+
+    `shard_rows` may be a function that chooses the size from SOURCE as scanned (`--shard-rows auto`):
+    it gets `split(rows)`, the plan at any size, and returns the size."""
     scans = scan_source(source, id_column=id_column, text_column=text_column, keep=keep)
     id_kind = _id_kind(scans, id_column)
-    plan = _split(scans, id_kind, shard_rows)
+    rows = shard_rows if isinstance(shard_rows, int) else shard_rows(lambda n: _split(scans, id_kind, n))
+    plan = _split(scans, id_kind, rows)
     keys, shards = [], []
     for scan in scans:
         keys.append(id_keys(scan.ids, id_kind))

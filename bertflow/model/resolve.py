@@ -24,6 +24,8 @@ from bertflow.model.loading import (
 from bertflow.model.pooling import output_dim
 from bertflow.resolved import TEXT_HASH, ModelRef, ResolvedConfig
 
+AUTO_UNTIL_SIZED = 10_000  # ResolvedConfig.shard_rows of `--shard-rows auto` before SOURCE is scanned and sized
+
 
 def _check_lengths(config: EmbedConfig, d: ModelDefaults, max_length: int) -> None:
     if max_length > d.position_limit:
@@ -113,7 +115,8 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         id_column=config.id_column,
         text_column=config.text_column,
         keep=config.keep,
-        shard_rows=config.shard_rows,
+        # "auto" is sized once SOURCE is scanned (bertflow.pipeline.sizing); until then, the default
+        shard_rows=config.shard_rows if isinstance(config.shard_rows, int) else AUTO_UNTIL_SIZED,
         batch_tokens=config.batch_tokens,
         device=config.device,
         precision=config.precision,

@@ -81,6 +81,8 @@ def plan_days(
             resolved = resolved.model_copy(update={"quantize_ranges": ranges_of(config.quantize_ranges, resolved)})
         else:
             loose = frozenset({"quantize_ranges_sha256"})
+    if config.shard_rows == "auto":  # each day's size is its own (kept by a rerun from its manifest)
+        loose = loose | {"shard_rows"}
     fingerprint = resolved.output_fingerprint()
     planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite, loose) for d in days]
     return BackfillPlan(

@@ -21,6 +21,7 @@ from bertflow.io.manifest import (
     ReuseSummary,
     ShardJob,
     ShardResult,
+    ShardSizing,
     ShardSpec,
     Totals,
     shard_fingerprint,
@@ -40,6 +41,7 @@ class RunTarget:
     plan: list[ShardSpec]
     created_at: datetime
     reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
+    sizing: ShardSizing | None = None  # how `--shard-rows auto` sized the shards
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -82,6 +84,7 @@ def manifest(
         rejects=rejects,
         documents_parts=[r.documents_part for r in done if r.documents_part is not None],
         reuse=reuse,
+        shard_sizing=target.sizing,
         created_at=target.created_at,
         completed_at=None if results is None else datetime.now(timezone.utc),
     )
