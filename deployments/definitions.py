@@ -29,6 +29,7 @@ class ServiceSettings:
     """What `bertflow deploy` / `bertflow serve` configure; `pool` None means served, not pooled.
 
     Without templates there is no embed-nightly (and no backfill of it): only embed-adhoc and embed-shard.
+    `parent_job_variables` override the pool's job template for the parents (on a Kubernetes pool: no GPU).
     """
 
     source_template: str | None
@@ -36,14 +37,17 @@ class ServiceSettings:
     cron: str = DEFAULT_CRON
     config: dict = field(default_factory=dict)  # EmbedConfig fields, as JSON
     pool: str | None = DEFAULT_POOL
+    parent_job_variables: dict = field(default_factory=dict)
 
 
 def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeployment]:
     """embed-nightly and backfill (with templates), embed-adhoc, embed-shard (not when served: served parents
-    embed in-process). On a pool, parents take runs from the `parents` queue and shards from `shards`."""
+    embed in-process). On a pool, parents take runs from the `parents` queue (with `parent_job_variables`) and
+    shards from `shards` (with the pool's defaults)."""
     version = f"bertflow {bertflow.__version__}"
     fan_out = {"pool": s.pool} if s.pool else {}
     parents = PARENTS_QUEUE if s.pool else None
+    parent_jobs = dict(s.parent_job_variables) if s.pool else {}
     # to_deployment dispatches on the caller: from sync code (as here) it returns the RunnerDeployment itself.
     nightly = [
         cast(
@@ -62,6 +66,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
                 work_queue_name=parents,
+                job_variables=parent_jobs,
             ),
         ),
         cast(
@@ -73,6 +78,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
                 work_queue_name=parents,
+                job_variables=parent_jobs,
             ),
         ),
     ]
@@ -87,6 +93,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
                 work_queue_name=parents,
+                job_variables=parent_jobs,
             ),
         ),
     ]

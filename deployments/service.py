@@ -1,14 +1,16 @@
 """`bertflow deploy` and `bertflow serve`: put the deployments on a Prefect server, idempotently.
 
-Deploy creates what is missing (the process work pool with its `parents` and `shards` queues, the
-deployments, the GPU concurrency limit, the automation that crashes runs whose heartbeats stopped),
-updates what differs and leaves alone what already matches, so running it twice changes nothing.
-Options left out keep what the server already has.
+Deploy creates what is missing (the work pool with its `parents` and `shards` queues, the deployments,
+the GPU concurrency limit, the automation that crashes runs whose heartbeats stopped), updates what
+differs and leaves alone what already matches, so running it twice changes nothing. Options left out
+keep what the server already has. The pool is a process pool (workers on the GPU hosts) or a Kubernetes
+pool (`bertflow.deployments.kubernetes`: a Job per run; parents' deployments ask for no GPU).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import cast
 from uuid import UUID
 
@@ -23,6 +25,7 @@ from pydantic import ValidationError
 
 from bertflow import partitions
 from bertflow.config import EmbedConfig
+from bertflow.deployments import kubernetes
 from bertflow.deployments.automations import (
     DEFAULT_WINDOW,
     current_window,
@@ -31,11 +34,13 @@ from bertflow.deployments.automations import (
     zombie_automation,
 )
 from bertflow.deployments.definitions import DEFAULT_CRON, ServiceSettings, definitions
+from bertflow.deployments.kubernetes import KubernetesOptions
 from bertflow.errors import InputError
 from bertflow.names import GPU_LIMIT, NIGHTLY_DEPLOYMENT, PARENTS_QUEUE, SHARDS_QUEUE, ZOMBIE_AUTOMATION
 from bertflow.tasks.gpu import set_slots_per_host, slots_per_host
 
 Change = tuple[str, str, str]  # (kind, name, "created" | "updated" | "unchanged")
+POOL_TYPES = ("process", kubernetes.POOL_TYPE)
 
 
 def settings(
@@ -90,35 +95,47 @@ def job_template(heartbeat: int, current: dict | None = None) -> dict:
     return template
 
 
-def ensure_pool(client: SyncPrefectClient, pool: str, heartbeat: int) -> list[Change]:
-    """The process pool (runs send heartbeats every `heartbeat` s) and its `parents` and `shards` queues."""
+def ensure_pool(
+    client: SyncPrefectClient, pool: str, heartbeat: int, k8s: KubernetesOptions | None = None
+) -> list[Change]:
+    """The pool (runs send heartbeats every `heartbeat` s; with `k8s` a Kubernetes pool, else a process pool)
+    and its `parents` and `shards` queues. A pool of the other type is refused."""
+    pool_type = kubernetes.POOL_TYPE if k8s else "process"
     try:
         current = client.read_work_pool(pool)
     except ObjectNotFound:
-        template = job_template(heartbeat)
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=pool,
-                type="process",
-                base_job_template=template,
-                description=(
-                    f"bertflow: `prefect worker start --pool {pool} --work-queue {SHARDS_QUEUE} --limit N` on each "
-                    f"GPU host, `prefect worker start --pool {pool} --work-queue {PARENTS_QUEUE}` on one"
-                ),
-            )
+        current = None
+    if current is not None and current.type != pool_type:
+        what = f"--pool {pool}: that work pool is of type {current.type!r}"
+        if current.type in POOL_TYPES:
+            raise InputError(f"{what}, not {pool_type!r}; give --pool-type {current.type} or another --pool")
+        raise InputError(f"{what}; bertflow deploys to {' or '.join(POOL_TYPES)} pools: give another --pool")
+    have_template = current.base_job_template if current else None
+    if k8s:
+        template = kubernetes.job_template(heartbeat, k8s, have_template)
+        name = f"{pool} (kubernetes: {kubernetes.describe(template)})"
+        description = (
+            f"bertflow: `prefect worker start --pool {pool} --type kubernetes` inside the cluster (prefect-kubernetes "
+            "installed) starts a Job per run; shard jobs take a GPU, parent jobs none"
         )
-        changes = [("work pool", pool, "created")]
     else:
-        if current.type != "process":
-            raise InputError(
-                f"--pool {pool}: that work pool is of type {current.type!r}; bertflow deploys to a process pool"
-            )
+        template = job_template(heartbeat, have_template)
+        name = pool
+        description = (
+            f"bertflow: `prefect worker start --pool {pool} --work-queue {SHARDS_QUEUE} --limit N` on each "
+            f"GPU host, `prefect worker start --pool {pool} --work-queue {PARENTS_QUEUE}` on one"
+        )
+    if current is None:
+        client.create_work_pool(
+            WorkPoolCreate(name=pool, type=pool_type, base_job_template=template, description=description)
+        )
+        changes = [("work pool", name, "created")]
+    else:
         action = "unchanged"
-        template = job_template(heartbeat, current.base_job_template)
         if current.base_job_template != template:
             client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template))
             action = "updated"
-        changes = [("work pool", pool, action)]
+        changes = [("work pool", name, action)]
     have = {q.name for q in client.read_work_queues(work_pool_name=pool)}
     for queue in (PARENTS_QUEUE, SHARDS_QUEUE):
         if queue not in have:
@@ -147,6 +164,7 @@ def _same(existing: DeploymentResponse, wanted: RunnerDeployment, pool: str | No
         and existing.description == wanted.description
         and existing.enforce_parameter_schema == wanted.enforce_parameter_schema
         and existing.version == wanted.version
+        and (existing.job_variables or {}) == (wanted.job_variables or {})
         and not existing.paused
         and have_schedules == want_schedules
     )
@@ -172,16 +190,33 @@ def deploy(
     dest_template: str | None = None,
     model: str | None = None,
     heartbeat_window: int | None = None,
+    pool_type: str = "process",
+    k8s: KubernetesOptions | None = None,
 ) -> list[Change]:
-    """Create or update the work pool, the deployments, the GPU limit and the automation; what each one did."""
+    """Create or update the work pool, the deployments, the GPU limit and the automation; what each one did.
+
+    `k8s`: the Kubernetes pool's options (`pool_type` "kubernetes"); refused on a process pool."""
+    if pool_type not in POOL_TYPES:
+        raise InputError(f"--pool-type {pool_type!r}: give {' or '.join(POOL_TYPES)}")
+    k8s = k8s or KubernetesOptions()
+    on_kubernetes = pool_type == kubernetes.POOL_TYPE
+    if not on_kubernetes and (given := k8s.given()):
+        raise InputError(
+            f"{', '.join(given)}: only for --pool-type kubernetes; leave out or add --pool-type kubernetes"
+        )
+    if on_kubernetes:  # refuse a bad option, or a missing prefect-kubernetes, before anything changes
+        k8s.defaults()
+        kubernetes.default_template()
     if gpus_per_host is not None and gpus_per_host < 1:
         raise InputError(f"--gpus-per-host {gpus_per_host}: give 1 or more")
     if heartbeat_window is not None:
         heartbeat_seconds(heartbeat_window)  # refuse a bad window before anything changes
     with get_client(sync_client=True) as client:
         s = settings(client, pool, cron, source_template, dest_template, model)
+        if on_kubernetes:
+            s = dataclasses.replace(s, parent_job_variables=kubernetes.PARENT_JOB_VARIABLES)
         window = heartbeat_window or current_window(client) or DEFAULT_WINDOW
-        changes = ensure_pool(client, pool, heartbeat_seconds(window))
+        changes = ensure_pool(client, pool, heartbeat_seconds(window), k8s if on_kubernetes else None)
         applied = [apply(client, d, pool) for d in definitions(s)]
         changes += [change for change, _ in applied]
         slots = gpus_per_host if gpus_per_host is not None else slots_per_host(client)

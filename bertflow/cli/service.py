@@ -29,9 +29,20 @@ def _require_server(command: str) -> None:
         )
 
 
+_K8S = "--pool-type kubernetes (left out: what the pool has)"
+
+
 @app.command()
 def deploy(
-    pool: Annotated[str, typer.Option(help="Process work pool the workers poll (created if missing)")] = DEFAULT_POOL,
+    pool: Annotated[str, typer.Option(help="Work pool the workers poll (created if missing)")] = DEFAULT_POOL,
+    pool_type: Annotated[
+        str,
+        typer.Option(
+            help="process: workers on the GPU hosts run the runs; kubernetes: a worker in the cluster starts a Job "
+            "per run (needs prefect-kubernetes). A pool of the other type is refused",
+            metavar="process|kubernetes",
+        ),
+    ] = "process",
     gpus_per_host: Annotated[
         int | None, typer.Option(help="Models on the devices of one host at once (default 1, or what is deployed)")
     ] = None,
@@ -56,20 +67,76 @@ def deploy(
             "(default 90, or what is deployed; 60 or more)"
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Image the jobs run, built from bertflow's Dockerfile (needed to create the pool)",
+            rich_help_panel=_K8S,
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="Namespace of the jobs (default 'default')", rich_help_panel=_K8S)
+    ] = None,
+    gpus_per_job: Annotated[
+        int | None,
+        typer.Option(
+            help="nvidia.com/gpu each shard job requests (default 1); parent jobs take none", rich_help_panel=_K8S
+        ),
+    ] = None,
+    node_selector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Node label shard jobs need, key=value (repeat for more; '' for none), "
+            "e.g. nvidia.com/gpu.present=true",
+            rich_help_panel=_K8S,
+        ),
+    ] = None,
+    toleration: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Taint shard jobs tolerate, key[=value][:Effect] (repeat for more; '' for none), "
+            "e.g. nvidia.com/gpu:NoSchedule",
+            rich_help_panel=_K8S,
+        ),
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Kubernetes Secret whose keys become the jobs' environment: AWS_*, PREFECT_API_AUTH_STRING, HF_TOKEN "
+            "(default bertflow-credentials); only its name goes in the pool",
+            rich_help_panel=_K8S,
+        ),
+    ] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU request of each job, e.g. 4", rich_help_panel=_K8S)] = None,
+    memory: Annotated[
+        str | None, typer.Option(help="Memory request of each job, e.g. 16Gi", rich_help_panel=_K8S)
+    ] = None,
 ) -> None:
     """Create the work pool and its queues, the deployments (embed-adhoc, embed-shard; with templates also
     embed-nightly and backfill), the GPU limit and the automation that crashes dead runs; idempotent."""
     _require_server("deploy")
+    from bertflow.deployments.kubernetes import KubernetesOptions
     from bertflow.deployments.service import deploy as deploy_all
 
+    k8s = KubernetesOptions(image, namespace, gpus_per_job, node_selector, toleration, secret, cpu, memory)
     with reported():
-        changes = deploy_all(pool, gpus_per_host, cron, source_template, dest_template, model, heartbeat_window)
+        changes = deploy_all(
+            pool, gpus_per_host, cron, source_template, dest_template, model, heartbeat_window, pool_type, k8s
+        )
     table = Table(title="bertflow deploy", title_justify="left")
     for col in ("kind", "name", "change"):
         table.add_column(col)
     for kind, name, change in changes:
         table.add_row(kind, name, change)
     out.print(table)
+    if pool_type == "kubernetes":
+        out.print(
+            f"Run one worker inside the cluster (a Kubernetes Deployment; its image needs prefect-kubernetes, as "
+            f"bertflow's has): [bold]prefect worker start --pool {pool} --type kubernetes[/]. It starts a Job per "
+            "run: shard jobs take a GPU, parent jobs none; their credentials come from the Secret named above.",
+            highlight=False,
+        )
+        return
     out.print(
         f"Start a worker on each GPU host: [bold]prefect worker start --pool {pool} --work-queue {SHARDS_QUEUE} "
         f"--limit N[/] (N: shards at once), and one for the parent runs: [bold]prefect worker start --pool {pool} "
