@@ -128,9 +128,12 @@ def _free_port() -> int:
 class DevServer:
     """PostgreSQL and a Prefect server on it, started by `start()`, stopped by `stop()`."""
 
-    def __init__(self, data_dir: Path, port: int, pg_port: int | None = None, auth: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, pg_port: int | None = None, auth: bool = True, server_log: Path | None = None
+    ) -> None:
         self.dir = data_dir.expanduser().absolute()
         self.port, self.pg_port, self.auth = port, pg_port or _free_port(), auth
+        self.server_log = server_log  # the Prefect server's output (default: this process's)
         self.bin = find_postgres()
         self.who = account()
         self.postgres: subprocess.Popen | None = None
@@ -243,10 +246,13 @@ class DevServer:
             )
         parent = os.getpid()
         prefect_cli = str(Path(sys.executable).with_name("prefect"))
+        log = open(self.server_log, "a") if self.server_log else None
         self.prefect = subprocess.Popen(
             [prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             preexec_fn=lambda: _die_with(parent),
+            stdout=log,
+            stderr=subprocess.STDOUT if log else None,
         )
         deadline = time.monotonic() + 180
         while True:
