@@ -74,3 +74,8 @@ def stored_dtype(quantize: str | None) -> str:
 def stored_width(dim: int, quantize: str | None) -> int:
     """Values stored per vector of `dim` dimensions: `dim`, or bytes of packed bits."""
     return (dim + 7) // 8 if quantize in PACKED_QUANTIZE else dim
+
+
+# `bertflow publish --sync`: which rows of the table a publish replaces (see `bertflow.pipeline.publish`).
+Sync = Literal["partition", "mirror"]
+SYNCS: tuple[Sync, ...] = get_args(Sync)

@@ -28,6 +28,7 @@ from bertflow.choices import (
     Pooling,
     Precision,
     Quantize,
+    Sync,
     one_of,
     parse_pooling,
 )
@@ -177,3 +178,17 @@ class EmbedConfig(BaseModel):
         if overlap:
             raise ValueError(f"--keep {','.join(overlap)} is already the id or text column")
         return self
+
+
+class PublishConfig(BaseModel):
+    """Where `bertflow publish` (or the embed flow's last step) writes a DEST: a LanceDB table, and how."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    db: str  # a LanceDB database: a local directory or s3://bucket/path
+    table: str = Field("embeddings", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=128)
+    sync: Sync = "partition"
+    partition: str | None = None  # the rows' `partition` value (default: DEST's partition, else DEST itself)
+    index_rows: int = Field(100_000, ge=1)  # an ANN index on each vector column from this many rows
+    fts_column: str | None = None  # a kept text column to give a full-text index
+    replace: bool = False  # rebuild a table that holds vectors embedded otherwise

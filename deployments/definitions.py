@@ -38,6 +38,7 @@ class ServiceSettings:
     config: dict = field(default_factory=dict)  # EmbedConfig fields, as JSON
     pool: str | None = DEFAULT_POOL
     parent_job_variables: dict = field(default_factory=dict)
+    publish: dict | None = None  # PublishConfig fields, as JSON: embed-nightly publishes each partition
 
 
 def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeployment]:
@@ -61,6 +62,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
                     "config": s.config,
                     "lag_days": 1,
                     **fan_out,
+                    **({"publish": s.publish} if s.publish else {}),
                 },
                 description="Nightly: embeds the day before each scheduled start ({date} in source and dest).",
                 entrypoint_type=EntrypointType.MODULE_PATH,

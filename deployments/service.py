@@ -24,7 +24,7 @@ from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
 from bertflow import partitions
-from bertflow.config import EmbedConfig
+from bertflow.config import EmbedConfig, PublishConfig
 from bertflow.deployments import kubernetes
 from bertflow.deployments.automations import (
     DEFAULT_WINDOW,
@@ -50,8 +50,12 @@ def settings(
     source_template: str | None,
     dest_template: str | None,
     model: str | None,
+    publish_db: str | None = None,
+    publish_table: str | None = None,
 ) -> ServiceSettings:
-    """The CLI's options over what the nightly deployment already has; defaults for the rest."""
+    """The CLI's options over what the nightly deployment already has; defaults for the rest.
+
+    `publish_db` "" stops publishing; None keeps what is deployed."""
     try:
         current = client.read_deployment_by_name(NIGHTLY_DEPLOYMENT)
     except ObjectNotFound:
@@ -74,7 +78,21 @@ def settings(
     except ValidationError as e:
         raise InputError(f"embed-nightly's config: {e.errors()[0]['msg']}") from None
     _check_cron(cron)
-    return ServiceSettings(source_template, dest_template, cron, config.model_dump(mode="json"), pool)
+    publish = _publish(params.get("publish"), publish_db, publish_table)
+    return ServiceSettings(source_template, dest_template, cron, config.model_dump(mode="json"), pool, publish=publish)
+
+
+def _publish(current: dict | None, db: str | None, table: str | None) -> dict | None:
+    """embed-nightly's `publish` parameter: each night's partition into a LanceDB table (--sync partition)."""
+    if db == "" or (db is None and current is None):
+        if table is not None:
+            raise InputError("--publish-table needs --publish-db URI (the LanceDB database)")
+        return None
+    fields = {**(current or {}), **({"db": db} if db else {}), **({"table": table} if table else {})}
+    try:
+        return PublishConfig.model_validate({**fields, "sync": "partition"}).model_dump(mode="json")
+    except ValidationError as e:
+        raise InputError(f"embed-nightly's publish: {e.errors()[0]['msg']}") from None
 
 
 def _check_cron(cron: str) -> None:
@@ -192,6 +210,8 @@ def deploy(
     heartbeat_window: int | None = None,
     pool_type: str = "process",
     k8s: KubernetesOptions | None = None,
+    publish_db: str | None = None,
+    publish_table: str | None = None,
 ) -> list[Change]:
     """Create or update the work pool, the deployments, the GPU limit and the automation; what each one did.
 
@@ -212,7 +232,7 @@ def deploy(
     if heartbeat_window is not None:
         heartbeat_seconds(heartbeat_window)  # refuse a bad window before anything changes
     with get_client(sync_client=True) as client:
-        s = settings(client, pool, cron, source_template, dest_template, model)
+        s = settings(client, pool, cron, source_template, dest_template, model, publish_db, publish_table)
         if on_kubernetes:
             s = dataclasses.replace(s, parent_job_variables=kubernetes.PARENT_JOB_VARIABLES)
         window = heartbeat_window or current_window(client) or DEFAULT_WINDOW

@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from bertflow import partitions, progress
-from bertflow.config import EmbedConfig
+from bertflow.config import EmbedConfig, PublishConfig
 from bertflow.errors import BertflowError, ShardsFailedError, one_line
 from bertflow.flows.shard import embed_shard
 from bertflow.io.manifest import Manifest, ShardResult
@@ -41,6 +41,7 @@ from bertflow.tasks.fanout import (
 )
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lease import dest_lease
+from bertflow.tasks.publish import publish_dest
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
 from bertflow.tasks.reuse import ReuseMismatch, open_previous, plan_reuse
 from bertflow.tasks.secrets import storage_from_block
@@ -79,6 +80,7 @@ def embed_dataset(
     reuse_mismatch: ReuseMismatch = "error",
     reuse_previous: bool = True,
     deleted_ids: bool = False,
+    publish: PublishConfig | None = None,
 ) -> Manifest:
     """Embed every row of SOURCE into Parquet parts under DEST; rerun to resume.
 
@@ -99,6 +101,7 @@ def embed_dataset(
             week), when that output is complete, verifies and was embedded the same way (else it embeds
             everything and warns).
         deleted_ids: write the ids of the newest reused output that SOURCE no longer has to DEST/_deleted.parquet.
+        publish: when the run is complete, publish DEST into this LanceDB table (`bertflow publish`); off by default.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
     config = config or EmbedConfig()
@@ -106,7 +109,7 @@ def embed_dataset(
     with storage_from_block(config.storage_block):
         report = None
         try:
-            source, dest, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
+            source, dest, day, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
             wave = None
             if pool:
                 check_pool(pool, source, dest, config)
@@ -140,6 +143,7 @@ def embed_dataset(
                         created_at=created_at,
                         reuse=plan_reuse(plan, quote(index), found, deleted_ids, return_state=False),
                         sizing=sizing,
+                        partition=day,
                     )
                     target, results, pending = prepare_dest(target, overwrite)
                     if pool:
@@ -163,6 +167,8 @@ def embed_dataset(
                                 results.append(result)
                     lease.check()  # a run that lost DEST to another writes no manifest
                     manifest = finalize_dest(target, results, time.perf_counter() - started)
+                    if publish is not None:
+                        publish_dest(dest, publish)
                 report.finished(manifest)
                 return manifest
         except Exception as e:

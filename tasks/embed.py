@@ -119,11 +119,11 @@ def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[Sh
 @task(**IN_MEMORY)
 def resolve_paths(
     source: str, dest: str, partition: str | None, lag_days: int, scheduled: datetime
-) -> tuple[str, str, list[str]]:
-    """SOURCE and DEST of this run with `{date}` filled in, and the DESTs of the partitions before it,
-    nearest first (none when unpartitioned): where a scheduled run looks for an output to reuse."""
+) -> tuple[str, str, str | None, list[str]]:
+    """SOURCE and DEST of this run with `{date}` filled in, the day (None when unpartitioned), and the DESTs
+    of the partitions before it, nearest first: where a scheduled run looks for an output to reuse."""
     source_now, dest_now, day = partitions.resolve(source, dest, partition, lag_days, scheduled)
-    return source_now, dest_now, [] if day is None else previous_partitions(dest, day)
+    return source_now, dest_now, day, [] if day is None else previous_partitions(dest, day)
 
 
 @task(**IN_MEMORY, **RETRY)

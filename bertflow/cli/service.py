@@ -67,6 +67,14 @@ def deploy(
             "(default 90, or what is deployed; 60 or more)"
         ),
     ] = None,
+    publish_db: Annotated[
+        str | None,
+        typer.Option(
+            help="LanceDB database (directory or s3://) embed-nightly publishes each day's partition into "
+            "(`bertflow publish --sync partition`; '' stops; default: what is deployed, else none)"
+        ),
+    ] = None,
+    publish_table: Annotated[str | None, typer.Option(help="With --publish-db: the table (default embeddings)")] = None,
     image: Annotated[
         str | None,
         typer.Option(
@@ -121,8 +129,9 @@ def deploy(
     k8s = KubernetesOptions(image, namespace, gpus_per_job, node_selector, toleration, secret, cpu, memory)
     with reported():
         changes = deploy_all(
-            pool, gpus_per_host, cron, source_template, dest_template, model, heartbeat_window, pool_type, k8s
-        )
+            pool, gpus_per_host, cron, source_template, dest_template, model, heartbeat_window, pool_type, k8s,
+            publish_db, publish_table,
+        )  # fmt: skip
     table = Table(title="bertflow deploy", title_justify="left")
     for col in ("kind", "name", "change"):
         table.add_column(col)

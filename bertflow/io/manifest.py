@@ -190,6 +190,22 @@ class ShardSizing(BaseModel):
     origin: str  # where the rate (or the size) came from
 
 
+class Publication(BaseModel):
+    """One `bertflow publish` of this DEST into a LanceDB table; in the manifest's `published` list."""
+
+    db: str  # the database URI, as given (never storage options)
+    table: str
+    version: int  # the table's version after the publish
+    sync: str
+    partition: str
+    rows: int  # DEST rows published
+    inserted: int
+    updated: int  # rows whose vector or columns changed; unchanged rows are not rewritten
+    deleted: int
+    indexed: list[str] = []  # the vector columns with an ANN index
+    published_at: datetime
+
+
 class Manifest(BaseModel):
     """`DEST/_manifest.json`: written when the run starts ("running") and last ("complete").
 
@@ -212,6 +228,8 @@ class Manifest(BaseModel):
     documents_parts: list[DocumentsPart] = []  # `--aggregate`: documents/part-*.parquet, one row per document
     reuse: ReuseSummary | None = None  # set when the run looked rows up in earlier outputs
     shard_sizing: ShardSizing | None = None  # set under `--shard-rows auto`
+    partition: str | None = None  # the day a scheduled or `--partition` run embedded ({date} in SOURCE/DEST)
+    published: list[Publication] = []  # LanceDB tables this DEST was published to, one entry per table
     created_at: datetime
     completed_at: datetime | None = None
 

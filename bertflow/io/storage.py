@@ -41,6 +41,11 @@ def storage_options(options: Mapping[str, str]) -> Iterator[None]:
         _OPTIONS.reset(token)
 
 
+def current_options() -> Mapping[str, str]:
+    """The options set with `storage_options` in this context (for stores that are not fsspec: LanceDB)."""
+    return _OPTIONS.get()
+
+
 def _client_kwargs(protocol: str, options: Mapping[str, str]) -> dict:
     """Map flat KEY=VALUE options onto fsspec's constructor arguments."""
     if protocol not in ("s3", "s3a"):

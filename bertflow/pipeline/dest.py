@@ -42,6 +42,7 @@ class RunTarget:
     created_at: datetime
     reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
     sizing: ShardSizing | None = None  # how `--shard-rows auto` sized the shards
+    partition: str | None = None  # the day filled into {date}, for a partitioned run
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -85,6 +86,7 @@ def manifest(
         documents_parts=[r.documents_part for r in done if r.documents_part is not None],
         reuse=reuse,
         shard_sizing=target.sizing,
+        partition=target.partition,
         created_at=target.created_at,
         completed_at=None if results is None else datetime.now(timezone.utc),
     )

@@ -28,6 +28,7 @@ from bertflow.config import CHUNK_COLUMNS, EmbedConfig
 from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import Manifest
+from bertflow.io.vectorstore import TableRecord
 from bertflow.model.resolve import encoder_for, resolve_config
 from bertflow.model.st_files import read_settings
 from bertflow.pipeline import shard as steps
@@ -63,20 +64,21 @@ def read_searchable(dest: str) -> Manifest:
     return parts.read_pooled(dest, "search")
 
 
-def vector_column(manifest: Manifest, column: str | None) -> tuple[str, slice]:
+def vector_column(manifest: Manifest | TableRecord, column: str | None) -> tuple[str, slice]:
     """The column to search and where its block lies in the query's vector (several poolings are
     embedded together, in the manifest's column order)."""
     columns = manifest.config.embedding_columns()
     names, widths = list(columns), list(columns.values())
     name = column or names[0]
     if name not in columns:
-        raise InputError(f"--column {name}: DEST's vector columns are {', '.join(names)}")
+        raise InputError(f"--column {name}: the vector columns are {', '.join(names)}")
     start = sum(widths[: names.index(name)])
     return name, slice(start, start + columns[name])
 
 
-def query_config(manifest: Manifest) -> ResolvedConfig:
-    """The run's settings as DEST's manifest records them; the model must still have the same weights."""
+def query_config(manifest: Manifest | TableRecord) -> ResolvedConfig:
+    """The run's settings as DEST's manifest (or a published table) records them; the model must still have
+    the same weights."""
     recorded = manifest.config
     # The resolved path first (a relative --model may not resolve from here), else the name.
     here = Path(recorded.model.path).is_dir()
@@ -101,8 +103,8 @@ def query_config(manifest: Manifest) -> ResolvedConfig:
     now = resolved.output_fingerprint()
     for key in fingerprint_diff(manifest.fingerprint, now, QUERY_SETTINGS)[:1]:
         raise InputError(
-            f"DEST was embedded with {key} {manifest.fingerprint.get(key)!r}, but {recorded.model.name} "
-            f"gives {now.get(key)!r} here; search needs the model, head and reduction that made DEST"
+            f"the vectors were embedded with {key} {manifest.fingerprint.get(key)!r}, but {recorded.model.name} "
+            f"gives {now.get(key)!r} here; search needs the model, head and reduction that made them"
         )
     return resolved
 
@@ -172,10 +174,10 @@ def scan(
         rows += zip(best["id"].to_list(), snippets, chunks)
         keep = np.argsort(-scores, kind="stable")[:k]
         scores, rows = scores[keep], [rows[i] for i in keep]
-    return [Hit(i, float(s), _short(t), c) for s, (i, t, c) in zip(scores, rows)]
+    return [Hit(i, float(s), snippet(t), c) for s, (i, t, c) in zip(scores, rows)]
 
 
-def _short(text: str | None) -> str | None:
+def snippet(text: str | None) -> str | None:
     if text is None:
         return None
     flat = " ".join(text.split())

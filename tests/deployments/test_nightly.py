@@ -98,3 +98,35 @@ def test_a_nightly_run_reuses_the_previous_partition_and_embeds_everything_when_
     assert "is not complete" in third.reuse.skipped[day2]
     warnings = [log.message for log in service.logs(run.id) if log.level >= 30]
     assert any("not reusing the previous partition" in m and day2 in m for m in warnings), warnings
+
+
+def test_deployed_with_publish_db_each_night_publishes_its_partition_into_lancedb(s3, service):
+    import lancedb
+
+    from bertflow.io import vectorstore
+    from tests.deployments.service import BUCKET
+
+    make_bucket()
+    db = f"s3://{BUCKET}/lance"
+    r = service.cli("deploy", "--pool", service.pool, "--publish-db", db, "--publish-table", "nightly")
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        with service.client() as c:
+            published = c.read_deployment_by_name(NIGHTLY).parameters["publish"]
+        assert (published["db"], published["table"], published["sync"]) == (db, "nightly", "partition")
+        _write_texts("2021-03-01", [f"Entry {i} of the ledger, written in blue ink." for i in range(6)])
+        run, manifest = _run_day(service, "2021-03-01")
+        assert [(p.table, p.partition, p.rows, p.inserted) for p in manifest.published] == [
+            ("nightly", "2021-03-01", 6, 6)
+        ]
+        table = lancedb.connect(db, storage_options=vectorstore.lance_options(db)).open_table("nightly")
+        assert table.version == manifest.published[0].version
+        assert sorted(table.to_arrow().column("id").to_pylist()) == [f"doc-{i}" for i in range(6)]
+        assert set(table.to_arrow().column("partition").to_pylist()) == {"2021-03-01"}
+        logs = " ".join(log.message for log in service.logs(run.id))
+        assert "published" in logs and s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
+    finally:
+        r = service.cli("deploy", "--pool", service.pool, "--publish-db", "")
+        assert r.returncode == 0, r.stdout + r.stderr
+    with service.client() as c:
+        assert "publish" not in c.read_deployment_by_name(NIGHTLY).parameters

@@ -183,7 +183,7 @@ def test_a_dest_with_several_poolings_is_searched_in_the_column_asked_for(tmp_pa
     assert search(str(tmp_path / "both"), query, k=1)[0].id == "doc-12"  # default: the first column
     result = run_cli("search", str(tmp_path / "both"), query, "--column", "nope")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"--column nope: DEST's vector columns are {', '.join(columns)}" in " ".join(result.stderr.split())
+    assert f"--column nope: the vector columns are {', '.join(columns)}" in " ".join(result.stderr.split())
     with pytest.raises(InputError, match="has several vector columns .*a reduction applies to one pooling"):
         fit_reduction(str(tmp_path / "both"), str(tmp_path / "red"), "pca", 4)
     assert not (tmp_path / "red").exists()

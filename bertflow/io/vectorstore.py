@@ -1,0 +1,184 @@
+"""LanceDB tables, the only module that imports lancedb: connecting with bertflow's storage options, the
+record a table keeps of how its vectors were made, upserts, deletes and indexes.
+
+A table lives in a LanceDB database: a local directory or `s3://bucket/path`. S3 credentials and endpoint
+come from the same places as for the parts (AWS_* variables, `--storage-option`, a storage block) and are
+handed to LanceDB for this connection only; they are never written into the table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from bertflow.errors import InputError, StorageError, one_line
+from bertflow.io import storage
+from bertflow.resolved import ResolvedConfig
+
+METADATA_KEY = b"bertflow"  # the table schema's entry holding `TableRecord` as JSON
+METRIC = "cosine"
+# --storage-option keys (s3fs' names) -> LanceDB's (object_store's) names.
+_S3_OPTIONS = {
+    "key": "aws_access_key_id",
+    "secret": "aws_secret_access_key",
+    "token": "aws_session_token",
+    "endpoint_url": "aws_endpoint",
+    "region_name": "aws_region",
+}
+_S3_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_SESSION_TOKEN": "aws_session_token",
+    "AWS_ENDPOINT_URL_S3": "aws_endpoint",
+    "AWS_ENDPOINT_URL": "aws_endpoint",
+    "AWS_REGION": "aws_region",
+    "AWS_DEFAULT_REGION": "aws_region",
+}
+
+
+class TableRecord(BaseModel):
+    """What a bertflow table records of its vectors: search embeds a query with `config`, and a publish whose
+    embedding fingerprint differs is refused (vectors of two models never share a column)."""
+
+    config: ResolvedConfig
+    fingerprint: dict[str, object]  # the output fingerprint of the DESTs published (search checks the model)
+    embedding_fingerprint: dict[str, object]
+    sync: str
+    key: list[str]  # the columns that identify a row
+
+
+def lance_options(db: str, options: Mapping[str, str] | None = None, env: Mapping[str, str] = os.environ) -> dict:
+    """LanceDB's storage options for `db`, from bertflow's (`--storage-option`) and the AWS_* environment;
+    a plain-HTTP endpoint (a local S3 such as MinIO) is allowed explicitly, as object_store requires."""
+    if not db.startswith(("s3://", "s3a://")):
+        return {}
+    out: dict[str, str] = {}
+    for name, key in _S3_ENVIRONMENT.items():
+        if env.get(name) and key not in out:
+            out[key] = env[name]
+    for name, value in (storage.current_options() if options is None else options).items():
+        if name not in _S3_OPTIONS:
+            known = ", ".join(_S3_OPTIONS)
+            raise InputError(f"--storage-option {name}: LanceDB on S3 takes {known}; set the rest in AWS_* variables")
+        out[_S3_OPTIONS[name]] = value
+    if out.get("aws_endpoint", "").startswith("http://"):
+        out["allow_http"] = "true"
+    return out
+
+
+def _failure(db: str, err: Exception) -> StorageError:
+    return StorageError(f"LanceDB database {db}: {one_line(err)}")
+
+
+def connect(db: str) -> Any:
+    """The LanceDB connection to `db` (lancedb.DBConnection)."""
+    # LanceDB's Rust side logs warnings ("No existing dataset ... it will be created") straight to stderr.
+    os.environ.setdefault("LANCEDB_LOG", "error")
+    import lancedb
+
+    storage.check_uri(db)
+    try:
+        return lancedb.connect(db, storage_options=lance_options(db))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _failure(db, e) from e
+
+
+def open_table(conn: Any, db: str, name: str) -> Any | None:
+    """The table `name`, or None when the database has none of that name."""
+    try:
+        if name not in conn.table_names(limit=None):
+            return None
+        return conn.open_table(name)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _failure(db, e) from e
+
+
+def record(table: Any, db: str) -> TableRecord:
+    """The table's bertflow record; a table bertflow did not write is refused."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise InputError(f"table {table.name} in {db} was not written by `bertflow publish`: publish to another table")
+    return TableRecord.model_validate_json(raw)
+
+
+def create_table(conn: Any, name: str, schema: pa.Schema, rec: TableRecord, replace: bool) -> Any:
+    """An empty table with `schema` and the record in its metadata (replacing one of that name if asked)."""
+    meta = {METADATA_KEY: rec.model_dump_json().encode()}
+    return conn.create_table(name, schema=schema.with_metadata(meta), mode="overwrite" if replace else "create")
+
+
+def upsert(table: Any, rows: pa.Table, key: Sequence[str]) -> tuple[int, int]:
+    """Insert rows whose key is new, rewrite rows whose `row_hash` changed, leave the rest; (inserted, updated)."""
+    result = (
+        table.merge_insert(list(key))
+        .when_matched_update_all(where="target.row_hash != source.row_hash")
+        .when_not_matched_insert_all()
+        .execute(rows)
+    )
+    return result.num_inserted_rows, result.num_updated_rows
+
+
+def scan_keys(table: Any, key: Sequence[str], where: str | None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The key columns of the table's rows (those matching `where`), a batch at a time."""
+    query = table.search().select(list(key)).limit(None)
+    if where:
+        query = query.where(where)
+    yield from query.to_batches(batch_rows)
+
+
+def delete(table: Any, where: str) -> None:
+    table.delete(where)
+
+
+def sql_literal(value: object) -> str:
+    """A value as a SQL literal for LanceDB's filters."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"no SQL literal for {value!r}")
+    return str(value)
+
+
+def index_plan(rows: int, dim: int) -> dict:
+    """IVF-PQ parameters for `rows` vectors of `dim` dimensions: about sqrt(rows) partitions (LanceDB's own
+    rule, so each holds ~sqrt(rows) vectors), and sub-vectors of 8 dimensions where `dim` allows (384 -> 48
+    sub-vectors, 8 bits each: 48 bytes per vector), else the widest of 4, 2, 1 that divides it."""
+    width = next(w for w in (8, 4, 2, 1) if dim % w == 0)
+    return {
+        "index_type": "IVF_PQ",
+        "metric": METRIC,
+        "num_partitions": max(1, min(4096, round(math.sqrt(rows)))),
+        "num_sub_vectors": dim // width,
+    }
+
+
+def indexed_columns(table: Any) -> set[str]:
+    """Columns that have an index of any kind."""
+    return {column for index in table.list_indices() for column in index.columns}
+
+
+def build_index(table: Any, column: str, rows: int, dim: int) -> None:
+    table.create_index(vector_column_name=column, replace=True, **index_plan(rows, dim))
+
+
+def build_text_index(table: Any, column: str) -> None:
+    table.create_fts_index(column, replace=True)
+
+
+def optimize(table: Any) -> None:
+    """Compact small fragments and add new rows to existing indexes (old versions kept LanceDB's 7 days)."""
+    table.optimize()
+
+
+def schema_for(frame_schema: pa.Schema) -> pa.Schema:
+    """A table schema from a part's Arrow schema: large strings stored as strings (LanceDB reads both)."""
+    fields = [
+        pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type) else f.type)
+        for f in frame_schema
+    ]
+    return pa.schema(fields)

@@ -1,0 +1,233 @@
+"""`bertflow publish` into real LanceDB tables (local disk and moto's S3): in sync exactly once under both
+sync modes, refusals that leave the table as it was, a publish killed mid-way, the ANN index's recall,
+and `bertflow search --db`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import polars as pl
+import pytest
+
+from bertflow.config import EmbedConfig, PublishConfig
+from bertflow.errors import InputError
+from bertflow.flows.embed import embed_dataset
+from bertflow.io import parts, vectorstore
+from bertflow.pipeline.publish import publish
+from bertflow.pipeline.table_search import search_table
+from tests.conftest import run_cli, write_rows
+from tests.flows.test_reuse import day1, day2, read
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DAYS = ("2026-01-01", "2026-01-02")
+
+
+def embed(root: Path, model: Path, day: str, rows: list[dict], **options) -> str:
+    """One partitioned run: SOURCE and DEST with {date}, as embed-nightly writes them; 8-row shards."""
+    write_rows(root / f"src-{day}.parquet", rows)
+    config = EmbedConfig(model=str(model), shard_rows=8, keep=("tag",), device="cpu", **options)
+    embed_dataset(str(root / "src-{date}.parquet"), str(root / "out-{date}"), config, partition=day, deleted_ids=True)
+    return str(root / f"out-{day}")
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory, tiny_bert) -> tuple[str, str]:
+    """Day 1's DEST and day 2's (3 and 17 edited, 5's tag changed, 25 dropped, 100 added; reusing day 1)."""
+    root = tmp_path_factory.mktemp("publish")
+    return embed(root, tiny_bert, DAYS[0], day1()), embed(root, tiny_bert, DAYS[1], day2())
+
+
+def rows(db: str, name: str = "embeddings", version: int | None = None) -> pl.DataFrame:
+    """The table's rows, sorted by partition and id, read with lancedb directly."""
+    table = lancedb.connect(db, storage_options=vectorstore.lance_options(db)).open_table(name)
+    if version is not None:
+        table.checkout(version)
+    frame = pl.from_arrow(table.to_arrow())
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort("partition", "id")
+
+
+def same_rows(table: pl.DataFrame, dest: str) -> None:
+    """The table's rows are DEST's: the same ids, kept column and bit-identical vectors."""
+    table, expected = table.sort("id"), read(dest).sort("id")
+    assert table["id"].to_list() == expected["id"].to_list()
+    assert table["tag"].to_list() == expected["tag"].to_list()
+    assert table["embedding"].to_numpy().tobytes() == expected["embedding"].to_numpy().tobytes()
+
+
+def test_publishing_twice_adds_and_rewrites_nothing(days, tmp_path):
+    db = str(tmp_path / "db")
+    first = publish(days[0], PublishConfig(db=db))
+    assert (first.rows, first.inserted, first.updated, first.deleted) == (30, 30, 0, 0)
+    assert first.partition == DAYS[0]  # the day the run embedded, from its manifest
+    again = publish(days[0], PublishConfig(db=db))
+    assert (again.inserted, again.updated, again.deleted) == (0, 0, 0)
+    table = rows(db)
+    assert len(table) == 30 and set(table["partition"]) == {DAYS[0]}
+    same_rows(table, days[0])
+    recorded = parts.read_manifest(days[0]).published
+    assert [(p.db, p.table, p.version) for p in recorded] == [(db, "embeddings", again.version)]
+    assert parts.read_manifest(days[0]).status == "complete"
+
+
+def test_mirror_leaves_the_table_equal_to_day_two(days, tmp_path):
+    db = str(tmp_path / "db")
+    publish(days[0], PublishConfig(db=db, sync="mirror"))
+    done = publish(days[1], PublishConfig(db=db, sync="mirror"))
+    # 3 and 17 re-embedded, 5's tag changed: rewritten; 100 added; 25 gone. The 26 others untouched.
+    assert (done.inserted, done.updated, done.deleted) == (1, 3, 1)
+    table = rows(db).sort("id")
+    same_rows(table, days[1])
+    # `partition` names the DEST a row was last written from: untouched rows keep day 1's.
+    rewritten = table.filter(pl.col("partition") == DAYS[1])["id"].to_list()
+    assert sorted(rewritten) == [3, 5, 17, 100]
+
+
+def test_partition_replaces_its_own_rows_and_leaves_day_one_but_the_dropped_id(days, tmp_path):
+    db = str(tmp_path / "db")
+    publish(days[0], PublishConfig(db=db))
+    before = rows(db)
+    done = publish(days[1], PublishConfig(db=db))
+    assert (done.inserted, done.updated, done.deleted) == (30, 0, 1)
+    after = rows(db)
+    one, two = after.filter(pl.col("partition") == DAYS[0]), after.filter(pl.col("partition") == DAYS[1])
+    same_rows(two, days[1])
+    # Day 1's rows as they were, except 25, which day 2's run listed as dropped (_deleted.parquet).
+    assert one.equals(before.filter(pl.col("id") != 25))
+    # Republishing day 1 restores its rows (25 included) and leaves day 2's alone.
+    publish(days[0], PublishConfig(db=db))
+    again = rows(db)
+    assert again.filter(pl.col("partition") == DAYS[1]).equals(two)
+    assert again.filter(pl.col("partition") == DAYS[0]).equals(before)
+
+
+def test_other_embeddings_and_unfinished_dests_are_refused_and_the_table_is_untouched(days, tmp_path, tiny_bert):
+    db = str(tmp_path / "db")
+    publish(days[0], PublishConfig(db=db))
+    version = lancedb.connect(db).open_table("embeddings").version
+    cls = embed(tmp_path, tiny_bert, DAYS[0], day1(), pooling="cls")
+    with pytest.raises(InputError, match=r"holds vectors embedded with pooling 'mean', DEST with 'cls'.*--replace"):
+        publish(cls, PublishConfig(db=db))
+    with pytest.raises(InputError, match=r"kept with --sync partition"):
+        publish(days[0], PublishConfig(db=db, sync="mirror"))
+
+    # Not complete: a run that died before its manifest; and a part gone since the run.
+    manifest = Path(days[0]) / "_manifest.json"
+    saved = manifest.read_bytes()
+    manifest.write_text(json.dumps({**json.loads(saved), "status": "running"}))
+    try:
+        with pytest.raises(InputError, match=r"is not complete"):
+            publish(days[0], PublishConfig(db=db))
+    finally:
+        manifest.write_bytes(saved)
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", days[0], str(broken)], check=True)
+    (broken / "part-00001.parquet").unlink()
+    with pytest.raises(InputError, match=r"fails verify: part-00001.parquet"):
+        publish(str(broken), PublishConfig(db=db))
+    assert lancedb.connect(db).open_table("embeddings").version == version
+    assert len(rows(db)) == 30
+
+    # --replace rebuilds the table from the other DEST alone.
+    done = publish(cls, PublishConfig(db=db, replace=True))
+    assert done.inserted == 30 and len(rows(db)) == 30
+    assert vectorstore.record(lancedb.connect(db).open_table("embeddings"), db).config.pooling == ("cls",)
+
+
+def test_on_s3_search_finds_a_planted_near_duplicate_and_filters(days, s3, tmp_path):
+    """The CLI, as a user runs it: credentials and the plain-HTTP endpoint from AWS_* only."""
+    from tests.deployments.service import make_bucket
+
+    make_bucket()
+    db = "s3://lake/lance"
+    r = run_cli("publish", days[1], "--db", db, "--table", "docs", env=s3.env)
+    assert r.returncode == 0, r.stderr
+    assert "30: 30 inserted, 0 updated, 0 deleted" in " ".join(r.stdout.split())
+    assert len(rows(db, "docs")) == 30
+    target = day2()[10]
+    near = target["text"].replace("jumps", "leaps")
+    hits = search_table(db, "docs", near, k=3)
+    assert hits[0].id == target["id"] and hits[0].score > hits[1].score
+    r = run_cli("search", "--db", db, "--table", "docs", near, "-k", "5", "--where", "tag = 'b'", env=s3.env)
+    assert r.returncode == 0, r.stderr
+    assert "top 1 for" in r.stdout and " 5 " in r.stdout  # only id 5 has tag b
+    assert "bertflow-test-secret" not in r.stdout + r.stderr
+    assert "bertflow-test-secret" not in json.dumps(parts.read_manifest(days[1]).model_dump(mode="json"))
+
+
+def test_a_publish_killed_mid_way_leaves_the_previous_version_and_a_rerun_completes(days, s3, tmp_path):
+    from tests.deployments.service import make_bucket
+
+    make_bucket()
+    db = "s3://lake/killed"
+    first = publish(days[0], PublishConfig(db=db, sync="mirror"))
+    # Every write to the table served late: the four upserts of day 2 take seconds each.
+    s3.fail("PUT", r"^/lake/killed/", times=10_000, kind="slow", delay=0.4)
+    env = {**os.environ, **s3.env}
+    code = f"from bertflow.cli import app; app(['publish', {days[1]!r}, '--db', {db!r}, '--sync', 'mirror'])"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    table = lancedb.connect(db, storage_options=vectorstore.lance_options(db)).open_table("embeddings")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        table.checkout_latest()
+        if table.version > first.version:  # day 2's first upsert is in; the rest is not
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the publish finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    s3.faults.clear()
+    same_rows(rows(db, version=first.version), days[0])  # the version before the publish, intact
+    assert len(rows(db)) >= 30  # and the newest one readable
+    done = publish(days[1], PublishConfig(db=db, sync="mirror"))
+    same_rows(rows(db), days[1])
+    assert done.deleted == 1
+
+
+def test_the_index_is_built_above_the_threshold_and_recalls_the_exact_neighbours(tmp_path, tiny_bert, sample_texts):
+    texts = sample_texts[:1500]
+    source = write_rows(tmp_path / "docs.parquet", [{"id": i, "text": t, "tag": "x"} for i, t in enumerate(texts)])
+    config = EmbedConfig(model=str(tiny_bert), shard_rows=500, keep=("tag",), device="cpu")
+    embed_dataset(str(source), str(tmp_path / "out"), config)
+    db = str(tmp_path / "db")
+    small = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=2000))
+    assert small.indexed == []  # under the threshold: searched exactly
+    done = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=1000))
+    assert done.indexed == ["embedding"]
+    queries = texts[::30]
+    overlap = []
+    for q in queries:
+        ann = {h.id for h in search_table(db, "embeddings", q, k=10)}
+        exact = {h.id for h in search_table(db, "embeddings", q, k=10, exact=True)}
+        overlap.append(len(ann & exact) / 10)
+    assert np.mean(overlap) >= 0.95, overlap
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["publish", "{dest}", "--db", "{db}", "--sync", "everything"],
+            "--sync: Input should be 'partition' or 'mirror'",
+        ),
+        (["publish", "{tmp}", "--db", "{db}"], "has no _manifest.json; publish a DEST written by `bertflow embed`"),
+        (["search", "--db", "{db}", "{dest}", "query"], "give QUERY (DEST comes from --db); got 2 arguments"),
+        (["search", "{dest}", "query", "--where", "tag = 'a'"], "--where, --exact and --table search a published"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(days, tmp_path, args, message):
+    db = tmp_path / "db"
+    fill = {"dest": days[0], "db": str(db), "tmp": str(tmp_path)}
+    r = run_cli(*[a.format(**fill) for a in args])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in " ".join(r.stderr.split()) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not db.exists()
