@@ -119,7 +119,7 @@ def test_a_dest_whose_model_changed_is_refused(tmp_path, tiny_bert, bundled_mode
     embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(model=str(model), max_length=32))
     build_tiny_bert(tmp_path / "model", bundled_model, seed=1)  # other weights under the same path
     with pytest.raises(
-        InputError, match="DEST was embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"
+        InputError, match="the vectors were embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"
     ):
         search(str(tmp_path / "dest"), "anything")
     with pytest.raises(InputError, match="has no _manifest.json"):

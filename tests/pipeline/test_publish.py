@@ -117,6 +117,8 @@ def test_other_embeddings_and_unfinished_dests_are_refused_and_the_table_is_unto
     cls = embed(tmp_path, tiny_bert, DAYS[0], day1(), pooling="cls")
     with pytest.raises(InputError, match=r"holds vectors embedded with pooling 'mean', DEST with 'cls'.*--replace"):
         publish(cls, PublishConfig(db=db))
+    with pytest.raises(InputError, match=r"--fts-column text: not a kept column of DEST \(kept: tag\)"):
+        publish(days[0], PublishConfig(db=db, fts_column="text"))
     with pytest.raises(InputError, match=r"kept with --sync partition"):
         publish(days[0], PublishConfig(db=db, sync="mirror"))
 
@@ -201,8 +203,11 @@ def test_the_index_is_built_above_the_threshold_and_recalls_the_exact_neighbours
     db = str(tmp_path / "db")
     small = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=2000))
     assert small.indexed == []  # under the threshold: searched exactly
-    done = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=1000))
+    done = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=1000, fts_column="tag"))
     assert done.indexed == ["embedding"]
+    table = lancedb.connect(db).open_table("embeddings")
+    assert vectorstore.indexed_columns(table) == {"embedding", "tag"}  # and the full-text index asked for
+    assert len(table.search("x", query_type="fts").limit(5).to_list()) == 5
     queries = texts[::30]
     overlap = []
     for q in queries:
