@@ -42,6 +42,7 @@ from bertflow.tasks.fanout import (
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lease import dest_lease
 from bertflow.tasks.publish import publish_dest
+from bertflow.tasks.report import report_dest
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
 from bertflow.tasks.reuse import ReuseMismatch, open_previous, plan_reuse
 from bertflow.tasks.secrets import storage_from_block
@@ -167,6 +168,7 @@ def embed_dataset(
                                 results.append(result)
                     lease.check()  # a run that lost DEST to another writes no manifest
                     manifest = finalize_dest(target, results, time.perf_counter() - started)
+                    report_dest(dest)
                     if publish is not None:
                         publish_dest(dest, publish)
                 report.finished(manifest)

@@ -28,6 +28,7 @@ from bertflow.pipeline.previous import previous_partitions
 from bertflow.pipeline.report import reuse_text
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.resolved import ResolvedConfig
+from bertflow.tasks.gpu import host_key
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
 
@@ -167,7 +168,7 @@ def write_part(
 ) -> ShardResult:
     """Write the shard's part (and documents/ part under --aggregate) to DEST (storage), atomically."""
     device = cards.label(pick_device(job.config.device))
-    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds, device)
+    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds, device, host_key())
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""
     get_run_logger().info(

@@ -15,6 +15,7 @@ from bertflow.resolved import ResolvedConfig
 FORMAT_VERSION: Final = 2
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.parquet"
+REPORT_NAME = "_report.html"  # `bertflow report`, written by every completed run
 DELETED_NAME = "_deleted.parquet"  # `--deleted-ids`: ids of the previous output SOURCE no longer has
 # `--aggregate`: one document-level part per shard, same name, in this folder of DEST
 DOCUMENTS_DIR = "documents"
@@ -119,6 +120,8 @@ class PartInfo(BaseModel):
     reused_tokens: int = 0  # their tokens
     model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
     device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
+    host: str | None = None  # the machine that ran it (BERTFLOW_GPU_HOST, else the hostname); None before 0.5
+    finished_at: datetime | None = None  # when the part was written; it started `seconds` before
 
 
 class DocumentsPart(BaseModel):
@@ -149,6 +152,8 @@ class ShardResult(BaseModel):
     reused_tokens: int = 0
     model_seconds: float = 0.0  # of `seconds`, the time in forward passes and pooling
     device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
+    host: str | None = None  # the machine that ran it; None before bertflow 0.5
+    finished_at: datetime | None = None  # when its part was written; None before bertflow 0.5
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
     # Listed at the top of the manifest (`documents_parts`), not per shard.

@@ -101,6 +101,8 @@ def shard_result(
         reused_tokens=info.reused_tokens,
         model_seconds=info.model_seconds,
         device=info.device,
+        host=info.host,
+        finished_at=info.finished_at,
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -208,6 +209,7 @@ def write_part(
     seconds: float,
     model_seconds: float = 0.0,
     device: str | None = None,
+    host: str | None = None,
 ) -> ShardResult:
     """Build the part's table and write it (and, under `--aggregate`, its documents/ part first) to DEST,
     each atomically.
@@ -215,6 +217,7 @@ def write_part(
     Args:
         seconds: the shard's time from reading to its last vector; `model_seconds` of it in `embed`.
         device: what the vectors were computed on (`bertflow.model.cards.label`), for the manifest.
+        host: the machine that ran the shard, for the manifest (and the report's timeline).
     """
     dest, spec, config = job.dest, job.spec, job.config
     table = part_table(spec, config, text, tokens, vectors)
@@ -232,6 +235,8 @@ def write_part(
         reused_tokens=0 if found is None else int(n_tokens.to_numpy()[found.rows].sum()),
         model_seconds=round(model_seconds, 3),
         device=device,
+        host=host,
+        finished_at=datetime.now(timezone.utc),
     )
     documents_part = None
     if config.aggregated:  # written first: a main part on its own is not a finished shard
@@ -266,4 +271,6 @@ def write_part(
         reused_tokens=info.reused_tokens,
         model_seconds=info.model_seconds,
         device=device,
+        host=host,
+        finished_at=info.finished_at,
     )

@@ -103,8 +103,10 @@ def test_a_nightly_run_reuses_the_previous_partition_and_embeds_everything_when_
 def test_deployed_with_publish_db_each_night_publishes_its_partition_into_lancedb(s3, service):
     import lancedb
 
-    from bertflow.io import vectorstore
+    from bertflow.io import storage, vectorstore
+    from bertflow.partitions import stable_key
     from tests.deployments.service import BUCKET
+    from tests.flows.test_monitoring import artifacts
 
     make_bucket()
     db = f"s3://{BUCKET}/lance"
@@ -125,6 +127,15 @@ def test_deployed_with_publish_db_each_night_publishes_its_partition_into_lanced
         assert set(table.to_arrow().column("partition").to_pylist()) == {"2021-03-01"}
         logs = " ".join(log.message for log in service.logs(run.id))
         assert "published" in logs and s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
+        # The report next to the manifest, and its key pictures in the UI: token lengths and the shard timeline.
+        dest = partitions.render(DEST_TEMPLATE, "2021-03-01")
+        [pictures] = artifacts(service, stable_key("report", dest))
+        assert pictures.type == "markdown" and pictures.flow_run_id == run.id
+        assert "**Tokens per row**" in pictures.data and "**Shards over time**" in pictures.data
+        assert pictures.data.count("| part-") == len(manifest.shards)  # one timeline row per shard
+        [link] = artifacts(service, stable_key("report-link", dest))
+        assert link.data == f"[the report (HTML)]({dest.rstrip('/')}/_report.html)"
+        assert storage.exists(storage.join(dest, "_report.html"))
     finally:
         r = service.cli("deploy", "--pool", service.pool, "--publish-db", "")
         assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,273 @@
+"""What `bertflow report` shows, computed from a DEST: counts over every row (streamed, small columns
+only), a bounded random sample of the vectors (map, norms, near-duplicates, comparison), the manifest's
+per-shard timeline and the rejects. Pure numpy/polars; the page is drawn by `report_page`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from bertflow.errors import InputError
+from bertflow.io import parts, storage
+from bertflow.io.manifest import REJECTS_NAME, Manifest
+from bertflow.vectors import dequantize
+
+SAMPLE = 20_000  # rows in the map and the norm histogram
+PAIRS_SAMPLE = 5_000  # of those, rows searched for near-duplicates and compared (exact, n^2)
+NEIGHBOURS = 10
+TOKEN_BINS = 30
+SNIPPET = 120
+
+
+@dataclass(frozen=True)
+class ShardBar:
+    """One shard on the timeline: where and when it ran."""
+
+    name: str
+    host: str
+    device: str
+    start: datetime
+    end: datetime
+    rows: int
+    tokens_per_s: float
+
+
+@dataclass
+class Comparison:
+    """The same sampled rows under DEST and OTHER."""
+
+    other: str
+    overlap: np.ndarray  # (n,) neighbour overlap@10 of each row, in [0, 1]
+    by_label: dict[str, tuple[float, float]] = field(default_factory=dict)  # figure -> (DEST, OTHER)
+
+
+@dataclass
+class ReportData:
+    dest: str
+    rows: int
+    max_length: int
+    truncated: int
+    chunked: bool
+    token_edges: np.ndarray  # (B+1,) bin edges of n_tokens
+    token_counts: np.ndarray  # (B,) rows per bin, over every row of DEST
+    norms: np.ndarray  # (n,) the sample's vector norms
+    ids: list  # the sample's ids
+    labels: list | None  # the sample's `--color-by` values
+    snippets: list[str | None]
+    xy: np.ndarray  # (n, 2) the sample on its first two principal components
+    rejects: dict[str, int]
+    timeline: list[ShardBar]
+    duplicates: list[tuple[object, object, float]]  # (id, id, cosine), most similar first
+    duplicate_threshold: float
+    color_by: str | None
+    compare: Comparison | None = None
+
+
+def _read(dest: str, name: str, columns: list[str]) -> pl.DataFrame:
+    uri = storage.join(dest, name)
+    with storage.translated(uri), storage.open_input(uri) as src:
+        return pl.read_parquet(src, columns=columns)
+
+
+def _float_vectors(frame: pl.DataFrame, column: str, manifest: Manifest) -> np.ndarray:
+    """(N, D) float32 of a vector column, quantized ones back to the values they stand for."""
+    stored = frame[column].to_numpy()
+    config = manifest.config
+    if config.quantize is None:
+        return stored.astype(np.float32, copy=False)
+    return dequantize(stored, config.quantize, config.quantize_ranges, dim=config.embedding_columns()[column])
+
+
+def timeline(manifest: Manifest) -> list[ShardBar]:
+    """The shards that recorded when and where they ran (bertflow 0.5 on), in start order."""
+    bars = []
+    for s in manifest.shards:
+        if s.finished_at is None:
+            continue
+        start = s.finished_at - timedelta(seconds=s.seconds)
+        rate = s.tokens / s.seconds if s.seconds else 0.0
+        bars.append(ShardBar(s.name, s.host or "?", s.device or "?", start, s.finished_at, s.rows, rate))
+    return sorted(bars, key=lambda b: b.start)
+
+
+def _rejects(dest: str, manifest: Manifest) -> dict[str, int]:
+    if manifest.rejects is None:
+        return {}
+    frame = _read(dest, REJECTS_NAME, ["reason"])
+    counts = frame.group_by("reason").len().sort("len", descending=True)
+    return {str(r): int(n) for r, n in counts.iter_rows()}
+
+
+def principal_plane(x: np.ndarray) -> np.ndarray:
+    """(n, 2): the rows of (n, D) on their first two principal components."""
+    if len(x) < 2:
+        return np.zeros((len(x), 2), np.float32)
+    centered = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)  # vt: (min(n, D), D)
+    plane = centered @ vt[:2].T  # (n, <=2)
+    return np.pad(plane, ((0, 0), (0, 2 - plane.shape[1]))).astype(np.float32)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1)
+
+
+def near_duplicates(x: np.ndarray, ids: list, threshold: float, limit: int = 100) -> list[tuple]:
+    """Pairs of rows whose cosine is at least `threshold` (exact, blockwise), most similar first."""
+    u = unit(x)
+    found: list[tuple[float, int, int]] = []
+    for start in range(0, len(u), 1024):
+        block = u[start : start + 1024] @ u.T  # (b, n)
+        rows, cols = np.nonzero(block >= threshold)
+        for r, c in zip(rows, cols):
+            if start + r < c:
+                found.append((float(block[r, c]), start + int(r), int(c)))
+    found.sort(key=lambda t: -t[0])
+    return [(ids[i], ids[j], round(s, 4)) for s, i, j in found[:limit]]
+
+
+def neighbours(x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """(n, k) indices of each row's k nearest other rows by cosine."""
+    sims = unit(x) @ unit(x).T  # (n, n)
+    np.fill_diagonal(sims, -np.inf)
+    k = min(k, len(x) - 1)
+    return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette of the rows under cosine distance (labels with one member score 0)."""
+    dist = 1 - unit(x) @ unit(x).T  # (n, n)
+    names, codes = np.unique(labels, return_inverse=True)
+    if len(names) < 2:
+        return float("nan")
+    means = np.stack([dist[:, codes == c].sum(axis=1) for c in range(len(names))], axis=1)  # (n, L)
+    sizes = np.bincount(codes, minlength=len(names)).astype(float)
+    own = sizes[codes] - 1
+    a = np.where(own > 0, means[np.arange(len(x)), codes] / np.maximum(own, 1), 0)
+    means = means / sizes
+    means[np.arange(len(x)), codes] = np.inf
+    b = means.min(axis=1)
+    s = np.where(own > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0)
+    return float(s.mean())
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """Leave-one-out: the share of rows whose k nearest neighbours' majority label is their own."""
+    near = neighbours(x, k)
+    names, codes = np.unique(labels, return_inverse=True)
+    votes = np.stack([np.bincount(row, minlength=len(names)) for row in codes[near]])  # (n, L)
+    return float((votes.argmax(axis=1) == codes).mean())
+
+
+def _text_column(manifest: Manifest, dest: str, color_by: str | None) -> str | None:
+    """The kept string column whose start shows on hover: the first one that is not `color_by`."""
+    if not manifest.config.keep or not manifest.shards:
+        return None
+    uri = storage.join(dest, manifest.shards[0].name)
+    with storage.translated(uri), storage.open_input(uri) as src:
+        schema = pl.read_parquet_schema(src)
+    strings = [c for c in manifest.config.keep if schema.get(c) == pl.String]
+    return next((c for c in strings if c != color_by), strings[0] if strings else None)
+
+
+def _sample(dest: str, manifest: Manifest, columns: list[str], size: int) -> pl.DataFrame:
+    """A uniform random sample (seed 0) of `size` rows of DEST, in DEST's order, part by part."""
+    total = sum(s.rows for s in manifest.shards)
+    chosen = np.sort(np.random.default_rng(0).choice(total, min(size, total), replace=False))
+    frames, offset = [], 0
+    for s in manifest.shards:
+        here = chosen[(chosen >= offset) & (chosen < offset + s.rows)] - offset
+        if len(here):
+            frames.append(_read(dest, s.name, columns)[here])
+        offset += s.rows
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def _compare(other: str, key: list[str], sample: pl.DataFrame, x: np.ndarray, labels: list | None) -> Comparison:
+    """The sampled rows found in OTHER (by key), neighbour overlap and label figures under both."""
+    theirs = parts.read_pooled(other, "compare with")
+    if theirs.config.chunked != ("chunk_index" in key):
+        raise InputError(f"--compare {other}: one output is chunked (a row per window), the other not; compare alike")
+    column = next(iter(theirs.config.embedding_columns()))
+    wanted = sample.select(key).with_row_index("_row")
+    found = []
+    for s in theirs.shards:
+        frame = _read(other, s.name, [*key, column])
+        found.append(frame.join(wanted, on=key, how="inner"))
+    both = pl.concat(found).sort("_row") if found else pl.DataFrame()
+    if len(both) < NEIGHBOURS + 1:
+        raise InputError(
+            f"--compare {other}: only {len(both)} of the sampled rows are in it; compare two outputs of the same texts"
+        )
+    rows = both["_row"].to_numpy()
+    mine, yours = x[rows], _float_vectors(both, column, theirs)
+    a, b = neighbours(mine), neighbours(yours)
+    overlap = np.array([len(set(p) & set(q)) / a.shape[1] for p, q in zip(a, b)])
+    result = Comparison(other, overlap)
+    if labels is not None:
+        named = np.array([str(labels[r]) for r in rows])
+        result.by_label["silhouette (cosine)"] = (silhouette(mine, named), silhouette(yours, named))
+        result.by_label[f"kNN accuracy (k={NEIGHBOURS})"] = (knn_accuracy(mine, named), knn_accuracy(yours, named))
+    return result
+
+
+def gather(
+    dest: str,
+    color_by: str | None = None,
+    compare: str | None = None,
+    sample: int = SAMPLE,
+    duplicate_threshold: float = 0.95,
+) -> ReportData:
+    """Everything the report shows of DEST (and, with `compare`, of OTHER on the same sampled rows)."""
+    if sample < NEIGHBOURS + 1:
+        raise InputError(f"--sample {sample}: sample at least {NEIGHBOURS + 1} rows")
+    if not 0 < duplicate_threshold <= 1:
+        raise InputError(f"--duplicate-threshold {duplicate_threshold}: give a cosine in (0, 1]")
+    manifest = parts.read_pooled(dest, "report on")
+    config = manifest.config
+    if color_by is not None and color_by not in config.keep:
+        kept = ", ".join(config.keep) or "none (keep one with --keep at embed time)"
+        raise InputError(f"--color-by {color_by}: not a kept column of DEST; kept columns: {kept}")
+    column = next(iter(config.embedding_columns()))
+    key = ["id", *(["chunk_index"] if config.chunked else [])]
+    text = _text_column(manifest, dest, color_by)
+    wanted = list(dict.fromkeys([*key, column, *(c for c in (color_by, text) if c)]))
+    picked = _sample(dest, manifest, wanted, sample)
+    x = _float_vectors(picked, column, manifest)  # (n, D)
+    tokens = pl.concat([_read(dest, s.name, ["n_tokens"]) for s in manifest.shards])["n_tokens"].to_numpy()
+    top = max(int(tokens.max(initial=0)), 1)
+    edges = np.linspace(0, top + 1, min(TOKEN_BINS, top + 1) + 1)
+    counts, _ = np.histogram(tokens, bins=edges)
+    labels = picked[color_by].to_list() if color_by else None
+    ids = picked["id"].to_list()
+    # Near-duplicates and the comparison are n^2: on a random PAIRS_SAMPLE of the sample.
+    sub = np.sort(np.random.default_rng(1).choice(len(picked), min(len(picked), PAIRS_SAMPLE), replace=False))
+    texts = picked[text].to_list() if text else [None] * len(ids)
+    snippets: list[str | None] = [t[:SNIPPET] if isinstance(t, str) else None for t in texts]
+    return ReportData(
+        dest=dest,
+        rows=len(tokens),
+        max_length=config.max_length,
+        truncated=manifest.totals.truncated if manifest.totals else 0,
+        chunked=config.chunked,
+        token_edges=edges,
+        token_counts=counts,
+        norms=np.linalg.norm(x, axis=1),
+        ids=ids,
+        labels=labels,
+        snippets=snippets,
+        xy=principal_plane(x),
+        rejects=_rejects(dest, manifest),
+        timeline=timeline(manifest),
+        duplicates=near_duplicates(x[sub], [ids[i] for i in sub], duplicate_threshold),
+        duplicate_threshold=duplicate_threshold,
+        color_by=color_by,
+        compare=_compare(compare, key, picked[sub], x[sub], [labels[i] for i in sub] if labels else None)
+        if compare
+        else None,
+    )
