@@ -19,7 +19,6 @@ The data directory holds everything and is reused by the next start:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import os
 import pwd
@@ -36,10 +35,10 @@ from pathlib import Path
 import httpx
 
 from bertflow.errors import InputError
+from bertflow.processes import die_with, free_port
 
 DATABASE = "prefect"
 DB_USER = "bertflow"
-_PR_SET_PDEATHSIG = 1
 _TOOLS = ("initdb", "postgres", "pg_isready", "createdb")
 
 
@@ -99,13 +98,14 @@ def _reachable(path: Path, who: Account) -> Path | None:
     return None
 
 
-def _as(who: Account) -> None:
-    """In the child before exec: become `who` (when this is root), then die with the parent."""
+def _as(who: Account, parent: int) -> None:
+    """In the child before exec: become `who` (when this is root), then die with the parent (set after the
+    switch: changing credentials clears the parent-death signal)."""
     if who.switch:
         os.setgroups([])
         os.setgid(who.gid)
         os.setuid(who.uid)
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with(parent)
 
 
 def _secret_file(path: Path, nbytes: int = 24) -> str:
@@ -117,14 +117,6 @@ def _secret_file(path: Path, nbytes: int = 24) -> str:
     return path.read_text().strip()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DevServer:
     """PostgreSQL and a Prefect server on it, started by `start()`, stopped by `stop()`."""
 
@@ -132,7 +124,7 @@ class DevServer:
         self, data_dir: Path, port: int, pg_port: int | None = None, auth: bool = True, server_log: Path | None = None
     ) -> None:
         self.dir = data_dir.expanduser().absolute()
-        self.port, self.pg_port, self.auth = port, pg_port or _free_port(), auth
+        self.port, self.pg_port, self.auth = port, pg_port or free_port(), auth
         self.server_log = server_log  # the Prefect server's output (default: this process's)
         self.bin = find_postgres()
         self.who = account()
@@ -163,8 +155,13 @@ class DevServer:
             self.dir.chmod(0o711)  # the unprivileged user passes through to pgdata and lists nothing
 
     def _run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        parent = os.getpid()
         return subprocess.run(
-            args, env={**os.environ, **(env or {})}, capture_output=True, text=True, preexec_fn=lambda: _as(self.who)
+            args,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            preexec_fn=lambda: _as(self.who, parent),
         )
 
     def _initdb(self, password: str) -> None:
@@ -192,6 +189,7 @@ class DevServer:
 
     def _start_postgres(self, password: str) -> None:
         log = open(self.dir / "postgres.log", "a")
+        parent = os.getpid()
         self.postgres = subprocess.Popen(
             [
                 str(self.bin / "postgres"),
@@ -208,7 +206,7 @@ class DevServer:
             ],  # fmt: skip
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _as(self.who),
+            preexec_fn=lambda: _as(self.who, parent),
         )
         env = {"PGPASSWORD": password}
         deadline = time.monotonic() + 60
@@ -250,7 +248,7 @@ class DevServer:
         self.prefect = subprocess.Popen(
             [prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
-            preexec_fn=lambda: _die_with(parent),
+            preexec_fn=lambda: die_with(parent),
             stdout=log,
             stderr=subprocess.STDOUT if log else None,
         )
@@ -289,9 +287,3 @@ class DevServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-
-
-def _die_with(parent: int) -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os._exit(1)

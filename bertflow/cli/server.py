@@ -9,10 +9,7 @@ Linux's parent-death signal set, so the kernel stops it whenever this process en
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,21 +17,7 @@ from collections.abc import Iterator
 
 import httpx
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with(parent: int) -> None:
-    """In the child, before exec: get SIGTERM when the parent dies (and exit if it already has)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bertflow.processes import die_with, free_port
 
 
 @contextlib.contextmanager
@@ -51,7 +34,7 @@ def temporary_server() -> Iterator[None]:
     if PREFECT_API_URL.value() or not sys.platform.startswith("linux"):
         yield
         return
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     parent = os.getpid()
     server = subprocess.Popen(
@@ -79,7 +62,7 @@ def temporary_server() -> Iterator[None]:
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
         },
-        preexec_fn=lambda: _die_with(parent),
+        preexec_fn=lambda: die_with(parent),
     )
     try:
         deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
