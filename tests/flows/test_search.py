@@ -11,14 +11,16 @@ import pytest
 import s3fs
 import torch
 
-from bertflow.config import EmbedConfig
+from bertflow.config import EmbedConfig, PublishConfig
 from bertflow.errors import InputError
 from bertflow.flows.embed import embed_dataset
 from bertflow.flows.fit_reduction import fit_reduction
 from bertflow.model import fitted
 from bertflow.model.heads import HeadConfig, LstmHead, head_to_bytes
 from bertflow.model.loading import weights_sha256
+from bertflow.pipeline.publish import publish
 from bertflow.pipeline.search import embed_query, query_config, read_searchable, search
+from bertflow.pipeline.table_search import search_table
 from tests.conftest import build_tiny_bert, run_cli, write_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -117,11 +119,13 @@ def test_a_dest_whose_model_changed_is_refused(tmp_path, tiny_bert, bundled_mode
     model = shutil.copytree(tiny_bert, tmp_path / "model")
     source = write_rows(tmp_path / "in.jsonl", corpus(sample_texts, 10))
     embed_dataset(str(source), str(tmp_path / "dest"), EmbedConfig(model=str(model), max_length=32))
+    publish(str(tmp_path / "dest"), PublishConfig(db=str(tmp_path / "db")))
     build_tiny_bert(tmp_path / "model", bundled_model, seed=1)  # other weights under the same path
-    with pytest.raises(
-        InputError, match="the vectors were embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"
-    ):
+    changed = "the vectors were embedded with model_sha256 '[0-9a-f]+', but .* gives '[0-9a-f]+' here"
+    with pytest.raises(InputError, match=changed):
         search(str(tmp_path / "dest"), "anything")
+    with pytest.raises(InputError, match=changed):  # a published table records the same, and is refused alike
+        search_table(str(tmp_path / "db"), "embeddings", "anything")
     with pytest.raises(InputError, match="has no _manifest.json"):
         search(str(tmp_path / "nowhere"), "anything")
 
