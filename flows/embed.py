@@ -41,7 +41,7 @@ from bertflow.tasks.fanout import (
 )
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lease import dest_lease
-from bertflow.tasks.publish import publish_dest
+from bertflow.tasks.publish import check_publish, publish_dest
 from bertflow.tasks.report import report_dest
 from bertflow.tasks.reporting import RunReport, quiet_expected_errors, tag_this_run
 from bertflow.tasks.reuse import ReuseMismatch, open_previous, plan_reuse
@@ -120,6 +120,8 @@ def embed_dataset(
                 report = RunReport(dest)
                 with progress.reporting_to(report):
                     resolved = resolve_config(config)
+                    if publish is not None:
+                        check_publish(publish, resolved)
                     child_tags = tag_this_run(run_tags(resolved))
                     sizing = None
                     if config.shard_rows == "auto":

@@ -9,7 +9,14 @@ from bertflow.config import PublishConfig
 from bertflow.io.manifest import Publication
 from bertflow.partitions import stable_key
 from bertflow.pipeline import publish
+from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.policy import IN_MEMORY, RETRY
+
+
+@task(**IN_MEMORY, **RETRY)
+def check_publish(target: PublishConfig, config: ResolvedConfig) -> None:
+    """Before any embedding: refuse a publish that could not work (LanceDB: opens the table if it exists)."""
+    publish.check_target(target, config)
 
 
 @task(**IN_MEMORY, **RETRY)

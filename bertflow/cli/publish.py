@@ -59,8 +59,14 @@ def publish(
             replace=replace,
         )
     )
+    from bertflow.io import lease, parts
+
+    # One writer of DEST at a time: publish rewrites its manifest (`published`), so it holds DEST's lease,
+    # taken once DEST is known to be a finished output (a wrong path gets no lease file).
     with running(storage=storage_option):
-        done = run_publish(dest, target)
+        parts.read_pooled(dest, "publish")
+        with lease.hold(dest, run_name="bertflow publish"):
+            done = run_publish(dest, target)
     rows = [
         ("table", f"{done.table} in {done.db}, version {done.version}"),
         ("partition", done.partition),

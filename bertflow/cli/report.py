@@ -32,9 +32,12 @@ def report(
     """A map of sampled vectors (PCA), token lengths against the max length, vector norms, rejects by reason,
     the shards on a timeline by host and device, near-duplicate pairs; with --compare, two outputs side by side.
     Opens offline in any browser."""
+    from bertflow.cli.common import fail
     from bertflow.pipeline.report_data import gather
     from bertflow.pipeline.report_page import page
 
+    if not output.parent.is_dir():
+        fail(f"-o {output}: the folder {output.parent} does not exist; create it or write elsewhere")
     with running(storage=storage_option):
         data = gather(dest, color_by, compare, sample, duplicate_threshold)
         text = page(data)

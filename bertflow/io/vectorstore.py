@@ -8,6 +8,7 @@ handed to LanceDB for this connection only; they are never written into the tabl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from bertflow.errors import InputError, StorageError, one_line
+from bertflow.errors import InputError, StorageError, TransientStorageError, one_line
 from bertflow.io import storage
 from bertflow.resolved import ResolvedConfig
 
@@ -61,7 +62,10 @@ def lance_options(db: str, options: Mapping[str, str] | None = None, env: Mappin
     for name, key in _S3_ENVIRONMENT.items():
         if env.get(name) and key not in out:
             out[key] = env[name]
-    for name, value in (storage.current_options() if options is None else options).items():
+    given = storage.current_options() if options is None else options
+    if "key" in given:  # explicit credentials: not mixed with a session token of the environment's
+        out.pop("aws_session_token", None)
+    for name, value in given.items():
         if name not in _S3_OPTIONS:
             known = ", ".join(_S3_OPTIONS)
             raise InputError(f"--storage-option {name}: LanceDB on S3 takes {known}; set the rest in AWS_* variables")
@@ -73,6 +77,25 @@ def lance_options(db: str, options: Mapping[str, str] | None = None, env: Mappin
 
 def _failure(db: str, err: Exception) -> StorageError:
     return StorageError(f"LanceDB database {db}: {one_line(err)}")
+
+
+# LanceDB raises OSError for object-store I/O and RuntimeError naming a "conflict" when another writer
+# committed first; both pass when tried again (the task's retries), the rest does not.
+_TRANSIENT = ("conflict", "timed out", "timeout", "connection", "slowdown", "503", "500 internal")
+
+
+@contextlib.contextmanager
+def guarded(db: str) -> Iterator[None]:
+    """LanceDB's errors as bertflow's: transient ones retryable, the rest one line."""
+    try:
+        yield
+    except (InputError, StorageError):
+        raise
+    except (OSError, RuntimeError, ValueError) as e:
+        text = one_line(e)
+        if isinstance(e, OSError) or any(word in text.lower() for word in _TRANSIENT):
+            raise TransientStorageError(f"LanceDB database {db}: {text}") from e
+        raise _failure(db, e) from e
 
 
 def connect(db: str) -> Any:
@@ -103,36 +126,72 @@ def record(table: Any, db: str) -> TableRecord:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise InputError(f"table {table.name} in {db} was not written by `bertflow publish`: publish to another table")
-    return TableRecord.model_validate_json(raw)
+    try:
+        return TableRecord.model_validate_json(raw)
+    except ValueError:
+        raise InputError(
+            f"table {table.name} in {db}: its bertflow record is unreadable (another bertflow version?); "
+            "publish to another table, or --replace"
+        ) from None
 
 
-def create_table(conn: Any, name: str, schema: pa.Schema, rec: TableRecord, replace: bool) -> Any:
-    """An empty table with `schema` and the record in its metadata (replacing one of that name if asked)."""
+def create_table(conn: Any, db: str, name: str, rows: pa.Schema, rec: TableRecord, replace: bool) -> Any:
+    """An empty table for rows of this schema, the record in its metadata (replacing one of that name if
+    asked). When another publish created it first (backfill runs days at once), that table, once checked."""
     meta = {METADATA_KEY: rec.model_dump_json().encode()}
-    return conn.create_table(name, schema=schema.with_metadata(meta), mode="overwrite" if replace else "create")
+    schema = schema_for(rows).with_metadata(meta)
+    with guarded(db):
+        try:
+            return conn.create_table(name, schema=schema, mode="overwrite" if replace else "create")
+        except ValueError as e:
+            if "already exists" not in str(e):
+                raise
+    table = conn.open_table(name)
+    theirs = record(table, db)
+    if theirs.embedding_fingerprint != rec.embedding_fingerprint or theirs.key != rec.key:
+        raise InputError(f"table {name} in {db} was just created by another publish with other settings: rerun")
+    return table
 
 
-def upsert(table: Any, rows: pa.Table, key: Sequence[str]) -> tuple[int, int]:
+def conform(table: Any, rows: pa.Table) -> pa.Table:
+    """Rows cast to the table's schema; a column whose type changed is refused."""
+    try:
+        return rows.cast(table.schema.remove_metadata())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+        raise InputError(
+            f"table {table.name}: DEST's rows do not fit its columns ({one_line(e)}); "
+            "publish to another --table, or --replace"
+        ) from None
+
+
+def upsert(table: Any, db: str, rows: pa.Table, key: Sequence[str]) -> tuple[int, int]:
     """Insert rows whose key is new, rewrite rows whose `row_hash` changed, leave the rest; (inserted, updated)."""
-    result = (
-        table.merge_insert(list(key))
-        .when_matched_update_all(where="target.row_hash != source.row_hash")
-        .when_not_matched_insert_all()
-        .execute(rows)
-    )
+    with guarded(db):
+        result = (
+            table.merge_insert(list(key))
+            .when_matched_update_all(where="target.row_hash != source.row_hash")
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
     return result.num_inserted_rows, result.num_updated_rows
 
 
-def scan_keys(table: Any, key: Sequence[str], where: str | None, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """The key columns of the table's rows (those matching `where`), a batch at a time."""
+def scan_keys(table: Any, db: str, key: Sequence[str], where: str | None) -> pa.Table:
+    """The key columns of the table's rows (those matching `where`)."""
     query = table.search().select(list(key)).limit(None)
     if where:
         query = query.where(where)
-    yield from query.to_batches(batch_rows)
+    with guarded(db):
+        return query.to_arrow()
 
 
-def delete(table: Any, where: str) -> None:
-    table.delete(where)
+def delete(table: Any, db: str, where: str) -> int:
+    """Delete the rows matching `where`; how many there were."""
+    with guarded(db):
+        count = table.count_rows(where)
+        if count:
+            table.delete(where)
+    return count
 
 
 def sql_literal(value: object) -> str:
@@ -162,17 +221,30 @@ def indexed_columns(table: Any) -> set[str]:
     return {column for index in table.list_indices() for column in index.columns}
 
 
-def build_index(table: Any, column: str, rows: int, dim: int) -> None:
-    table.create_index(vector_column_name=column, replace=True, **index_plan(rows, dim))
+def build_index(table: Any, db: str, column: str, rows: int, dim: int) -> None:
+    with guarded(db):
+        table.create_index(vector_column_name=column, replace=True, **index_plan(rows, dim))
 
 
-def build_text_index(table: Any, column: str) -> None:
-    table.create_fts_index(column, replace=True)
+def build_key_indexes(table: Any, db: str, key: Sequence[str]) -> None:
+    """Scalar indexes on the key (BTREE on ids, BITMAP on `partition`'s few values), so upserts, deletes
+    and `--where` on them find rows without scanning the table."""
+    have = indexed_columns(table)
+    with guarded(db):
+        for column in key:
+            if column not in have:
+                table.create_scalar_index(column, index_type="BITMAP" if column == "partition" else "BTREE")
 
 
-def optimize(table: Any) -> None:
+def build_text_index(table: Any, db: str, column: str) -> None:
+    with guarded(db):
+        table.create_fts_index(column, replace=True)
+
+
+def optimize(table: Any, db: str) -> None:
     """Compact small fragments and add new rows to existing indexes (old versions kept LanceDB's 7 days)."""
-    table.optimize()
+    with guarded(db):
+        table.optimize()
 
 
 def schema_for(frame_schema: pa.Schema) -> pa.Schema:

@@ -9,7 +9,8 @@ full-snapshot DEST. Ids an incremental run listed as dropped (`--deleted-ids`) a
 
 Parts are read one at a time and upserted in batches of at most BATCH_ROWS (each a table version), so
 memory follows the largest part, not DEST; then the deletes, then the indexes. Every version stays readable,
-so a crash mid-publish leaves the previous one intact, and a rerun (upserts are idempotent) completes it.
+so a crash mid-publish leaves the previous one intact (readers of the newest may see a half-done publish until
+the rerun), and a rerun (upserts are idempotent) completes it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from bertflow.errors import InputError
 from bertflow.io import parts, storage, vectorstore
 from bertflow.io.manifest import DELETED_NAME, MANIFEST_NAME, Manifest, Publication
 from bertflow.io.vectorstore import TableRecord, sql_literal
-from bertflow.io.verify import verify_dest
-from bertflow.resolved import fingerprint_diff
+from bertflow.io.verify import verify_parts
+from bertflow.resolved import ResolvedConfig, fingerprint_diff
 
 BATCH_ROWS = 50_000  # rows per upsert: one table version each
 DELETE_TERMS = 500  # ids (or id/chunk terms) per delete statement
@@ -43,7 +44,9 @@ def publishable(dest: str) -> Manifest:
             f"DEST {dest} holds {manifest.config.quantize} vectors (--quantize); LanceDB indexes float vectors and "
             "compresses them itself (IVF-PQ): publish a DEST embedded without --quantize"
         )
-    problems = verify_dest(dest)
+    # verify_parts: every part present and unchanged since the run (sha256, rows), memory flat in DEST; the
+    # keys' uniqueness is checked on the small key columns in `publish`, which reads them anyway.
+    problems = verify_parts(dest)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InputError(
@@ -53,11 +56,39 @@ def publishable(dest: str) -> Manifest:
     return manifest
 
 
-def table_key(manifest: Manifest, sync: str) -> list[str]:
+RESERVED = ("partition", "row_hash")  # columns publish adds to every row
+
+
+def check_target(target: PublishConfig, config: ResolvedConfig) -> None:
+    """Refuse, before anything is written, a publish that cannot work: a kept column publish would overwrite,
+    a full-text column that is not kept, storage options LanceDB cannot take, or a table whose vectors or
+    sync mode differ (the embed flow checks this when it starts, not after hours of embedding)."""
+    clash = sorted(set(RESERVED) & set(config.keep))
+    if clash:
+        raise InputError(f"kept column {clash[0]}: publish adds a column of that name; rename it or keep it out")
+    if target.fts_column is not None and target.fts_column not in config.keep:
+        kept = ", ".join(config.keep) or "none"
+        raise InputError(f"--fts-column {target.fts_column}: not a kept column of DEST (kept: {kept})")
+    table = vectorstore.open_table(vectorstore.connect(target.db), target.db, target.table)
+    if table is not None and not target.replace:
+        _check_table(vectorstore.record(table, target.db), _record_for(config, target), target.table, target.db)
+
+
+def _record_for(config: ResolvedConfig, target: PublishConfig) -> TableRecord:
+    return TableRecord(
+        config=config,
+        fingerprint=config.output_fingerprint(),
+        embedding_fingerprint=config.embedding_fingerprint(),
+        sync=target.sync,
+        key=table_key(config, target.sync),
+    )
+
+
+def table_key(config: ResolvedConfig, sync: str) -> list[str]:
     return [
         *(["partition"] if sync == "partition" else []),
         "id",
-        *(["chunk_index"] if manifest.config.chunked else []),
+        *(["chunk_index"] if config.chunked else []),
     ]
 
 
@@ -101,10 +132,10 @@ def _keys(dest: str, manifest: Manifest) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(key, pl.Int64))
 
 
-def _stale_filters(table: object, manifest: Manifest, keys: pl.DataFrame, scope: str | None) -> list[str]:
+def _stale_filters(table: object, db: str, manifest: Manifest, keys: pl.DataFrame, scope: str | None) -> list[str]:
     """Delete filters for the table's rows in `scope` whose key DEST no longer has."""
     key = list(keys.columns)
-    held = pl.from_arrow(pa.Table.from_batches(list(vectorstore.scan_keys(table, key, scope))))
+    held = pl.from_arrow(vectorstore.scan_keys(table, db, key, scope))
     assert isinstance(held, pl.DataFrame)
     if held.is_empty():
         return []
@@ -123,14 +154,26 @@ def _chunks(items: list, size: int = DELETE_TERMS) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _dropped_filters(dest: str, manifest: Manifest) -> list[str]:
-    """Delete filters for the ids an incremental run recorded as dropped (DEST/_deleted.parquet)."""
-    if manifest.reuse is None or manifest.reuse.deleted is None:
+def _dropped_filters(dest: str, manifest: Manifest, sync: str) -> list[str]:
+    """Delete filters for the ids an incremental run recorded as dropped (DEST/_deleted.parquet): under
+    --sync partition, only in the partition of the earlier output they were dropped from (an id dropped on
+    day 2 and back on day 3 keeps its day-3 row when day 2 is published again)."""
+    if manifest.reuse is None or manifest.reuse.deleted is None or not manifest.reuse.previous:
         return []
     uri = storage.join(dest, DELETED_NAME)
     with storage.translated(uri), storage.open_input(uri) as src:
         ids = pl.read_parquet(src)["id"].to_list()
-    return [f"id IN ({', '.join(sql_literal(i) for i in group)})" for group in _chunks(ids)]
+    within = ""
+    if sync == "partition":
+        earlier = manifest.reuse.previous[0]
+        found = parts.read_manifest(earlier)
+        within = f"partition = {sql_literal(_partition_of(earlier, found))} AND "
+    return [f"{within}id IN ({', '.join(sql_literal(i) for i in group)})" for group in _chunks(ids)]
+
+
+def _partition_of(dest: str, manifest: Manifest | None, given: str | None = None) -> str:
+    """The `partition` value of DEST's rows: as given, else the day it was embedded for, else DEST itself."""
+    return given or (manifest.partition if manifest else None) or storage.canonical(dest)
 
 
 def _check_table(rec: TableRecord, wanted: TableRecord, name: str, db: str) -> None:
@@ -152,42 +195,37 @@ def _check_table(rec: TableRecord, wanted: TableRecord, name: str, db: str) -> N
 def publish(dest: str, target: PublishConfig) -> Publication:
     """Publish DEST into `target.table` of `target.db`; record it in DEST's manifest; return the record."""
     manifest = publishable(dest)
-    partition = target.partition or manifest.partition or storage.canonical(dest)
-    wanted = TableRecord(
-        config=manifest.config,
-        fingerprint=manifest.fingerprint,
-        embedding_fingerprint=manifest.embedding_fingerprint or manifest.fingerprint,
-        sync=target.sync,
-        key=table_key(manifest, target.sync),
-    )
-    if target.fts_column is not None and target.fts_column not in manifest.config.keep:
-        kept = ", ".join(manifest.config.keep) or "none"
-        raise InputError(f"--fts-column {target.fts_column}: not a kept column of DEST (kept: {kept})")
+    partition = _partition_of(dest, manifest, target.partition)
+    check_target(target, manifest.config)
+    keys = _keys(dest, manifest)
+    ordered = keys.sort(keys.columns)  # sorted, not hashed: memory stays a few times the key columns
+    if ordered.select(pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in keys.columns]).any()).item():
+        raise InputError(f"DEST {dest} fails verify: a key occurs in two rows; run `bertflow verify {dest}`")
+    wanted = _record_for(manifest.config, target)
     conn = vectorstore.connect(target.db)
     table = vectorstore.open_table(conn, target.db, target.table)
-    if table is not None and not target.replace:
-        _check_table(vectorstore.record(table, target.db), wanted, target.table, target.db)
     inserted = updated = deleted = 0
     for batch in _batches(dest, manifest, partition):
         if table is None or target.replace:
-            table = vectorstore.create_table(conn, target.table, vectorstore.schema_for(batch.schema), wanted, True)
+            table = vectorstore.create_table(conn, target.db, target.table, batch.schema, wanted, target.replace)
             target = target.model_copy(update={"replace": False})
         elif table.schema.names != batch.schema.names:
             raise InputError(
                 f"table {target.table} in {target.db} has columns {', '.join(table.schema.names)}; DEST's rows have "
                 f"{', '.join(batch.schema.names)} (another --keep?): publish to another --table, or --replace"
             )
-        added, changed = vectorstore.upsert(table, batch.cast(table.schema.remove_metadata()), wanted.key)
+        added, changed = vectorstore.upsert(table, target.db, vectorstore.conform(table, batch), wanted.key)
         inserted, updated = inserted + added, updated + changed
     if table is None:  # an empty DEST
         raise InputError(f"DEST {dest} has no rows to publish")
     scope = f"partition = {sql_literal(partition)}" if target.sync == "partition" else None
-    for where in [*_stale_filters(table, manifest, _keys(dest, manifest), scope), *_dropped_filters(dest, manifest)]:
-        gone = table.count_rows(where)
-        if gone:
-            vectorstore.delete(table, where)
-            deleted += gone
-    indexed = _index(table, manifest, target)
+    gone = [
+        *_stale_filters(table, target.db, manifest, _keys(dest, manifest), scope),
+        *_dropped_filters(dest, manifest, target.sync),
+    ]
+    for where in gone:
+        deleted += vectorstore.delete(table, target.db, where)
+    indexed = _index(table, manifest, target, wanted.key)
     done = Publication(
         db=target.db,
         table=target.table,
@@ -205,19 +243,21 @@ def publish(dest: str, target: PublishConfig) -> Publication:
     return done
 
 
-def _index(table: object, manifest: Manifest, target: PublishConfig) -> list[str]:
-    """An ANN index on each vector column once the table has `index_rows` rows (new rows are added to an
-    existing one); a full-text index on `fts_column` if asked."""
-    vectorstore.optimize(table)
+def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[str]) -> list[str]:
+    """An ANN index on each vector column and scalar indexes on the key once the table has `index_rows`
+    rows (new rows are added to existing ones); a full-text index on `fts_column` if asked."""
+    db = target.db
+    vectorstore.optimize(table, db)
     rows = table.count_rows()  # type: ignore[attr-defined]
     columns = manifest.config.embedding_columns()
     have = vectorstore.indexed_columns(table)
     if rows >= target.index_rows:
+        vectorstore.build_key_indexes(table, db, key)
         for column, dim in columns.items():
             if column not in have:
-                vectorstore.build_index(table, column, rows, dim)
+                vectorstore.build_index(table, db, column, rows, dim)
     if target.fts_column is not None and target.fts_column not in have:
-        vectorstore.build_text_index(table, target.fts_column)
+        vectorstore.build_text_index(table, db, target.fts_column)
     have = vectorstore.indexed_columns(table)
     return [c for c in columns if c in have]
 

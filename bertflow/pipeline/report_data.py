@@ -42,7 +42,8 @@ class Comparison:
 
     other: str
     overlap: np.ndarray  # (n,) neighbour overlap@10 of each row, in [0, 1]
-    by_label: dict[str, tuple[float, float]] = field(default_factory=dict)  # figure -> (DEST, OTHER)
+    # (figure, label or "all") -> (under DEST, under OTHER): silhouette and kNN accuracy, per label and overall
+    by_label: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,7 +51,8 @@ class ReportData:
     dest: str
     rows: int
     max_length: int
-    truncated: int
+    truncated: int  # documents truncated, or (chunked) cut into several windows
+    documents: int
     chunked: bool
     token_edges: np.ndarray  # (B+1,) bin edges of n_tokens
     token_counts: np.ndarray  # (B,) rows per bin, over every row of DEST
@@ -59,6 +61,7 @@ class ReportData:
     labels: list | None  # the sample's `--color-by` values
     snippets: list[str | None]
     xy: np.ndarray  # (n, 2) the sample on its first two principal components
+    umap: np.ndarray | None  # (n, 2) the sample's UMAP embedding, when umap-learn is installed
     rejects: dict[str, int]
     timeline: list[ShardBar]
     duplicates: list[tuple[object, object, float]]  # (id, id, cosine), most similar first
@@ -120,15 +123,16 @@ def unit(x: np.ndarray) -> np.ndarray:
 def near_duplicates(x: np.ndarray, ids: list, threshold: float, limit: int = 100) -> list[tuple]:
     """Pairs of rows whose cosine is at least `threshold` (exact, blockwise), most similar first."""
     u = unit(x)
-    found: list[tuple[float, int, int]] = []
+    best = (np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64))  # (cosine, i, j), at most `limit`
     for start in range(0, len(u), 1024):
         block = u[start : start + 1024] @ u.T  # (b, n)
-        rows, cols = np.nonzero(block >= threshold)
-        for r, c in zip(rows, cols):
-            if start + r < c:
-                found.append((float(block[r, c]), start + int(r), int(c)))
-    found.sort(key=lambda t: -t[0])
-    return [(ids[i], ids[j], round(s, 4)) for s, i, j in found[:limit]]
+        upper = np.arange(start, start + len(block))[:, None] < np.arange(len(u))[None, :]  # each pair once
+        rows, cols = np.nonzero((block >= threshold) & upper)
+        sims = np.concatenate([best[0], block[rows, cols]])
+        i, j = np.concatenate([best[1], rows + start]), np.concatenate([best[2], cols])
+        keep = np.argsort(-sims, kind="stable")[:limit]  # only the best `limit` so far are kept
+        best = (sims[keep], i[keep], j[keep])
+    return [(ids[i], ids[j], round(float(s), 4)) for s, i, j in zip(*best)]
 
 
 def neighbours(x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
@@ -141,10 +145,16 @@ def neighbours(x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette of the rows under cosine distance (labels with one member score 0)."""
+    return float(silhouettes(x, labels).mean())
+
+
+def silhouettes(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n,) each row's silhouette under cosine distance: (b - a) / max(a, b), a its mean distance to its own
+    label's other rows, b to the nearest other label's; 0 for a label of one row; NaN with one label."""
     dist = 1 - unit(x) @ unit(x).T  # (n, n)
     names, codes = np.unique(labels, return_inverse=True)
     if len(names) < 2:
-        return float("nan")
+        return np.full(len(x), np.nan)
     means = np.stack([dist[:, codes == c].sum(axis=1) for c in range(len(names))], axis=1)  # (n, L)
     sizes = np.bincount(codes, minlength=len(names)).astype(float)
     own = sizes[codes] - 1
@@ -152,16 +162,21 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     means = means / sizes
     means[np.arange(len(x)), codes] = np.inf
     b = means.min(axis=1)
-    s = np.where(own > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0)
-    return float(s.mean())
+    return np.where(own > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0)
 
 
 def knn_accuracy(x: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS) -> float:
     """Leave-one-out: the share of rows whose k nearest neighbours' majority label is their own."""
+    return float(knn_hits(x, labels, k).mean())
+
+
+def knn_hits(x: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """(n,) whether each row's k nearest others vote for its own label (a tie counts only if its label is
+    among the most voted, so no label wins ties by its name)."""
     near = neighbours(x, k)
     names, codes = np.unique(labels, return_inverse=True)
     votes = np.stack([np.bincount(row, minlength=len(names)) for row in codes[near]])  # (n, L)
-    return float((votes.argmax(axis=1) == codes).mean())
+    return votes[np.arange(len(x)), codes] == votes.max(axis=1)
 
 
 def _text_column(manifest: Manifest, dest: str, color_by: str | None) -> str | None:
@@ -211,9 +226,25 @@ def _compare(other: str, key: list[str], sample: pl.DataFrame, x: np.ndarray, la
     result = Comparison(other, overlap)
     if labels is not None:
         named = np.array([str(labels[r]) for r in rows])
-        result.by_label["silhouette (cosine)"] = (silhouette(mine, named), silhouette(yours, named))
-        result.by_label[f"kNN accuracy (k={NEIGHBOURS})"] = (knn_accuracy(mine, named), knn_accuracy(yours, named))
+        figures = {
+            "silhouette (cosine)": (silhouettes(mine, named), silhouettes(yours, named)),
+            f"kNN accuracy (k={NEIGHBOURS})": (knn_hits(mine, named), knn_hits(yours, named)),
+        }
+        for figure, (a, b) in figures.items():
+            result.by_label[(figure, "all")] = (float(np.mean(a)), float(np.mean(b)))
+            for label in np.unique(named):
+                pick = named == label
+                result.by_label[(figure, str(label))] = (float(np.mean(a[pick])), float(np.mean(b[pick])))
     return result
+
+
+def umap_plane(x: np.ndarray) -> np.ndarray | None:
+    """(n, 2) UMAP of the rows under cosine distance when umap-learn is installed (seeded), else None."""
+    try:
+        import umap
+    except ImportError:
+        return None
+    return umap.UMAP(n_components=2, metric="cosine", random_state=0).fit_transform(x).astype(np.float32)
 
 
 def gather(
@@ -239,9 +270,13 @@ def gather(
     wanted = list(dict.fromkeys([*key, column, *(c for c in (color_by, text) if c)]))
     picked = _sample(dest, manifest, wanted, sample)
     x = _float_vectors(picked, column, manifest)  # (n, D)
-    tokens = pl.concat([_read(dest, s.name, ["n_tokens"]) for s in manifest.shards])["n_tokens"].to_numpy()
-    top = max(int(tokens.max(initial=0)), 1)
-    edges = np.linspace(0, top + 1, min(TOKEN_BINS, top + 1) + 1)
+    small = ["n_tokens", *(["id", "chunk_index"] if config.chunked else [])]
+    streamed = pl.concat([_read(dest, s.name, small) for s in manifest.shards])
+    tokens = streamed["n_tokens"].to_numpy()
+    # Documents longer than the model takes: truncated ones, or, chunked, those cut into several windows.
+    cut = streamed.filter(pl.col("chunk_index") > 0)["id"].n_unique() if config.chunked else None
+    width = -(-(int(tokens.max(initial=0)) + 1) // TOKEN_BINS)  # whole tokens per bin: no comb of 17s and 18s
+    edges = np.arange(0, int(tokens.max(initial=0)) + width + 1, width)
     counts, _ = np.histogram(tokens, bins=edges)
     labels = picked[color_by].to_list() if color_by else None
     ids = picked["id"].to_list()
@@ -253,7 +288,8 @@ def gather(
         dest=dest,
         rows=len(tokens),
         max_length=config.max_length,
-        truncated=manifest.totals.truncated if manifest.totals else 0,
+        truncated=cut if cut is not None else (manifest.totals.truncated if manifest.totals else 0),
+        documents=manifest.totals.documents if manifest.totals else len(tokens),
         chunked=config.chunked,
         token_edges=edges,
         token_counts=counts,
@@ -262,6 +298,7 @@ def gather(
         labels=labels,
         snippets=snippets,
         xy=principal_plane(x),
+        umap=umap_plane(x) if len(x) > NEIGHBOURS + 5 else None,
         rejects=_rejects(dest, manifest),
         timeline=timeline(manifest),
         duplicates=near_duplicates(x[sub], [ids[i] for i in sub], duplicate_threshold),

@@ -33,19 +33,33 @@ _STYLE = """<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:12
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style>"""
 
 
-def _map(d: ReportData) -> go.Figure:
+MAX_GROUPS = 20  # --color-by values drawn as their own trace; the rest as "other"
+
+
+def groups(labels: list | None) -> list[str]:
+    """Each row's colour group: its label among the MAX_GROUPS most frequent, else "other"."""
+    if labels is None:
+        return []
+    names = [str(v) for v in labels]
+    values, counts = np.unique(names, return_counts=True)
+    top = set(values[np.argsort(-counts, kind="stable")[:MAX_GROUPS]])
+    return [n if n in top else "other" for n in names]
+
+
+def _map(d: ReportData, xy: np.ndarray, method: str) -> go.Figure:
     fig = go.Figure()
-    hover = [f"{i}<br>{html.escape(t or '')}" for i, t in zip(d.ids, d.snippets)]
-    groups = {str(v) for v in d.labels} if d.labels is not None else {""}
-    for group in sorted(groups):
-        rows = [k for k in range(len(d.ids)) if d.labels is None or str(d.labels[k]) == group]
+    # Plotly renders a subset of HTML in hover text and legend names: ids and texts are escaped.
+    hover = [f"{html.escape(str(i))}<br>{html.escape(t or '')}" for i, t in zip(d.ids, d.snippets)]
+    group = groups(d.labels)
+    for name in sorted(set(group)) if group else [""]:
+        rows = [k for k in range(len(d.ids)) if not group or group[k] == name]
         fig.add_trace(
             go.Scatter(
-                x=d.xy[rows, 0], y=d.xy[rows, 1], mode="markers", name=group or "rows",
+                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=html.escape(name) or "rows",
                 text=[hover[k] for k in rows], hoverinfo="text", marker={"size": 5, "opacity": 0.7},
             )
         )  # fmt: skip
-    fig.update_layout(title=f"{len(d.ids):,} sampled rows on their first two principal components (PCA)")
+    fig.update_layout(title=f"{len(d.ids):,} sampled rows, {method}")
     return fig
 
 
@@ -57,8 +71,8 @@ def _bars(x: list, y: list, title: str, xaxis: str) -> go.Figure:
 
 def _tokens(d: ReportData) -> go.Figure:
     mids = ((d.token_edges[:-1] + d.token_edges[1:]) / 2).tolist()
-    share = d.truncated / max(d.rows, 1)
-    cut = "chunked into windows" if d.chunked else "truncated"
+    share = d.truncated / max(d.documents, 1)
+    cut = "cut into several windows" if d.chunked else "truncated"
     fig = _bars(mids, d.token_counts.tolist(), f"Tokens per row ({share:.1%} of documents {cut})", "n_tokens")
     fig.add_vline(x=d.max_length, line_dash="dash", annotation_text=f"max length {d.max_length}")
     return fig
@@ -105,7 +119,12 @@ def _table(head: list[str], rows: list[list]) -> str:
 
 def page(d: ReportData) -> str:
     """The report as one HTML document."""
-    figures: list[tuple[str, go.Figure | str]] = [("map", _map(d)), ("tokens", _tokens(d)), ("norms", _norms(d))]
+    figures: list[tuple[str, go.Figure | str]] = [
+        ("map", _map(d, d.xy, "on their first two principal components (PCA)"))
+    ]
+    if d.umap is not None:
+        figures.append(("umap", _map(d, d.umap, "UMAP (cosine)")))
+    figures += [("tokens", _tokens(d)), ("norms", _norms(d))]
     if d.rejects:
         figures.append(
             ("rejects", _bars(list(d.rejects), list(d.rejects.values()), "Rejected rows by reason", "reason"))
@@ -119,9 +138,9 @@ def page(d: ReportData) -> str:
     if d.compare is not None:
         c = d.compare
         figures.append(("overlap", _overlap(d)))
-        rows = [[name, f"{a:.3f}", f"{b:.3f}"] for name, (a, b) in c.by_label.items()]
+        rows = [[name, label, f"{a:.3f}", f"{b:.3f}"] for (name, label), (a, b) in c.by_label.items()]
         note = (
-            _table(["by " + (d.color_by or "label"), d.dest, c.other], rows)
+            _table(["figure", d.color_by or "label", d.dest, c.other], rows)
             if rows
             else "<p>Add --color-by for label figures.</p>"
         )

@@ -31,11 +31,13 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 DAYS = ("2026-01-01", "2026-01-02")
 
 
-def embed(root: Path, model: Path, day: str, rows: list[dict], **options) -> str:
+def embed(root: Path, model: Path, day: str, rows: list[dict], publish: PublishConfig | None = None, **options) -> str:
     """One partitioned run: SOURCE and DEST with {date}, as embed-nightly writes them; 8-row shards."""
+    root.mkdir(exist_ok=True)
     write_rows(root / f"src-{day}.parquet", rows)
     config = EmbedConfig(model=str(model), shard_rows=8, keep=("tag",), device="cpu", **options)
-    embed_dataset(str(root / "src-{date}.parquet"), str(root / "out-{date}"), config, partition=day, deleted_ids=True)
+    source, dest = str(root / "src-{date}.parquet"), str(root / "out-{date}")
+    embed_dataset(source, dest, config, partition=day, deleted_ids=True, publish=publish)
     return str(root / f"out-{day}")
 
 
@@ -108,6 +110,12 @@ def test_partition_replaces_its_own_rows_and_leaves_day_one_but_the_dropped_id(d
     again = rows(db)
     assert again.filter(pl.col("partition") == DAYS[1]).equals(two)
     assert again.filter(pl.col("partition") == DAYS[0]).equals(before)
+    # 25 is back on a later day: republishing day 2 deletes it from day 1, where it was dropped, only.
+    publish(days[0], PublishConfig(db=db, partition="2026-01-03"))
+    publish(days[1], PublishConfig(db=db))
+    later = rows(db)
+    assert 25 not in later.filter(pl.col("partition") == DAYS[0])["id"].to_list()
+    assert 25 in later.filter(pl.col("partition") == "2026-01-03")["id"].to_list()
 
 
 def test_other_embeddings_and_unfinished_dests_are_refused_and_the_table_is_untouched(days, tmp_path, tiny_bert):
@@ -117,6 +125,10 @@ def test_other_embeddings_and_unfinished_dests_are_refused_and_the_table_is_unto
     cls = embed(tmp_path, tiny_bert, DAYS[0], day1(), pooling="cls")
     with pytest.raises(InputError, match=r"holds vectors embedded with pooling 'mean', DEST with 'cls'.*--replace"):
         publish(cls, PublishConfig(db=db))
+    # The embed flow checks the table when it starts: refused before any row is embedded.
+    with pytest.raises(InputError, match=r"holds vectors embedded with pooling"):
+        embed(tmp_path / "early", tiny_bert, DAYS[0], day1(), pooling="max", publish=PublishConfig(db=db))
+    assert not list((tmp_path / "early").glob(f"out-{DAYS[0]}/*.parquet"))
     with pytest.raises(InputError, match=r"--fts-column text: not a kept column of DEST \(kept: tag\)"):
         publish(days[0], PublishConfig(db=db, fts_column="text"))
     with pytest.raises(InputError, match=r"kept with --sync partition"):
@@ -206,7 +218,10 @@ def test_the_index_is_built_above_the_threshold_and_recalls_the_exact_neighbours
     done = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=1000, fts_column="tag"))
     assert done.indexed == ["embedding"]
     table = lancedb.connect(db).open_table("embeddings")
-    assert vectorstore.indexed_columns(table) == {"embedding", "tag"}  # and the full-text index asked for
+    [ann] = [i for i in table.list_indices() if i.columns == ["embedding"]]
+    assert ann.index_type == "IvfPq" and table.index_stats(ann.name).num_indexed_rows == 1500  # every row
+    # With the full-text index asked for, and scalar indexes on the key for upserts and deletes.
+    assert vectorstore.indexed_columns(table) == {"embedding", "tag", "partition", "id"}
     assert len(table.search("x", query_type="fts").limit(5).to_list()) == 5
     queries = texts[::30]
     overlap = []
@@ -236,3 +251,39 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(days, tmp_path, args, m
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in " ".join(r.stderr.split()) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not db.exists()
+
+
+def test_s3_credentials_from_storage_options_alone(days, s3, monkeypatch):
+    """What deployments use (--storage-option, a storage block): no AWS_* in the environment at all."""
+    from tests.deployments.service import make_bucket
+
+    make_bucket()
+    options = [f"key={s3.env['AWS_ACCESS_KEY_ID']}", f"secret={s3.env['AWS_SECRET_ACCESS_KEY']}",
+               f"endpoint_url={s3.url}", "region_name=us-east-1"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    code = "from bertflow.cli import app; import sys; app(sys.argv[1:])"
+    args = ["publish", days[0], "--db", "s3://lake/opts", *(x for o in options for x in ("--storage-option", o))]
+    r = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(rows("s3://lake/opts")) == 30
+    r = subprocess.run([sys.executable, "-c", code, *args[:4], "--storage-option", "profile=x"], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "--storage-option profile: LanceDB on S3 takes key, secret" in r.stderr
+
+
+def test_chunked_rows_are_keyed_by_window_and_lost_windows_deleted(tmp_path, tiny_bert):
+    long = " ".join(f"Sentence {i} about rivers." for i in range(30))
+    first = [{"id": 1, "text": long, "tag": "a"}, {"id": 2, "text": "Short.", "tag": "a"}]
+    second = [{"id": 1, "text": long[: len(long) // 3], "tag": "a"}, {"id": 2, "text": "Short.", "tag": "a"}]
+    chunked = {"long_text": "chunk", "chunk_tokens": 32}
+    one = embed(tmp_path / "one", tiny_bert, DAYS[0], first, **chunked)
+    two = embed(tmp_path / "two", tiny_bert, DAYS[0], second, **chunked)
+    db = str(tmp_path / "db")
+    publish(one, PublishConfig(db=db, sync="mirror"))
+    windows = read(one).group_by("id").len().sort("id")["len"].to_list()
+    assert windows[0] > 3 and len(rows(db)) == sum(windows)
+    done = publish(two, PublishConfig(db=db, sync="mirror"))
+    table, expected = rows(db).sort("id", "chunk_index"), read(two).sort("id", "chunk_index")
+    assert table.select("id", "chunk_index").rows() == expected.select("id", "chunk_index").rows()
+    assert table["embedding"].to_numpy().tobytes() == expected["embedding"].to_numpy().tobytes()
+    assert done.deleted == sum(windows) - len(expected)  # the windows id 1 no longer has

@@ -70,18 +70,24 @@ def render(path: Path, shot: Path) -> tuple[dict, list]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
 def test_the_page_renders_in_chromium_offline_with_every_plot(outputs, tmp_path):
-    r = run_cli("report", outputs["mean"], "--color-by", "topic", "-o", str(tmp_path / "report.html"))
+    args = ("--color-by", "topic", "--sample", "20")
+    r = run_cli("report", outputs["mean"], *args, "-o", str(tmp_path / "report.html"))
     assert r.returncode == 0, r.stderr
     manifest = parts.read_manifest(outputs["mean"])
     drawn, errors = render(tmp_path / "report.html", tmp_path / "report.png")
     assert errors == []
-    assert drawn["map_points"] == 42  # one point per sampled row (all 42 embedded rows; the null text is rejected)
-    assert drawn["token_rows"] == manifest.totals.rows == 42  # the histogram's counts sum to the rows
-    assert drawn["token_bars"] >= 1
+    assert drawn["map_points"] == 20  # one point per sampled row
+    assert drawn["token_rows"] == manifest.totals.rows == 42  # the histogram counts every row, not the sample
+    assert drawn["token_bars"] == len(gather(outputs["mean"], sample=20).token_counts)
     assert drawn["timeline_bars"] == len(manifest.shards) == 5  # one bar per shard
     assert drawn["overlap_bars"] is None  # no --compare
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert "<script src=" not in (tmp_path / "report.html").read_text()  # plotly.js is inlined, not fetched
+
+    r = run_cli("report", outputs["mean"], *args, "--compare", outputs["cls"], "-o", str(tmp_path / "both.html"))
+    assert r.returncode == 0, r.stderr
+    drawn, errors = render(tmp_path / "both.html", tmp_path / "both.png")
+    assert errors == [] and drawn["overlap_bars"] == 11  # overlap@10 in tenths: 0.0 ... 1.0
 
 
 def test_compare_gives_overlap_in_0_1_and_1_for_equal_outputs(outputs):
@@ -91,18 +97,23 @@ def test_compare_gives_overlap_in_0_1_and_1_for_equal_outputs(outputs):
     assert other.compare.overlap.mean() < 1  # mean and cls pooling give other neighbours
     same = gather(outputs["mean"], color_by="topic", compare=outputs["mean"])
     assert (same.compare.overlap == 1.0).all()
-    s_mean, s_cls = other.compare.by_label["silhouette (cosine)"]
-    assert -1 <= s_mean <= 1 and -1 <= s_cls <= 1
-    assert same.compare.by_label["kNN accuracy (k=10)"][0] == same.compare.by_label["kNN accuracy (k=10)"][1]
+    labels = [("silhouette (cosine)", t) for t in ("all", "code", "fruit", "sea")]
+    assert [k for k in other.compare.by_label if k[0].startswith("silhouette")] == labels
+    for figure, label in other.compare.by_label:
+        assert all(-1 <= v <= 1 for v in other.compare.by_label[(figure, label)])
+    knn = [v for k, v in same.compare.by_label.items() if k[0].startswith("kNN")]
+    assert all(a == b for a, b in knn)  # an output compared with itself scores the same on both sides
     assert other.rejects == {next(iter(other.rejects)): 1}  # the null text, by its reason
     assert "Compared with" in page(other)
 
 
 def test_label_figures_by_hand():
-    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
-    labels = np.array(["a", "a", "b", "b"])
-    assert silhouette(x, labels) > 0.8  # two tight, far apart groups
-    assert knn_accuracy(x, labels, k=1) == 1.0
+    x = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)  # cosine distance 0 within a pair, 1 across
+    # Grouped by pair: a = 0, b = 1, so every row scores (1 - 0) / 1.
+    assert silhouette(x, np.array(["a", "a", "b", "b"])) == 1.0
+    # Split across pairs: a row's own label is the other pair (a = 1), the other label half and half (b = 0.5).
+    assert silhouette(x, np.array(["a", "b", "a", "b"])) == -0.5
+    assert knn_accuracy(x, np.array(["a", "a", "b", "b"]), k=1) == 1.0
     assert knn_accuracy(x, np.array(["a", "b", "a", "b"]), k=1) == 0.0
 
 
