@@ -6,7 +6,7 @@ For each size in --rows (default 100,000 and 1,000,000 rows of 384 dimensions):
    fingerprints, `finalize`; `verify_dest` must pass), its vectors a seeded two-level gaussian mixture
    (1,000 topics x 32 subtopics, unit-norm) instead of a model's, so neighbours are structured, not noise;
 2. publish it into an empty LanceDB table (`bertflow.pipeline.publish.publish`, index built) in a child
-   process: phases timed by wrapping the `vectorstore` functions publish() calls, peak RSS from wait4;
+   process: phases timed by wrapping the functions publish() calls, peak RSS from its VmHWM;
 3. publish the same DEST again: nothing changed, so no row may be inserted, updated or deleted;
 4. query held-out, perturbed mixture points: LanceDB's IVF-PQ index (nprobes 20, refine 10, as `bertflow
    search --db`), LanceDB exact (`bypass_vector_index`) and the flat scan of DEST (`search.scan`), the
@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -111,9 +110,9 @@ def child(dest: str, db: str, index_rows: int) -> None:
 
     if dest == "-":  # the floor: what importing publish() and connecting cost, before any row
         vectorstore.connect(db)
-        return print("{}")
+        return print(json.dumps({"peak": peak_rss()}))
     phases: dict[str, float] = {}
-    peaks: dict[str, int] = {"start": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # peak RSS so far
+    peaks: dict[str, int] = {"start": peak_rss()}  # phase -> this process's peak RSS so far, after it ran
 
     def timed(name: str, fn):
         def run(*args, **kwargs):
@@ -122,7 +121,7 @@ def child(dest: str, db: str, index_rows: int) -> None:
                 return fn(*args, **kwargs)
             finally:
                 phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
-                peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                peaks[name] = peak_rss()
 
         return run
 
@@ -133,21 +132,23 @@ def child(dest: str, db: str, index_rows: int) -> None:
     t0 = time.perf_counter()
     done = pub.publish(dest, PublishConfig(db=db, table=TABLE, index_rows=index_rows))
     seconds = time.perf_counter() - t0
-    print(
-        json.dumps({"seconds": seconds, "phases": phases, "peaks": peaks, "publication": done.model_dump(mode="json")})
-    )
+    result = {"seconds": seconds, "phases": phases, "peaks": peaks, "peak": peak_rss()}
+    print(json.dumps({**result, "publication": done.model_dump(mode="json")}))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM): unlike ru_maxrss, not inherited from the parent across fork and exec."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def run_child(*args: str) -> tuple[dict, int]:
     """`publish.py --child ARGS` as a child process: its JSON result and its peak RSS in bytes."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"publish child failed (exit {proc.returncode})")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss * 1024  # Linux: KiB
+    done = subprocess.run([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"publish child failed (exit {done.returncode})")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result, result["peak"]
 
 
 def exact_top(dest: Path, manifest, queries: np.ndarray) -> np.ndarray:
@@ -306,7 +307,8 @@ def render(report: dict) -> str:
         f"{again['phases_s']['optimize']:,.0f} s, upserts {again['phases_s']['upsert']:,.0f} s), and adds "
         f"{again['version'] - first['version']} table versions.",
         f"- Peak RSS {rss(small['first']):,.0f} MiB at {small['rows']:,} rows, {rss(first):,.0f} MiB at "
-        f"{big['rows']:,} (reached by the end of `{at}`); importing publish() alone peaks at {floor:,.0f} MiB "
+        f"{big['rows']:,} (reached by the end of `{at}`), republish {rss(small['second']):,.0f} -> {rss(again):,.0f} "
+        f"MiB; importing publish() alone peaks at {floor:,.0f} MiB "
         "(torch comes in via bertflow.io.parts -> schema -> vectors).",
         f"- Search at {big['rows']:,} rows: the ANN index answers in {ann['p50_ms']:,.1f} ms (p50), "
         f"{flat['p50_ms'] / ann['p50_ms']:,.0f}x faster than today's flat scan of DEST, at recall@10 "
