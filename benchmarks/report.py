@@ -3,7 +3,7 @@
 Builds the same genuine synthetic DESTs as `benchmarks/publish.py` (384-dim mixture vectors, 10,000-row
 parts), then, in a child process per size, runs what every completed run does: `gather` (the n_tokens of
 every row, a 20,000-row sample, PCA, near-duplicates on 5,000) and `page` (the HTML), timed apart; peak RSS
-from wait4. Data lives under /tmp and is removed.
+from the child's VmHWM. Data lives under /tmp and is removed.
 
     .venv/bin/python benchmarks/report.py            # 100,000 and 1,000,000 rows
     .venv/bin/python benchmarks/report.py --rows 20000
@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from publish import REPO, build_dest, du, git_commit, subtopics
+from publish import REPO, build_dest, du, git_commit, peak_rss, subtopics
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -37,7 +37,7 @@ def child(dest: str) -> None:
     html = page(data)
     t2 = time.perf_counter()
     print(json.dumps({"gather_s": round(t1 - t0, 2), "page_s": round(t2 - t1, 2), "html_bytes": len(html),
-                      "sample": len(data.ids), "shards": len(data.timeline)}))  # fmt: skip
+                      "sample": len(data.ids), "shards": len(data.timeline), "peak": peak_rss()}))  # fmt: skip
 
 
 def measure(rows: int) -> dict:
@@ -48,7 +48,7 @@ def measure(rows: int) -> dict:
         proc = subprocess.Popen([sys.executable, __file__, "--child", str(dest)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         if os.waitstatus_to_exitcode(status):
             raise SystemExit("report child failed")
         result = json.loads(out.strip().splitlines()[-1])
@@ -57,7 +57,8 @@ def measure(rows: int) -> dict:
             "rows": rows,
             "dest_bytes": du(dest),
             "wall_s": round(wall, 1),
-            "peak_rss_mib": usage.ru_maxrss // 1024,
+            # The child's own VmHWM: wait4's ru_maxrss would carry this parent's peak (it built DEST) over.
+            "peak_rss_mib": result.pop("peak") >> 20,
             **result,
         }
     finally:

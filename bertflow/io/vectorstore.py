@@ -241,6 +241,11 @@ def build_text_index(table: Any, db: str, column: str) -> None:
         table.create_fts_index(column, replace=True)
 
 
+def unindexed_rows(table: Any) -> int:
+    """Rows the table's indexes do not cover yet (added since they were built or last optimized)."""
+    return sum(table.index_stats(i.name).num_unindexed_rows for i in table.list_indices())
+
+
 def optimize(table: Any, db: str) -> None:
     """Compact small fragments and add new rows to existing indexes (old versions kept LanceDB's 7 days)."""
     with guarded(db):

@@ -225,7 +225,7 @@ def publish(dest: str, target: PublishConfig) -> Publication:
     ]
     for where in gone:
         deleted += vectorstore.delete(table, target.db, where)
-    indexed = _index(table, manifest, target, wanted.key)
+    indexed = _index(table, manifest, target, wanted.key, bool(inserted or updated or deleted))
     done = Publication(
         db=target.db,
         table=target.table,
@@ -243,11 +243,13 @@ def publish(dest: str, target: PublishConfig) -> Publication:
     return done
 
 
-def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[str]) -> list[str]:
+def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[str], changed: bool) -> list[str]:
     """An ANN index on each vector column and scalar indexes on the key once the table has `index_rows`
-    rows (new rows are added to existing ones); a full-text index on `fts_column` if asked."""
+    rows (new rows are added to existing ones); a full-text index on `fts_column` if asked. Compaction
+    and index updates only when there is something to do: a republish that changed nothing skips them."""
     db = target.db
-    vectorstore.optimize(table, db)
+    if changed or vectorstore.unindexed_rows(table):
+        vectorstore.optimize(table, db)
     rows = table.count_rows()  # type: ignore[attr-defined]
     columns = manifest.config.embedding_columns()
     have = vectorstore.indexed_columns(table)
