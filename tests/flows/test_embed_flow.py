@@ -41,9 +41,7 @@ def check_dest(
     rejected = [r for r in rows if r["text"] is None]
     names = sorted(p.name for p in dest.iterdir())
     part_names = [f"part-{i:05d}.parquet" for i in range(len(shard_sizes))]
-    assert names == sorted(
-        [*part_names, "_manifest.json", "_report.html", *(["_rejects.parquet"] if rejected else [])]
-    )
+    assert names == sorted([*part_names, "_manifest.json", "_report.html", *(["_rejects.parquet"] if rejected else [])])
 
     frames = [pl.read_parquet(dest / n) for n in part_names]
     schema = {
