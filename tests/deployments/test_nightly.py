@@ -125,8 +125,13 @@ def test_deployed_with_publish_db_each_night_publishes_its_partition_into_lanced
         assert table.version == manifest.published[0].version
         assert sorted(table.to_arrow().column("id").to_pylist()) == [f"doc-{i}" for i in range(6)]
         assert set(table.to_arrow().column("partition").to_pylist()) == {"2021-03-01"}
-        logs = " ".join(log.message for log in service.logs(run.id))
-        assert "published" in logs and s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
+        # The worker's process sends its log lines in batches: they reach the server a little after the run ends.
+        logs = wait_for(
+            lambda: " ".join(m.message for m in service.logs(run.id)) if any(
+                "published" in m.message for m in service.logs(run.id)) else None,
+            60, "the publish's log line", diagnostics=lambda: [m.message for m in service.logs(run.id)],
+        )  # fmt: skip
+        assert s3.env["AWS_SECRET_ACCESS_KEY"] not in logs
         # The report next to the manifest, and its key pictures in the UI: token lengths and the shard timeline.
         dest = partitions.render(DEST_TEMPLATE, "2021-03-01")
         [pictures] = artifacts(service, stable_key("report", dest))
