@@ -106,6 +106,23 @@ def shard_result(
     )
 
 
+def read_columns(dest: str, name: str, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """These columns (all with None) of DEST's file `name`: a part, `_rejects.parquet`, `_deleted.parquet`."""
+    uri = storage.join(dest, name)
+    with storage.translated(uri), storage.open_input(uri) as src:
+        return pl.read_parquet(src, columns=list(columns) if columns is not None else None)
+
+
+def string_columns(dest: str, manifest: Manifest) -> list[str]:
+    """The kept columns that hold strings (read from the first part's schema), in `--keep` order."""
+    if not manifest.config.keep or not manifest.shards:
+        return []
+    uri = storage.join(dest, manifest.shards[0].name)
+    with storage.translated(uri), storage.open_input(uri) as src:
+        schema = pl.read_parquet_schema(src)
+    return [c for c in manifest.config.keep if schema.get(c) == pl.String]
+
+
 def read_manifest(dest: str) -> Manifest | None:
     uri = storage.join(dest, MANIFEST_NAME)
     if not storage.exists(uri):

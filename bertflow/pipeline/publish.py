@@ -109,9 +109,7 @@ def _batches(dest: str, manifest: Manifest, partition: str) -> Iterator[pa.Table
     """DEST's rows as Arrow tables of at most BATCH_ROWS, with `partition` and `row_hash`, part by part."""
     vectors = list(manifest.config.embedding_columns())
     for shard in manifest.shards:
-        uri = storage.join(dest, shard.name)
-        with storage.translated(uri), storage.open_input(uri) as src:
-            frame = pl.read_parquet(src, columns=manifest.columns)
+        frame = parts.read_columns(dest, shard.name, manifest.columns)
         for start in range(0, len(frame), BATCH_ROWS):
             rows = frame.slice(start, BATCH_ROWS)
             rows = rows.with_columns(
@@ -124,11 +122,7 @@ def _batches(dest: str, manifest: Manifest, partition: str) -> Iterator[pa.Table
 def _keys(dest: str, manifest: Manifest) -> pl.DataFrame:
     """The id (and chunk_index) of every row of DEST: small columns only."""
     key = ["id", *(["chunk_index"] if manifest.config.chunked else [])]
-    frames = []
-    for shard in manifest.shards:
-        uri = storage.join(dest, shard.name)
-        with storage.translated(uri), storage.open_input(uri) as src:
-            frames.append(pl.read_parquet(src, columns=key))
+    frames = [parts.read_columns(dest, shard.name, key) for shard in manifest.shards]
     return pl.concat(frames) if frames else pl.DataFrame(schema=dict.fromkeys(key, pl.Int64))
 
 
@@ -160,9 +154,7 @@ def _dropped_filters(dest: str, manifest: Manifest, sync: str) -> list[str]:
     day 2 and back on day 3 keeps its day-3 row when day 2 is published again)."""
     if manifest.reuse is None or manifest.reuse.deleted is None or not manifest.reuse.previous:
         return []
-    uri = storage.join(dest, DELETED_NAME)
-    with storage.translated(uri), storage.open_input(uri) as src:
-        ids = pl.read_parquet(src)["id"].to_list()
+    ids = parts.read_columns(dest, DELETED_NAME, ["id"])["id"].to_list()
     within = ""
     if sync == "partition":
         earlier = manifest.reuse.previous[0]

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from bertflow.errors import InputError
-from bertflow.io import parts, storage
+from bertflow.io import parts
 from bertflow.io.manifest import REJECTS_NAME, Manifest
 from bertflow.vectors import dequantize
 
@@ -70,12 +70,6 @@ class ReportData:
     compare: Comparison | None = None
 
 
-def _read(dest: str, name: str, columns: list[str]) -> pl.DataFrame:
-    uri = storage.join(dest, name)
-    with storage.translated(uri), storage.open_input(uri) as src:
-        return pl.read_parquet(src, columns=columns)
-
-
 def _float_vectors(frame: pl.DataFrame, column: str, manifest: Manifest) -> np.ndarray:
     """(N, D) float32 of a vector column, quantized ones back to the values they stand for."""
     stored = frame[column].to_numpy()
@@ -100,7 +94,7 @@ def timeline(manifest: Manifest) -> list[ShardBar]:
 def _rejects(dest: str, manifest: Manifest) -> dict[str, int]:
     if manifest.rejects is None:
         return {}
-    frame = _read(dest, REJECTS_NAME, ["reason"])
+    frame = parts.read_columns(dest, REJECTS_NAME, ["reason"])
     counts = frame.group_by("reason").len().sort("len", descending=True)
     return {str(r): int(n) for r, n in counts.iter_rows()}
 
@@ -181,12 +175,7 @@ def knn_hits(x: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS) -> np.ndarr
 
 def _text_column(manifest: Manifest, dest: str, color_by: str | None) -> str | None:
     """The kept string column whose start shows on hover: the first one that is not `color_by`."""
-    if not manifest.config.keep or not manifest.shards:
-        return None
-    uri = storage.join(dest, manifest.shards[0].name)
-    with storage.translated(uri), storage.open_input(uri) as src:
-        schema = pl.read_parquet_schema(src)
-    strings = [c for c in manifest.config.keep if schema.get(c) == pl.String]
+    strings = parts.string_columns(dest, manifest)
     return next((c for c in strings if c != color_by), strings[0] if strings else None)
 
 
@@ -198,7 +187,7 @@ def _sample(dest: str, manifest: Manifest, columns: list[str], size: int) -> pl.
     for s in manifest.shards:
         here = chosen[(chosen >= offset) & (chosen < offset + s.rows)] - offset
         if len(here):
-            frames.append(_read(dest, s.name, columns)[here])
+            frames.append(parts.read_columns(dest, s.name, columns)[here])
         offset += s.rows
     return pl.concat(frames) if frames else pl.DataFrame()
 
@@ -212,7 +201,7 @@ def _compare(other: str, key: list[str], sample: pl.DataFrame, x: np.ndarray, la
     wanted = sample.select(key).with_row_index("_row")
     found = []
     for s in theirs.shards:
-        frame = _read(other, s.name, [*key, column])
+        frame = parts.read_columns(other, s.name, [*key, column])
         found.append(frame.join(wanted, on=key, how="inner"))
     both = pl.concat(found).sort("_row") if found else pl.DataFrame()
     if len(both) < NEIGHBOURS + 1:
@@ -271,7 +260,7 @@ def gather(
     picked = _sample(dest, manifest, wanted, sample)
     x = _float_vectors(picked, column, manifest)  # (n, D)
     small = ["n_tokens", *(["id", "chunk_index"] if config.chunked else [])]
-    streamed = pl.concat([_read(dest, s.name, small) for s in manifest.shards])
+    streamed = pl.concat([parts.read_columns(dest, s.name, small) for s in manifest.shards])
     tokens = streamed["n_tokens"].to_numpy()
     # Documents longer than the model takes: truncated ones, or, chunked, those cut into several windows.
     cut = streamed.filter(pl.col("chunk_index") > 0)["id"].n_unique() if config.chunked else None

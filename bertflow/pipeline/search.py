@@ -116,16 +116,6 @@ def embed_query(query: str, config: ResolvedConfig) -> np.ndarray:
     return steps.embed(encoder, steps.tokenize(encoder, text, config), config)[0]
 
 
-def _snippet_column(manifest: Manifest, dest: str) -> str | None:
-    """The first kept column holding strings, whose text the results show."""
-    if not manifest.config.keep or not manifest.shards:
-        return None
-    uri = storage.join(dest, manifest.shards[0].name)
-    with storage.translated(uri), storage.open_input(uri) as src:
-        schema = pl.read_parquet_schema(src)
-    return next((c for c in manifest.config.keep if schema.get(c) == pl.String), None)
-
-
 def _cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)  # (N,)
     return np.divide(vectors @ query, norms, out=np.zeros(len(vectors), np.float32), where=norms > 0)
@@ -154,7 +144,7 @@ def scan(
     dest: str, manifest: Manifest, query: np.ndarray, k: int, vectors: str = "embedding", rescore: int = RESCORE
 ) -> list[Hit]:
     """The k rows of DEST nearest the query in column `vectors`, best first (ties keep DEST's order)."""
-    column = _snippet_column(manifest, dest)
+    column = next(iter(parts.string_columns(dest, manifest)), None)  # the results show its text
     chunked = manifest.config.chunked
     extra = [*(CHUNK_COLUMNS if chunked else ()), *([column] if column else [])]
     scores = np.empty(0, np.float32)
