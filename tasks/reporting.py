@@ -10,6 +10,7 @@ summary and where the output is, or why the run failed) and, when shards failed,
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
@@ -81,6 +82,7 @@ class RunReport:
         self.keys = artifact_keys(dest)
         self.logger = get_run_logger()
         self.total = self.done = 0
+        self.lock = threading.Lock()
         self.updated = 0.0
         # Prefect's artifact functions dispatch on the caller: from a sync flow (as here) they return the id itself.
         self.progress_id = cast(
@@ -93,8 +95,9 @@ class RunReport:
         self._update(force=True)
 
     def advance(self, n: int) -> None:
-        self.done += n
-        self._update(force=self.done >= self.total)
+        with self.lock:  # lanes of shards (`tasks.lanes`) advance from their threads
+            self.done += n
+            self._update(force=self.done >= self.total)
 
     def _update(self, force: bool) -> None:
         if force or time.monotonic() - self.updated >= UPDATE_SECONDS:
@@ -106,13 +109,15 @@ class RunReport:
         """One log line per shard: documents, tokens, seconds, throughput."""
         rate = max(result.seconds, 1e-9)
         self.logger.info(
-            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s%s%s",
+            "shard %d of %d (%s): %d documents, %d tokens in %.1f s (%.0f documents/s, %.0f tokens/s)%s%s%s%s%s",
             spec.index, spec.count, spec.name, result.documents, result.tokens, result.seconds,
             result.documents / rate, result.tokens / rate,
             f", {result.truncated} truncated" if result.truncated else "",
             f", {result.rejected} rejected" if result.rejected else "",
             f", {result.reused} of {result.rows} rows reused" if result.reused else "",
             f", on {result.device}" if result.device else "",
+            f" ({result.oom_splits} batches split after running out of memory, then at most {result.batch_budget} "
+            "padded tokens per pass)" if result.oom_splits else "",
         )  # fmt: skip
 
     def part_written(self, spec: ShardSpec) -> None:

@@ -98,6 +98,9 @@ class ShardJob(BaseModel):
     # `--reuse`: earlier parts holding ids of this shard, newest output first; rows found there with
     # the same text are copied, not embedded. Not part of the fingerprint: a copied row is the same row.
     reuse: tuple[ReusePart, ...] = ()
+    # Half precision: the kind of device (`cuda`, `cpu`) DEST's parts are made on; a host of another kind
+    # refuses the shard (`bertflow.pipeline.devices`). None: any.
+    device_kind: str | None = None
 
 
 class Reject(BaseModel):
@@ -122,6 +125,13 @@ class PartInfo(BaseModel):
     device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
     host: str | None = None  # the machine that ran it (BERTFLOW_GPU_HOST, else the hostname); None before 0.5
     finished_at: datetime | None = None  # when the part was written; it started `seconds` before
+    padded_tokens: int = 0  # token positions the model computed, padding included; 0 before bertflow 0.6
+    oom_splits: int = 0  # batches split after the device ran out of memory
+    batch_budget: int | None = None  # padded tokens per pass the shard fell back to after one (None: no OOM)
+    load_seconds: float = 0.0  # of `seconds`, getting the model onto the device (0: already there)
+    warm: bool = False  # the process had the model loaded already, by an earlier shard
+    startup_seconds: float = 0.0  # before `seconds`: the process's start, imports (its first shard only)
+    gpu_busy: float | None = None  # share of `model_seconds` the card ran kernels (NVML); None: not measured
 
 
 class DocumentsPart(BaseModel):
@@ -154,6 +164,13 @@ class ShardResult(BaseModel):
     device: str | None = None  # what the shard ran on: `cuda:1 (NVIDIA H200)`, `cpu`; None before bertflow 0.4
     host: str | None = None  # the machine that ran it; None before bertflow 0.5
     finished_at: datetime | None = None  # when its part was written; None before bertflow 0.5
+    padded_tokens: int = 0  # token positions the model computed, padding included; 0 before bertflow 0.6
+    oom_splits: int = 0  # batches split after the device ran out of memory
+    batch_budget: int | None = None  # padded tokens per pass after an out-of-memory (None: none)
+    load_seconds: float = 0.0  # of `seconds`, getting the model onto the device (0: already there)
+    warm: bool = False  # the process had the model loaded already, by an earlier shard
+    startup_seconds: float = 0.0  # before `seconds`: the process's start and imports (its first shard only)
+    gpu_busy: float | None = None  # share of `model_seconds` the card ran kernels (NVML); None: not measured
     # Gathered into _rejects.parquet at the end; each part's footer holds its own.
     rejects: list[Reject] = Field(default_factory=list, exclude=True)
     # Listed at the top of the manifest (`documents_parts`), not per shard.

@@ -103,6 +103,13 @@ def shard_result(
         device=info.device,
         host=info.host,
         finished_at=info.finished_at,
+        padded_tokens=info.padded_tokens,
+        oom_splits=info.oom_splits,
+        batch_budget=info.batch_budget,
+        load_seconds=info.load_seconds,
+        warm=info.warm,
+        startup_seconds=info.startup_seconds,
+        gpu_busy=info.gpu_busy,
     )
 
 

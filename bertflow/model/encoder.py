@@ -74,6 +74,7 @@ class Encoder:
         self.max_length = max_length
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device, 8192)
         self.memory = MemoryGuard(device, precision)  # batches split on out-of-memory, and the budget after
+        self.padded_tokens = 0  # token positions fed to the model, padding included (real ones: tok.n_tokens)
         self.head = head.to(device) if head is not None else None  # trained head of pooling mean_lstm
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
@@ -170,6 +171,7 @@ class Encoder:
         across them (up to 3x in bf16 when the machine is shared; see benchmarks/throughput.py).
         """
         batches = token_budget_batches(tok.n_tokens, self.batch_tokens)
+        self.padded_tokens += sum(len(b) * int(tok.n_tokens[b].max()) for b in batches)
         streams = min(torch.get_num_threads(), len(batches)) if self.device == "cpu" else 1
         if streams <= 1:
             with ThreadPoolExecutor(1, thread_name_prefix="bertflow-pad") as pool:

@@ -78,6 +78,21 @@ def summary_row(
     }
 
 
+def padding_ratio(shards: Sequence[ShardResult]) -> float | None:
+    """Token positions the model computed per real token it embedded, over the shards that recorded it."""
+    counted = [s for s in shards if s.padded_tokens]
+    real = sum(s.tokens - s.reused_tokens for s in counted)
+    return sum(s.padded_tokens for s in counted) / real if real else None
+
+
+def fixed_share(shards: Sequence[ShardResult]) -> float | None:
+    """The share of the embedded shards' time spent on process start-up and model loads (None: not recorded)."""
+    fresh = [s for s in shards if not s.resumed]
+    fixed = sum(s.startup_seconds + s.load_seconds for s in fresh)
+    total = sum(s.seconds + s.startup_seconds for s in fresh)
+    return fixed / total if fixed and total else None
+
+
 def manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str:
     totals, config = manifest.totals, manifest.config
     assert totals is not None
@@ -105,6 +120,23 @@ def manifest_markdown(manifest: Manifest, dest: str, row: dict[str, Any]) -> str
     devices = Counter(s.device for s in manifest.shards if s.device)
     if devices:  # where the shards ran: with `--pool`, each on its host's card
         lines.append(f"| shards ran on | {', '.join(f'{d} ({n})' for d, n in sorted(devices.items()))} |")
+    if ratio := padding_ratio(manifest.shards):
+        lines.append(f"| padding | {ratio:.2f} token positions computed per real token |")
+    if timed := [s for s in manifest.shards if s.gpu_busy is not None and s.model_seconds]:
+        busy = sum(s.gpu_busy * s.model_seconds for s in timed if s.gpu_busy is not None)
+        lines.append(
+            f"| GPU busy | {busy / sum(s.model_seconds for s in timed):.0%} of the model's time ({len(timed)} shards) |"
+        )
+    if fixed := fixed_share(manifest.shards):
+        lines.append(f"| fixed cost | {fixed:.1%} of the shards' time: process start-up and model loads |")
+    if split := [s for s in manifest.shards if s.oom_splits]:
+        lines.append(
+            "| out of memory | "
+            + ", ".join(
+                f"{s.name}: {s.oom_splits} batches split, then {s.batch_budget:,} tokens per pass" for s in split
+            )
+            + " |"
+        )
     if manifest.reuse is not None:
         lines.append(f"| reuse | {reuse_text(manifest.reuse)} |")
     if manifest.completed_at:

@@ -33,7 +33,8 @@ def test_embed_task_survives_injected_out_of_memory(tiny_bert, monkeypatch, capl
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", tight_memory)
     with caplog.at_level(logging.WARNING):
-        split, seconds = embed.fn(job, tokens)
+        split, stats = embed.fn(job, tokens)
     assert max(calls) == 8 and calls.count(8) == 1  # tried whole once, then only smaller batches
     assert "cpu ran out of memory: " in caplog.text and "the rest of the shard ran at most" in caplog.text
-    assert np.abs(split - clean).max() < 1e-6 and seconds > 0
+    assert np.abs(split - clean).max() < 1e-6 and stats.seconds > 0
+    assert stats.oom_splits >= 1 and stats.batch_budget is not None  # what the part's footer records
