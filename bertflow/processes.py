@@ -1,5 +1,5 @@
 """Child processes that must not outlive bertflow (a temporary Prefect server, `bertflow dev-server`'s
-PostgreSQL and Prefect), and the loopback ports they listen on."""
+PostgreSQL and Prefect), the loopback ports they listen on, and how long this process has lived."""
 
 from __future__ import annotations
 
@@ -23,3 +23,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def age() -> float | None:
+    """Seconds since this process started (Linux: /proc); None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))

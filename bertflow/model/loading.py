@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -149,11 +150,28 @@ def pick_device(device: Device) -> str:
     return device
 
 
+def cuda_expected() -> str | None:
+    """Why this host looks like it should have a GPU (None: nothing says so): what a fallback to CPU names."""
+    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        if os.environ.get(var, "").strip().lower() not in ("", "-1", "none", "void"):
+            return f"{var}={os.environ[var]}"
+    if os.path.exists("/dev/nvidia0"):
+        return "/dev/nvidia0 exists"
+    return None
+
+
+def fallback_note(device: Device, picked: str) -> str | None:
+    """What to log and record when `--device auto` picked the CPU on a host where CUDA was expected."""
+    if device != "auto" or picked != "cpu" or (why := cuda_expected()) is None:
+        return None
+    return f"--device auto fell back to cpu: CUDA was expected ({why}) but torch sees no usable device"
+
+
 @functools.cache
 def load_model(
-    model_path: str, device: str, precision: Precision, trust_remote_code: bool = False
+    model_path: str, device: str, precision: Precision, trust_remote_code: bool = False, card: int | None = None
 ) -> tuple[PreTrainedTokenizerFast, torch.nn.Module]:
-    """Load (tokenizer, model) once per process for this path, device and precision."""
+    """Load (tokenizer, model) once per process for this path, device, precision and CUDA card."""
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -178,7 +196,7 @@ def load_model(
         raise ModelError(f"cannot load model from {model_path!r}: {first}") from None
     if not tokenizer.is_fast:
         raise ModelError(f"model {model_path!r} has no fast tokenizer (tokenizer.json); bertflow needs one")
-    model.eval().to(device)
+    model.eval().to(device if card is None else f"cuda:{card}")
     return cast("PreTrainedTokenizerFast", tokenizer), model  # is_fast, checked above
 
 

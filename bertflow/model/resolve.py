@@ -3,6 +3,7 @@ files, checked against it), and ResolvedConfig -> the Encoder that embeds with t
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from bertflow.choices import TOKEN_LEVEL
@@ -119,6 +120,7 @@ def resolve_config(config: EmbedConfig) -> ResolvedConfig:
         shard_rows=config.shard_rows if isinstance(config.shard_rows, int) else AUTO_UNTIL_SIZED,
         batch_tokens=config.batch_tokens,
         device=config.device,
+        devices=config.devices,
         precision=config.precision,
         trust_remote_code=config.trust_remote_code,
         exclude_special=config.exclude_special,
@@ -143,10 +145,20 @@ def _truncated(resolved: ResolvedConfig, dim: int | None) -> ResolvedConfig:
     return resolved.model_copy(update={"truncate_dim": dim, "dimensions": {resolved.pooling[0]: dim}})
 
 
+_LOADING = threading.Lock()
+
+
 def encoder_for(config: ResolvedConfig) -> Encoder:
-    """The process-wide model (loaded once per path, device and precision) set up for this run."""
+    """The process-wide model (loaded once per path, device, precision and card: the calling thread's
+    current CUDA device) set up for this run."""
     device = pick_device(config.device)
-    tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code)
+    card = None
+    if device == "cuda":
+        import torch
+
+        card = torch.cuda.current_device()
+    with _LOADING:  # two lanes of one card must not both load its model
+        tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code, card)
     return Encoder(
         tokenizer,
         model,

@@ -15,6 +15,7 @@ from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import (
     DELETED_NAME,
+    DOCUMENTS_DIR,
     MANIFEST_NAME,
     REJECTS_NAME,
     Manifest,
@@ -26,7 +27,7 @@ from bertflow.io.manifest import (
     Totals,
     shard_fingerprint,
 )
-from bertflow.pipeline import previous
+from bertflow.pipeline import devices, previous
 from bertflow.pipeline.previous import ReusePlan
 from bertflow.resolved import ResolvedConfig
 
@@ -43,6 +44,7 @@ class RunTarget:
     reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
     sizing: ShardSizing | None = None  # how `--shard-rows auto` sized the shards
     partition: str | None = None  # the day filled into {date}, for a partitioned run
+    redo: tuple[str, ...] = ()  # finished parts re-embedded: another kind of device made them (`devices`)
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -110,11 +112,14 @@ def in_format_of(existing: Manifest | None, config: ResolvedConfig) -> ResolvedC
     return config.model_copy(update={"text_hash": None, "model": model})
 
 
-def prepare(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
+def prepare(
+    target: RunTarget, overwrite: bool, local: bool = True
+) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
     """Check DEST against this run, clear it on overwrite, mark it running.
 
-    Returns the run's target (its config in the format of an older DEST it continues), the parts
-    already done and a job for every shard still to embed.
+    Returns the run's target (its config in the format of an older DEST it continues; `redo`: the
+    finished parts another kind of device made, see `devices`), the parts already done and a job for
+    every shard still to embed. `local`: the shards run in this process (not on workers).
     """
     dest, plan = target.dest, target.plan
     _check_not_inside(target.source, dest)
@@ -127,10 +132,19 @@ def prepare(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[ShardRe
     config = target.config
     parts.remove_temporaries(dest)
     prints = fingerprints(plan, config)
-    done = parts.complete_parts(dest, plan, prints, documents=config.aggregated)
+    done, kind, redo = devices.keep_done(
+        config, parts.complete_parts(dest, plan, prints, documents=config.aggregated), local
+    )
+    target = replace(target, redo=tuple(redo))
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest(target, None)))
+    for name in redo:  # gone, so no check (a worker's, the parent's collect) takes them for finished
+        storage.remove(storage.join(dest, name))
+        if config.aggregated:
+            storage.remove(storage.join(dest, DOCUMENTS_DIR, name))
     pending = [
-        ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name]) for s in plan if s.name not in done
+        ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name], device_kind=kind)
+        for s in plan
+        if s.name not in done
     ]
     return target, list(done.values()), pending if target.reuse is None else target.reuse.jobs(pending)
 
@@ -157,15 +171,20 @@ def _write_or_remove(uri: str, data: bytes | None) -> None:
 
 
 def finalize(target: RunTarget, results: Sequence[ShardResult], seconds: float, device: str) -> Manifest:
-    """Write `_rejects.parquet` and `_deleted.parquet` (or remove stale ones), then the complete manifest last."""
+    """Write `_rejects.parquet` and `_deleted.parquet` (or remove stale ones), then the complete manifest last.
+
+    `device`: the kind this process picks, recorded for parts too old to say what they ran on.
+    """
     by_name = {r.name: r for r in results}
     ordered = [by_name[s.name] for s in target.plan]
+    devices.check_one_kind(target.config, ordered)
     rejects = parts.rejects_bytes(ordered, target.plan[0].id_kind)
     _write_or_remove(storage.join(target.dest, REJECTS_NAME), rejects)
     plan = target.reuse
     deleted = parts.ids_bytes(plan.dropped) if plan is not None and plan.deleted_ids else None
     _write_or_remove(storage.join(target.dest, DELETED_NAME), deleted)
     reused = previous.summary(plan, ordered) if plan is not None else None
+    device = devices.manifest_device(ordered, device)
     complete = manifest(target, ordered, device, seconds, REJECTS_NAME if rejects is not None else None, reused)
     storage.write_atomic(storage.join(target.dest, MANIFEST_NAME), parts.manifest_bytes(complete))
     return complete

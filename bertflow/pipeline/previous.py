@@ -26,6 +26,7 @@ from bertflow.io.manifest import DELETED_NAME, Manifest, ReusePart, ReuseSummary
 from bertflow.io.reuse import IdIndex
 from bertflow.io.schema import ID_DTYPES
 from bertflow.io.verify import verify_parts
+from bertflow.pipeline import devices
 from bertflow.resolved import ResolvedConfig, fingerprint_diff
 
 # What a run does with an earlier output (`--reuse`) embedded otherwise: fail, or leave it out.
@@ -71,6 +72,14 @@ def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
         reason = f"{uri} was embedded with {key} {recorded.get(key)!r}, this run uses {now[key]!r}"
         raise ReuseMismatchError(
             f"--reuse {reason}; its vectors would differ: drop it from --reuse, "
+            "or pass --reuse-mismatch ignore to skip such outputs",
+            reason,
+        )
+    made_on = sorted({k for s in manifest.shards if (k := devices.kind(s.device))})
+    if devices.bound(config) and config.device != "auto" and made_on and made_on != [config.device]:
+        reason = f"{uri} was embedded on {', '.join(made_on)} in {config.precision}, this run embeds on {config.device}"
+        raise ReuseMismatchError(
+            f"--reuse {reason}; half-precision vectors differ between kinds of device: drop it from --reuse, "
             "or pass --reuse-mismatch ignore to skip such outputs",
             reason,
         )

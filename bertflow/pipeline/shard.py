@@ -21,6 +21,7 @@ from bertflow.io.parts import serialize_part
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import reduce_vectors
 from bertflow.pipeline import reuse
+from bertflow.pipeline.engine_stats import EngineStats, engine_fields
 from bertflow.pipeline.reuse import Reuse
 from bertflow.progress import OnProgress
 from bertflow.resolved import ResolvedConfig
@@ -207,7 +208,7 @@ def write_part(
     tokens: ShardTokens,
     vectors: Vectors,
     seconds: float,
-    model_seconds: float = 0.0,
+    stats: EngineStats | None = None,
     device: str | None = None,
     host: str | None = None,
 ) -> ShardResult:
@@ -215,7 +216,7 @@ def write_part(
     each atomically.
 
     Args:
-        seconds: the shard's time from reading to its last vector; `model_seconds` of it in `embed`.
+        seconds: the shard's time from reading to its last vector; `stats.seconds` of it in `embed`.
         device: what the vectors were computed on (`bertflow.model.cards.label`), for the manifest.
         host: the machine that ran the shard, for the manifest (and the report's timeline).
     """
@@ -233,10 +234,10 @@ def write_part(
         rejects=rejects,
         reused=0 if found is None else len(found.rows),
         reused_tokens=0 if found is None else int(n_tokens.to_numpy()[found.rows].sum()),
-        model_seconds=round(model_seconds, 3),
         device=device,
         host=host,
         finished_at=datetime.now(timezone.utc),
+        **engine_fields(stats or EngineStats()),
     )
     documents_part = None
     if config.aggregated:  # written first: a main part on its own is not a finished shard
@@ -269,8 +270,8 @@ def write_part(
         documents_part=documents_part,
         reused=info.reused,
         reused_tokens=info.reused_tokens,
-        model_seconds=info.model_seconds,
         device=device,
         host=host,
         finished_at=info.finished_at,
+        **engine_fields(stats or EngineStats()),
     )
