@@ -75,6 +75,8 @@ class EmbedConfig(BaseModel):
     shard_seconds: float = Field(default=300.0, gt=0)
     batch_tokens: int | None = Field(default=None, gt=0)
     device: Device = "auto"
+    # CUDA cards a run without --pool embeds on, one model per card (default: every visible card)
+    devices: tuple[int, ...] | None = None
     precision: Precision = "fp32"
     trust_remote_code: bool = False
     pooler: str | None = None  # a head from `bertflow train-pooler`, for pooling mean_lstm
@@ -97,6 +99,24 @@ class EmbedConfig(BaseModel):
     def _choice(cls, v: object, info: ValidationInfo) -> object:
         kind, valid = _CHOICES[info.field_name or ""]
         return one_of(kind, v, valid)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: object) -> object:
+        if v is None:
+            return None
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"devices {v!r}: give CUDA card indices, comma-separated (0,1)")
+        cards = []
+        for item in items:
+            text = str(item).strip().removeprefix("cuda:")
+            if not text.isdigit():
+                raise ValueError(f"devices {v!r}: {item!r} is not a card index; give indices such as 0,1")
+            cards.append(int(text))
+        if not cards or len(set(cards)) != len(cards):
+            raise ValueError(f"devices {v!r}: give each card once, at least one (0,1)")
+        return tuple(cards)
 
     @field_validator("quantize", mode="before")
     @classmethod

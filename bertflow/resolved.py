@@ -91,6 +91,7 @@ class ResolvedConfig(BaseModel):
     device: Device
     precision: Precision
     trust_remote_code: bool
+    devices: tuple[int, ...] | None = None  # CUDA cards of a run without --pool (None: every visible one)
     exclude_special: bool = False
     long_text: LongText = "truncate"
     chunk_tokens: int | None = None  # set when long_text is "chunk"

@@ -17,7 +17,7 @@ from bertflow import partitions, progress
 from bertflow.config import EmbedConfig, PublishConfig
 from bertflow.errors import BertflowError, ShardsFailedError, one_line
 from bertflow.flows.shard import embed_shard
-from bertflow.io.manifest import Manifest, ShardResult
+from bertflow.io.manifest import Manifest, ShardJob, ShardResult
 from bertflow.names import EMBED_FLOW
 from bertflow.pipeline.dest import RunTarget
 from bertflow.pipeline.report import run_tags
@@ -40,6 +40,7 @@ from bertflow.tasks.fanout import (
     shard_wave_size,
 )
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
+from bertflow.tasks.lanes import run_in_lanes, shard_lanes
 from bertflow.tasks.lease import dest_lease
 from bertflow.tasks.publish import check_publish, publish_dest
 from bertflow.tasks.report import report_dest
@@ -51,6 +52,11 @@ quiet_expected_errors()
 
 # In this process a failing shard fails the run at once, as it always has; retries are for workers.
 _local_shard = embed_shard.with_options(retries=0)
+
+
+def _run_local(job: ShardJob) -> ShardResult:
+    # In this process a shard raises on failure: it returns a state only on a worker.
+    return cast(ShardResult, _local_shard(job))
 
 
 def _run_name() -> str:
@@ -75,6 +81,7 @@ def embed_dataset(
     shard_attempts: int = DEFAULT_ATTEMPTS,
     shard_timeout: float = DEFAULT_TIMEOUT,
     shard_wave: int | None = None,
+    shards_per_run: int = 1,
     partition: str | None = None,
     lag_days: int = 1,
     reuse: list[str] | None = None,
@@ -93,6 +100,8 @@ def embed_dataset(
         shard_timeout: with `pool`, seconds to wait for all shard runs; the unfinished are then cancelled.
         shard_wave: with `pool`, at most this many shard runs submitted and not finished at once (default:
             twice what the pool runs at once: its concurrency limit, or its online workers x GPU slots per host).
+        shards_per_run: with `pool`, shards embedded one after another in one run on a worker: its process
+            starts, loads and hashes the model once for them all (the fixed cost of a run, split over them).
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
         reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
@@ -111,10 +120,12 @@ def embed_dataset(
         report = None
         try:
             source, dest, day, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
-            wave = None
+            wave, lanes, held = None, None, in_deployment_run()
             if pool:
                 check_pool(pool, source, dest, config)
                 wave = shard_wave_size(pool, shard_wave)
+            elif not held:  # the cards this process embeds on (checked before DEST is touched)
+                lanes = shard_lanes(config.device, config.devices)
             # One writer per DEST, taken first: a run refused here leaves DEST and its artifacts untouched.
             with dest_lease(dest) as lease:
                 report = RunReport(dest)
@@ -148,10 +159,16 @@ def embed_dataset(
                         sizing=sizing,
                         partition=day,
                     )
-                    target, results, pending = prepare_dest(target, overwrite)
+                    target, results, pending = prepare_dest(target, overwrite, pool is None)
                     if pool:
                         failures = fan_out(
-                            pending, child_tags, report.part_written, shard_attempts, shard_timeout, wave
+                            pending,
+                            child_tags,
+                            report.part_written,
+                            shard_attempts,
+                            shard_timeout,
+                            wave,
+                            shards_per_run,
                         )
                         # Results come back through DEST: each part's footer, read here.
                         why = {name: str(f) for name, f in failures.items()}
@@ -161,13 +178,13 @@ def embed_dataset(
                             report.unfinished(results, failed, failures, time.perf_counter() - started, resolved)
                             raise ShardsFailedError.of(list(failed.values()), len(plan))
                     else:
-                        # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU slot.
-                        with gpu_slot(in_deployment_run()), tags(*child_tags):
-                            for job in pending:
-                                # In this process a shard raises on failure: it returns a state only on a worker.
-                                result = cast(ShardResult, _local_shard(job))
-                                report.shard_done(job.spec, result)
-                                results.append(result)
+                        # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU
+                        # slot, its card. Otherwise every card of --devices (default all), each with two lanes.
+                        with gpu_slot(held), tags(*child_tags):
+                            lanes = lanes or shard_lanes(config.device, None, holding_slot=True)
+                            results += run_in_lanes(
+                                pending, lanes, _run_local, lambda j, r: report.shard_done(j.spec, r)
+                            )
                     lease.check()  # a run that lost DEST to another writes no manifest
                     manifest = finalize_dest(target, results, time.perf_counter() - started)
                     report_dest(dest)

@@ -7,29 +7,50 @@ goes through `bertflow.progress`, which the CLI draws and the parent run's artif
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
 
-from bertflow import heap, partitions, progress
+from bertflow import heap, partitions, processes, progress
 from bertflow.config import EmbedConfig
 from bertflow.io import sources, storage
 from bertflow.io.manifest import REJECTS_NAME, Manifest, ShardJob, ShardResult, ShardSizing, ShardSpec
 from bertflow.io.reuse import IdIndex
 from bertflow.model import cards, resolve
-from bertflow.model.loading import pick_device
+from bertflow.model.busy import BusySampler
+from bertflow.model.encoder import Encoder
+from bertflow.model.loading import load_model, pick_device
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import dest as dest_
-from bertflow.pipeline import quantize, shard, sizing
+from bertflow.pipeline import devices, quantize, shard, sizing
 from bertflow.pipeline.dest import RunTarget
+from bertflow.pipeline.engine_stats import EngineStats
 from bertflow.pipeline.previous import previous_partitions
 from bertflow.pipeline.report import reuse_text
 from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.resolved import ResolvedConfig
-from bertflow.tasks.gpu import host_key
+from bertflow.tasks.gpu import host_key, in_deployment_run
 from bertflow.tasks.policy import IN_MEMORY, RETRY
+
+# Seconds from a worker's shard-run process's start to its first shard's first step; a second item once a
+# part counted them. Not in a run that plans and embeds in one process: its start-up is not a shard's.
+_STARTUP: list[float] = []
+_STARTUP_LOCK = threading.Lock()
+# Part name -> seconds its steps spent getting the model onto the device (CUDA's start, reading the weights).
+_LOADS: dict[str, float] = {}
+
+
+def _encoder(job: ShardJob) -> Encoder:
+    """The process's model for the shard (`encoder_for`), noting the time when this call had to load it."""
+    misses, started = load_model.cache_info().misses, time.perf_counter()
+    encoder = encoder_for(job.config)
+    if load_model.cache_info().misses != misses:
+        _LOADS[job.spec.name] = _LOADS.get(job.spec.name, 0.0) + time.perf_counter() - started
+    return encoder
 
 
 @task(**IN_MEMORY)
@@ -98,10 +119,19 @@ def quantization_ranges(
 
 
 @task(**IN_MEMORY, **RETRY)
-def prepare_dest(target: RunTarget, overwrite: bool) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
+def prepare_dest(
+    target: RunTarget, overwrite: bool, local: bool = True
+) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
     """Check DEST (storage) against this run, clear it on overwrite, mark it running; return the target (in
-    the format of an older DEST it continues), finished parts and the jobs of the shards still to embed."""
-    target, done, pending = dest_.prepare(target, overwrite)
+    the format of an older DEST it continues), finished parts and the jobs of the shards still to embed.
+    `local`: the shards run in this process, not on a pool's workers."""
+    target, done, pending = dest_.prepare(target, overwrite, local)
+    if target.redo:
+        get_run_logger().warning(
+            "%d finished parts (%s...) were embedded in %s on another kind of device than this run's, whose "
+            "vectors differ: embedding them again",
+            len(target.redo), target.redo[0], target.config.precision,
+        )  # fmt: skip
     if target.reuse is not None and target.reuse.previous and not target.config.text_hash:
         get_run_logger().warning(
             "%s was begun by bertflow 0.2 or earlier, without text hashes: this run continues it so, and embeds "
@@ -131,6 +161,9 @@ def resolve_paths(
 def read_shard(job: ShardJob) -> ShardText:
     """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts; under
     --reuse, read the rows of earlier outputs it may copy. First, hand back what the shard before freed."""
+    with _STARTUP_LOCK:  # a shard run's first shard on a worker: how long its process took to get here
+        if not _STARTUP and in_deployment_run():
+            _STARTUP.append(processes.age() or 0.0)
     heap.trim()
     return shard.read_text(job)
 
@@ -139,16 +172,21 @@ def read_shard(job: ShardJob) -> ShardText:
 def tokenize(job: ShardJob, text: ShardText) -> ShardTokens:
     """Tokenize with the model's fast tokenizer (CPU threads): truncated, in windows, or per token; rows
     an earlier output holds are set aside, not fed to the model."""
-    return shard.tokenize(encoder_for(job.config), text, job.config)
+    return shard.tokenize(_encoder(job), text, job.config)
 
 
 @task(**IN_MEMORY, **RETRY)
-def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, float]:
-    """Forward passes and pooling per batch on the device (the model loaded once per process); and the
-    seconds they took (the model's own time, for throughput and the time `--reuse` saves)."""
-    started = time.perf_counter()
-    encoder = encoder_for(job.config)
-    vectors = shard.embed(encoder, tokens, job.config, on_documents=progress.advance)
+def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, EngineStats]:
+    """Forward passes and pooling per batch on the device (the model loaded once per process); and what
+    the engine did: its seconds (for throughput and the time `--reuse` saves), padding, memory splits."""
+    encoder = _encoder(job)
+    # One lane of the card computes at a time (the other reads, tokenizes or writes); the card's
+    # utilisation is sampled while this shard's batches run (CUDA).
+    with cards.turn(encoder.device), BusySampler(encoder.device) as busy:
+        started = time.perf_counter()
+        vectors = shard.embed(encoder, tokens, job.config, on_documents=progress.advance)
+    load = _LOADS.pop(job.spec.name, None)  # None: this process had the model before the shard began
+    stats = EngineStats.of(encoder, time.perf_counter() - started, load or 0.0, load is None, busy.share)
     if encoder.memory.splits:
         try:
             logger: logging.Logger | logging.LoggerAdapter = get_run_logger()
@@ -159,16 +197,23 @@ def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, float]:
             "forward pass (--batch-tokens %d starts there)",
             encoder.device, encoder.memory.splits, encoder.memory.budget, encoder.memory.budget,
         )  # fmt: skip
-    return vectors, time.perf_counter() - started
+    return vectors, stats
 
 
 @task(**IN_MEMORY, **RETRY)
 def write_part(
-    job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, model_seconds: float
+    job: ShardJob, text: ShardText, tokens: ShardTokens, vectors: Vectors, seconds: float, stats: EngineStats
 ) -> ShardResult:
     """Write the shard's part (and documents/ part under --aggregate) to DEST (storage), atomically."""
-    device = cards.label(pick_device(job.config.device))
-    result = shard.write_part(job, text, tokens, vectors, seconds, model_seconds, device, host_key())
+    picked = pick_device(job.config.device)
+    device, fell_back = devices.device_label(job.config, picked, cards.label(picked))
+    if fell_back:
+        get_run_logger().warning("%s: %s", job.spec.name, fell_back)
+    with _STARTUP_LOCK:
+        if len(_STARTUP) == 1:  # the process's start-up is counted once, on the part of its first shard
+            stats = replace(stats, startup_seconds=round(_STARTUP[0], 3))
+            _STARTUP.append(0.0)
+    result = shard.write_part(job, text, tokens, vectors, seconds, stats, device, host_key())
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""
     get_run_logger().info(

@@ -34,7 +34,7 @@ from bertflow.model.loading import localize
 from bertflow.names import SHARD_DEPLOYMENT
 from bertflow.partitions import stable_key
 from bertflow.tasks.gpu import slots_per_host
-from bertflow.tasks.policy import IN_MEMORY
+from bertflow.tasks.policy import IN_MEMORY, RETRY
 from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
 
 DEFAULT_ATTEMPTS = 2
@@ -92,15 +92,40 @@ def wave_size(pool: str, given: int | None) -> tuple[int, str]:
     return slots * QUEUED_PER_SLOT, f"{why}, x {QUEUED_PER_SLOT}"
 
 
-def shard_run(job: ShardJob, tags: Sequence[str]) -> RunRequest:
-    """The run of one shard; its key is derived from DEST and the shard (rows and settings)."""
+def shard_run(jobs: Sequence[ShardJob], tags: Sequence[str]) -> RunRequest:
+    """The run of one shard (or of several in one process, `--shards-per-run`); its key is derived from
+    DEST and the shards (rows and settings)."""
+    first, last = jobs[0], jobs[-1]
+    parameters: dict[str, object] = {"job": first.model_dump(mode="json"), "on_worker": True}
+    if len(jobs) > 1:
+        parameters["more"] = [j.model_dump(mode="json") for j in jobs[1:]]
+    name = f"shard-{first.spec.index}-of-{first.spec.count}"
+    if len(jobs) > 1:
+        name = f"shards-{first.spec.index}-to-{last.spec.index}-of-{first.spec.count}"
     return RunRequest(
-        key=stable_key("shard", storage.canonical(job.dest), job.fingerprint),
+        key=stable_key("shard", storage.canonical(first.dest), *(j.fingerprint for j in jobs)),
         deployment=SHARD_DEPLOYMENT,
-        parameters={"job": job.model_dump(mode="json"), "on_worker": True},
-        name=f"shard-{job.spec.index}-of-{job.spec.count}",
+        parameters=parameters,
+        name=name,
         tags=tuple(tags),
     )
+
+
+def has_part(job: ShardJob) -> bool:
+    """Whether DEST holds the shard's finished part (its fingerprint matching)."""
+    found = parts.complete_parts(
+        job.dest, [job.spec], {job.spec.name: job.fingerprint}, documents=job.config.aggregated
+    )
+    return job.spec.name in found
+
+
+@task(**IN_MEMORY, **RETRY)
+def part_written(job: ShardJob) -> bool:
+    """A shard of a run of several whose part is already in DEST (an earlier run of them got that far) is skipped."""
+    if has_part(job):
+        get_run_logger().info("%s is already in %s; next shard", job.spec.name, job.dest)
+        return True
+    return False
 
 
 @dataclass
@@ -134,48 +159,56 @@ def fan_out(
     attempts: int = DEFAULT_ATTEMPTS,
     timeout: float = DEFAULT_TIMEOUT,
     wave: int | None = None,
+    per_run: int = 1,
 ) -> dict[str, ShardFailure]:
-    """Run every job on the workers (at most `wave` runs in flight), resubmitting failed runs, and wait for
-    all; the shards that failed, by part."""
-    requests = [shard_run(j, tags) for j in jobs]
-    spec_of = {request.key: job.spec for request, job in zip(requests, jobs)}
+    """Run every job on the workers (`per_run` shards in a run, at most `wave` runs in flight), resubmitting
+    failed runs, and wait for all; the shards that failed, by part."""
+    groups = [list(jobs[i : i + per_run]) for i in range(0, len(jobs), max(per_run, 1))]
+    requests = [shard_run(group, tags) for group in groups]
+    group_of = {request.key: group for request, group in zip(requests, groups)}
     tries: dict[str, ShardFailure] = {}
     failed: dict[str, ShardFailure] = {}
     logger = get_run_logger()
 
+    def unfinished(request: RunRequest) -> list[ShardJob]:
+        """A run of several that failed may have written some of its parts: those count as done."""
+        group = group_of[request.key]
+        left = group if per_run == 1 else [j for j in group if not has_part(j)]
+        for job in group:
+            if job not in left:
+                on_done(job.spec)
+        group_of[request.key] = left
+        return left
+
     def finished(request: RunRequest, flow_run: FlowRun) -> bool:
-        spec = spec_of[request.key]
+        group = group_of[request.key]
         if flow_run.state is not None and flow_run.state.is_completed():  # run_all passes runs in a final state
-            on_done(spec)
+            for job in group:
+                on_done(job.spec)
             return False
-        record = tries.setdefault(spec.name, ShardFailure(spec))
-        record.errors.append(describe(flow_run))
-        record.runs.append(str(flow_run.id))
+        records = [tries.setdefault(j.spec.name, ShardFailure(j.spec)) for j in unfinished(request)]
+        for record in records:
+            record.errors.append(describe(flow_run))
+            record.runs.append(str(flow_run.id))
         permanent = flow_run.state is not None and flow_run.state.name == PERMANENT
-        if permanent or len(record.errors) >= attempts:
-            failed[spec.name] = record
+        if not records or permanent or len(records[0].errors) >= attempts:
+            failed.update((r.spec.name, r) for r in records)
             return False
         logger.warning(
             "%s ended %s; submitting it again (attempt %d of %d)",
-            request.name, record.errors[-1], len(record.errors) + 1, attempts,
+            request.name, records[0].errors[-1], len(records[0].errors) + 1, attempts,
         )  # fmt: skip
         return True
 
-    job_of = {request.key: job for request, job in zip(requests, jobs)}
-
     def written(request: RunRequest) -> bool:
-        """The shard's part is in DEST: a run finished it since DEST was listed (a parent resuming a dead one's work)."""
-        job = job_of[request.key]
-        found = parts.complete_parts(
-            job.dest, [job.spec], {job.spec.name: job.fingerprint}, documents=job.config.aggregated
-        )
-        return job.spec.name in found
+        """The shards' parts are in DEST: a run finished them since DEST was listed (a parent resuming a dead one's work)."""
+        return all(has_part(job) for job in group_of[request.key])
 
     for request in run_all(requests, finished, max_in_flight=wave, timeout=timeout, done=written):
-        spec = spec_of[request.key]
-        record = tries.setdefault(spec.name, ShardFailure(spec))
-        record.errors.append(f"not finished after the shard timeout of {timeout:.0f} s; cancelled")
-        failed[spec.name] = record
+        for job in unfinished(request):
+            record = tries.setdefault(job.spec.name, ShardFailure(job.spec))
+            record.errors.append(f"not finished after the shard timeout of {timeout:.0f} s; cancelled")
+            failed[job.spec.name] = record
     return failed
 
 

@@ -50,6 +50,7 @@ def embed(
     shard_seconds: options.ShardSeconds = 300.0,
     batch_tokens: options.BatchTokens = None,
     device: options.Device = "auto",
+    devices: options.Devices = None,
     precision: options.Precision = "fp32",
     trust_remote_code: options.TrustRemoteCode = False,
     overwrite: options.Overwrite = False,
@@ -60,6 +61,7 @@ def embed(
     shard_attempts: options.ShardAttempts = 2,
     shard_timeout: options.ShardTimeout = 12 * 3600.0,
     shard_wave: options.ShardWave = None,
+    shards_per_run: options.ShardsPerRun = 1,
     storage_option: options.StorageOption = None,
     storage_block: options.StorageBlock = None,
 ) -> None:
@@ -87,6 +89,7 @@ def embed(
             shard_seconds=shard_seconds,
             batch_tokens=batch_tokens,
             device=device,
+            devices=devices,
             precision=precision,
             trust_remote_code=trust_remote_code,
             pooler=pooler,
@@ -105,6 +108,12 @@ def embed(
                 f"--pool {pool} needs the Prefect server its workers poll: export PREFECT_API_URL=http://HOST:4200/api "
                 "(and PREFECT_API_AUTH_STRING), or run without --pool"
             )
+    if devices is not None and pool:
+        fail(
+            "--devices picks the cards of this process; with --pool each worker's GPU slot picks its card: drop --devices"
+        )
+    if shards_per_run != 1 and not pool:
+        fail("--shards-per-run groups the shard runs of --pool; without --pool every shard runs in this process")
     if shard_wave is not None and not pool:
         fail("--shard-wave bounds the shard runs of --pool; without --pool every shard runs in this process")
     if pool and storage_option:
@@ -131,6 +140,7 @@ def embed(
             shard_attempts=shard_attempts,
             shard_timeout=shard_timeout,
             shard_wave=shard_wave,
+            shards_per_run=shards_per_run,
             reuse=list(reuse or []),
             reuse_mismatch=cast(ReuseMismatch, reuse_mismatch),
             deleted_ids=deleted_ids,

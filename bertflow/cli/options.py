@@ -96,6 +96,10 @@ ShardSeconds = Annotated[
 ]
 BatchTokens = Annotated[int | None, typer.Option(help="Padded tokens per forward pass (default per device)")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or mps")]
+Devices = Annotated[
+    str | None,
+    typer.Option(help="CUDA cards to embed on, one model each, e.g. 0,1 (default: every card; not with --pool)"),
+]
 Precision = Annotated[str, typer.Option(help="fp32, bf16 or fp16")]
 TrustRemoteCode = Annotated[
     bool,
@@ -120,6 +124,13 @@ Pool = Annotated[
     str | None,
     typer.Option(
         help="Run each shard as an embed-shard run on this work pool's workers (see `bertflow deploy`); default: all in this process"
+    ),
+]
+ShardsPerRun = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="With --pool: shards one worker run embeds one after another, loading the model once for them",
     ),
 ]
 ShardWave = Annotated[

@@ -15,8 +15,11 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+
+from bertflow.errors import InputError
 
 WAIT_SECONDS = 0.2
 
@@ -46,6 +49,59 @@ def claim(indices: int) -> Iterator[int]:
                 handle.close()
             return
         time.sleep(WAIT_SECONDS)
+
+
+# Shards in flight per card in a run without --pool: while one lane's batches compute, the other reads,
+# tokenizes or writes its shard, so the card does not wait for the host between shards.
+LANES_PER_CARD = 2
+
+
+def lanes(kind: str, devices: Sequence[int] | None, count: int, per_card: int = LANES_PER_CARD) -> list[int | None]:
+    """The card of each lane of shards a run embeds in its own process: `per_card` lanes on each card of
+    `devices` (default: all `count` visible), interleaved so the first lanes take different cards;
+    one lane (None: no card) on a CPU or MPS."""
+    if kind != "cuda":
+        if devices:
+            raise InputError(
+                f"--devices {','.join(map(str, devices))} selects CUDA cards, and this run embeds on {kind}: "
+                "drop --devices, or use --device cuda"
+            )
+        return [None]
+    chosen = list(devices) if devices else list(range(count))
+    if missing := [c for c in chosen if not 0 <= c < count]:
+        raise InputError(
+            f"--devices {','.join(map(str, chosen))}: this host has {count} CUDA device(s), numbered 0 to "
+            f"{count - 1}; there is no card {missing[0]}"
+        )
+    return [card for _ in range(per_card) for card in chosen]
+
+
+def use(card: int | None) -> None:
+    """Make `card` the calling thread's CUDA device (CUDA's current device is per thread); None: nothing."""
+    if card is not None:
+        import torch
+
+        torch.cuda.set_device(card)
+
+
+_TURNS: dict[int | None, threading.Lock] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def turn(device: str) -> Iterator[None]:
+    """Hold the calling thread's card (or the CPU) for one shard's forward passes: its two lanes take
+    turns computing, so one shard's batches never share the card's memory with another's while the
+    other lane reads, tokenizes or writes."""
+    card = None
+    if device == "cuda":
+        import torch
+
+        card = torch.cuda.current_device()
+    with _TURNS_LOCK:
+        lock = _TURNS.setdefault(card, threading.Lock())
+    with lock:
+        yield
 
 
 def card_of(index: int, cards: int) -> int:

@@ -132,3 +132,31 @@ def test_shard_wave_caps_the_runs_in_flight_as_the_server_records_them(s3, servi
 
     r = service.cli("embed", source, "out/", "--shard-wave", "2")
     assert r.returncode == 2 and "--shard-wave bounds the shard runs of --pool" in r.stderr
+
+
+def test_shards_per_run_load_the_model_once_per_run(s3, service):
+    """`--shards-per-run 3`: two runs of three shards each; in each, only the first shard pays for the
+    process's start and the model's load (counted in each part's footer, not timed)."""
+    make_bucket()
+    source, dest = write_docs("s3://lake/raw-grouped/", 60, "doc"), "s3://lake/grouped/"
+    args = ("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL)
+    r = service.cli(*args, "--shards-per-run", "3")
+    assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
+
+    runs = shard_runs(service, dest)
+    assert sorted(s.name for s in runs) == ["shards-0-to-2-of-6", "shards-3-to-5-of-6"]
+    assert all(s.state.is_completed() for s in runs)
+    assert sorted(len(s.parameters["more"]) for s in runs) == [2, 2]
+    manifest = parts.read_manifest(dest)
+    assert manifest.status == "complete" and manifest.totals.rows == 60
+    shards = manifest.shards
+    assert [s.warm for s in shards] == [False, True, True, False, True, True]  # one load per run
+    assert [s.load_seconds > 0 for s in shards] == [True, False, False, True, False, False]
+    assert [s.startup_seconds > 0 for s in shards] == [True, False, False, True, False, False]
+    v = service.cli("verify", dest, "--source", source)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    again = service.cli(*args, "--shards-per-run", "3")  # complete: nothing to run, no new shard run
+    assert again.returncode == 0 and len(shard_runs(service, dest)) == 2
+    refused = service.cli("embed", source, "out/", "--shards-per-run", "2")
+    assert refused.returncode == 2 and "--shards-per-run groups the shard runs of --pool" in refused.stderr

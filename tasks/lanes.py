@@ -1,0 +1,92 @@
+"""Shards of a run without `--pool`, in lanes: every card of the host busy, and each card's next shard
+read and tokenized (and its last one written) while the current one computes.
+
+A lane is a thread with a CUDA card (`bertflow.model.cards.lanes`: two per card): it takes the next
+pending shard, runs it as an `embed-shard` subflow on its card, and takes another. Each card holds
+one copy of the model, shared by its lanes, and computes one lane's shard at a time (`cards.turn`):
+the other lane reads, tokenizes or writes meanwhile. A shard that fails stops every lane from taking
+another; the shards in flight finish (their parts are written: a rerun keeps them) and the first
+error is raised. One lane (CPU and MPS) runs the shards in order in the calling thread, as before;
+a deployed run holding a GPU slot has the two lanes of its slot's card.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from bertflow.choices import Device
+from bertflow.io.manifest import ShardJob
+from bertflow.model import cards
+from bertflow.model.loading import pick_device
+
+_R = TypeVar("_R")  # what running one shard returns
+
+
+def shard_lanes(device: Device, devices: Sequence[int] | None, holding_slot: bool = False) -> list[int | None]:
+    """The card of each lane for this run: `--devices` (default every card) on CUDA, the card of the
+    GPU slot this process holds (a deployed run), or one lane without a card on CPU and MPS.
+    Raises InputError for cards this host does not have."""
+    kind = pick_device(device)
+    if kind != "cuda":
+        return cards.lanes(kind, devices, 0)
+    import torch
+
+    if holding_slot:  # the slot chose this process's card (`gpu_slot`); --devices cannot widen it
+        return cards.lanes(kind, (torch.cuda.current_device(),), torch.cuda.device_count())
+    found = cards.lanes(kind, devices, torch.cuda.device_count())
+    cards.use(found[0])  # this thread too (planning's sample batches, a single lane): never a card not chosen
+    return found
+
+
+def run_in_lanes(
+    jobs: Sequence[ShardJob],
+    lanes: Sequence[int | None],
+    run: Callable[[ShardJob], _R],
+    done: Callable[[ShardJob, _R], None],
+) -> list[_R]:
+    """`run(job)` for every job, spread over `lanes` (each a thread on its card); `done` is called once per
+    finished shard, one call at a time. Returns the results in `jobs`' order; raises the first failure
+    after the lanes in flight stop."""
+    if len(lanes) <= 1 or len(jobs) <= 1:
+        cards.use(lanes[0] if lanes else None)
+        results = []
+        for job in jobs:
+            results.append(run(job))
+            done(job, results[-1])
+        return results
+    todo, lock, failed = deque(jobs), threading.Lock(), threading.Event()
+    finished: dict[int, _R] = {}
+    errors: list[BaseException] = []
+
+    def lane(card: int | None) -> None:
+        try:
+            cards.use(card)
+            while not failed.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    job = todo.popleft()
+                result = run(job)
+                with lock:
+                    finished[job.spec.index] = result
+                    done(job, result)
+        except BaseException as e:  # handed to the caller's thread below
+            with lock:
+                errors.append(e)
+            failed.set()
+
+    # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
+    with ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane") as pool:
+        try:
+            for f in [pool.submit(contextvars.copy_context().run, lane, card) for card in lanes]:
+                f.result()
+        finally:
+            failed.set()  # interrupted here (Ctrl-C): no lane takes another shard
+    if errors:
+        raise errors[0]
+    return [finished[job.spec.index] for job in jobs]

@@ -1,0 +1,167 @@
+"""Lanes of shards in one process (issue 17, points 1 and 2): which card each lane takes, `--devices`,
+and that shards run in several lanes write exactly what one lane writes, failure included.
+
+No GPU here: the card count is given to the pure mapping directly, and the flow's lanes are set to
+two CPU lanes at the boundary (`shard_lanes`), each running real `embed-shard` subflows on the model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+import bertflow.flows.embed as embed_flow
+import bertflow.flows.shard as shard_flow
+from bertflow.config import EmbedConfig
+from bertflow.errors import InputError
+from bertflow.flows.shard import embed_shard
+from bertflow.model import cards
+from bertflow.pipeline import shard as shard_steps
+from tests.conftest import run_cli, write_rows
+from tests.flows.test_embed_flow import run
+
+
+def test_lanes_cover_each_chosen_card_twice_and_interleave():
+    assert cards.lanes("cuda", None, 4) == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert cards.lanes("cuda", (2, 0), 4) == [2, 0, 2, 0]
+    assert cards.lanes("cuda", None, 1) == [0, 0]  # one card: its next shard is read while this one computes
+    assert cards.lanes("cuda", (1,), 2, per_card=1) == [1]
+    assert cards.lanes("cpu", None, 0) == [None] and cards.lanes("mps", None, 0) == [None]
+    with pytest.raises(
+        InputError, match=r"--devices 0,3: this host has 2 CUDA device\(s\), numbered 0 to 1; there is no card 3"
+    ):
+        cards.lanes("cuda", (0, 3), 2)
+    with pytest.raises(InputError, match=r"--devices 0 selects CUDA cards, and this run embeds on cpu"):
+        cards.lanes("cpu", (0,), 0)
+
+
+@pytest.mark.parametrize(
+    ("given", "parsed"), [("0,1", (0, 1)), (" 1 ", (1,)), ("cuda:1,cuda:0", (1, 0)), ([3, 2], (3, 2)), (None, None)]
+)
+def test_devices_parse(given, parsed):
+    assert EmbedConfig(devices=given).devices == parsed
+
+
+@pytest.mark.parametrize("given", ["", "a", "0,0", "-1", "0,,1", "1.5"])
+def test_devices_refuse_what_is_not_a_list_of_cards(given):
+    with pytest.raises(ValidationError, match="devices"):
+        EmbedConfig(devices=given)
+
+
+def test_cli_refuses_devices_on_cpu_in_one_line_and_writes_nothing(tmp_path, sample_texts):
+    source = write_rows(tmp_path / "in.parquet", [{"id": 0, "text": sample_texts[0]}])
+    result = run_cli("embed", str(source), str(tmp_path / "out"), "--device", "cpu", "--devices", "0,1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --devices 0,1 selects CUDA cards, and this run embeds on cpu: drop --devices, or use --device cuda"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def source(tmp_path, sample_texts):
+    rows = [{"id": i, "text": t} for i, t in enumerate(sample_texts[:90])]
+    return write_rows(tmp_path / "in.parquet", rows)
+
+
+@pytest.fixture
+def two_lanes(monkeypatch):
+    """Two lanes (CPU replicas sharing the model), as a host with one card gets."""
+    monkeypatch.setattr(embed_flow, "shard_lanes", lambda *args, **kwargs: [None, None])
+
+
+def test_two_lanes_write_what_one_lane_writes(prefect_harness, tmp_path, tiny_bert, source, monkeypatch):
+    one = run(source, tmp_path / "one", tiny_bert, shard_rows=15)
+    monkeypatch.setattr(embed_flow, "shard_lanes", lambda *args, **kwargs: [None, None])
+    real, threads = shard_steps.read_text, {}
+
+    def seen(job):
+        threads[job.spec.index] = threading.current_thread().name
+        return real(job)
+
+    monkeypatch.setattr(shard_steps, "read_text", seen)
+    two = run(source, tmp_path / "two", tiny_bert, shard_rows=15)
+    assert len(set(threads.values())) == 2 and all(t.startswith("bertflow-lane") for t in threads.values())
+    assert [s.name for s in two.shards] == [s.name for s in one.shards] == [f"part-{i:05d}.parquet" for i in range(6)]
+    assert [s.rows for s in two.shards] == [s.rows for s in one.shards]
+    a, b = pl.read_parquet(tmp_path / "one" / "part-*.parquet"), pl.read_parquet(tmp_path / "two" / "part-*.parquet")
+    assert b["id"].to_list() == a["id"].to_list() == list(range(90))
+    assert np.abs(a["embedding"].to_numpy() - b["embedding"].to_numpy()).max() < 1e-6
+    assert two.totals.model_dump(exclude={"seconds"}) == one.totals.model_dump(exclude={"seconds"})
+
+
+def test_a_failing_shard_stops_the_lanes_and_a_rerun_completes_the_rest(
+    prefect_harness, tmp_path, tiny_bert, source, two_lanes, monkeypatch
+):
+    real = shard_steps.read_text
+
+    def broken(job):
+        if job.spec.index == 1:
+            raise InputError("injected: shard 1 cannot be read")
+        time.sleep(3)  # the other lane is still on shard 0 when shard 1 fails
+        return real(job)
+
+    monkeypatch.setattr(shard_steps, "read_text", broken)
+    dest = tmp_path / "out"
+    with pytest.raises(InputError, match="injected: shard 1 cannot be read"):
+        run(source, dest, tiny_bert, shard_rows=15)
+    # The lane on shard 0 finished it; neither lane took shards 2 to 5 after the failure.
+    assert sorted(p.name for p in dest.glob("part-*.parquet")) == ["part-00000.parquet"]
+    assert json.loads((dest / "_manifest.json").read_text())["status"] == "running"
+
+    monkeypatch.setattr(shard_steps, "read_text", real)
+    again = run(source, dest, tiny_bert, shard_rows=15)
+    assert [s.resumed for s in again.shards] == [True] + [False] * 5
+    rows = pl.read_parquet(dest / "part-*.parquet")
+    assert rows["id"].to_list() == list(range(90))  # every row once, in order: nothing lost, nothing twice
+    clean = run(source, tmp_path / "clean", tiny_bert, shard_rows=15)
+    assert np.abs(rows["embedding"].to_numpy() - pl.read_parquet(tmp_path / "clean" / "part-*.parquet")[
+        "embedding"
+    ].to_numpy()).max() < 1e-6  # fmt: skip
+    assert clean.totals.rows == again.totals.rows == 90
+
+
+def test_a_run_of_several_shards_skips_written_parts_and_goes_on_past_a_refused_one(
+    prefect_harness, tmp_path, tiny_bert, source, monkeypatch
+):
+    """`embed-shard` with `more` (what `--shards-per-run` sends a worker), in this process, in two lanes."""
+    jobs = []
+    real_lanes = embed_flow.run_in_lanes
+
+    def keep_jobs(pending, *args):
+        jobs.extend(pending)
+        return real_lanes(pending, *args)
+
+    monkeypatch.setattr(embed_flow, "run_in_lanes", keep_jobs)
+    dest = tmp_path / "out"
+    run(source, dest, tiny_bert, shard_rows=15)
+    before = {p.name: pl.read_parquet(p) for p in dest.glob("part-*.parquet")}
+    for name in ("part-00001.parquet", "part-00003.parquet", "part-00004.parquet"):
+        (dest / name).unlink()
+    kept = (dest / "part-00002.parquet").stat().st_mtime_ns
+
+    real = shard_steps.read_text
+
+    def refuse_three(job):
+        if job.spec.index == 3:
+            raise InputError("injected: shard 3 has bad input")
+        return real(job)
+
+    monkeypatch.setattr(shard_steps, "read_text", refuse_three)
+    monkeypatch.setattr(shard_flow, "shard_lanes", lambda *args, **kwargs: [None, None])
+    with pytest.raises(InputError, match="injected: shard 3 has bad input"):
+        embed_shard(jobs[0], more=jobs[1:])
+    assert not (dest / "part-00003.parquet").exists()  # refused; 4, after it, was embedded all the same
+    assert (dest / "part-00002.parquet").stat().st_mtime_ns == kept  # written before: not embedded again
+    for name in ("part-00001.parquet", "part-00004.parquet"):
+        assert pl.read_parquet(dest / name)["id"].to_list() == before[name]["id"].to_list()
+        assert (
+            np.abs(pl.read_parquet(dest / name)["embedding"].to_numpy() - before[name]["embedding"].to_numpy()).max()
+            < 1e-6
+        )
