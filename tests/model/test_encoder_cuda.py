@@ -171,3 +171,40 @@ def test_a_row_that_does_not_fit_even_alone_is_a_one_line_host_error(model_path,
         "\n" not in message
         and "one text of 256 tokens does not fit in the free memory of cuda even alone (fp32)" in message
     )
+
+
+def test_two_lanes_on_a_card_give_the_vectors_of_one(model_path, texts):
+    """Issue 17's lanes on a real card: two threads taking turns computing (`cards.turn`), sharing the
+    card's one model, return the vectors one thread returns; the busy sampler reads the card."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bertflow.model import cards
+    from bertflow.model.busy import BusySampler
+
+    enc = encoder(model_path, "cuda", "fp16")
+    shards = [texts[i::4] for i in range(4)]
+    alone = [embed(enc, s) for s in shards]
+
+    def lane(s: list[str]) -> np.ndarray:
+        cards.use(0)
+        tok = enc.tokenizer.tokenize(s)
+        with cards.turn("cuda"), BusySampler("cuda") as busy:
+            out = enc.embed(tok, pooling="mean", normalize_output=True)
+        assert busy.share is None or 0.0 <= busy.share <= 1.0
+        return out
+
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lane, shards))
+    for a, b in zip(alone, both):
+        assert np.abs(a - b).max() < 1e-3  # fp16, the same kernels: equal up to batch composition
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_each_card_gets_its_own_model(model_path):
+    from bertflow.model import cards
+
+    assert cards.lanes("cuda", None, torch.cuda.device_count())[:2] == [0, 1]
+    _, on_0 = load_model(model_path, "cuda", "fp16", card=0)
+    _, on_1 = load_model(model_path, "cuda", "fp16", card=1)
+    assert next(on_0.parameters()).device == torch.device("cuda:0")
+    assert next(on_1.parameters()).device == torch.device("cuda:1")
