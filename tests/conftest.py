@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from bertflow.resolved import ModelRef, ResolvedConfig
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that tried to download would fail loudly
+# Digests of model files remembered for the session (and its workers), not in the user's ~/.cache.
+os.environ.setdefault("BERTFLOW_CACHE_DIR", tempfile.mkdtemp(prefix="bertflow-cache-"))
 
 # The `service` fixture (a Prefect server, S3 and process workers) lives beside the tests that use it.
 pytest_plugins = ["tests.deployments.service"]

@@ -18,6 +18,7 @@ from bertflow.choices import Device, Precision
 from bertflow.config import DEFAULT_MODEL
 from bertflow.errors import InputError, ModelError
 from bertflow.model import hub
+from bertflow.model.digests import file_sha256
 from bertflow.model.st_files import read_json
 from bertflow.resolved import ResolvedConfig
 
@@ -64,15 +65,6 @@ def weights_file(path: Path) -> Path:
     )
 
 
-@functools.cache
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(path: Path) -> str:
     """sha256 of the weights (of every shard file, in order, for sharded checkpoints)."""
     wf = weights_file(path)
@@ -80,10 +72,7 @@ def weights_sha256(path: Path) -> str:
     if wf.name.endswith(".index.json"):
         shards = sorted(set(json.loads(wf.read_text())["weight_map"].values()))
         files = [path / s for s in shards]
-    parts = []
-    for f in files:
-        st = f.stat()
-        parts.append(_sha256_cached(str(f), st.st_size, st.st_mtime_ns))
+    parts = [file_sha256(f) for f in files]  # once per host and file version (`digests`)
     return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
@@ -107,8 +96,7 @@ def tokenizer_sha256(path: Path) -> str:
     for name in TOKENIZER_FILES:
         f = path / name
         if f.is_file():
-            st = f.stat()
-            digest.update(f"{name}:{_sha256_cached(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+            digest.update(f"{name}:{file_sha256(f)}\n".encode())
     return digest.hexdigest()
 
 
@@ -118,8 +106,7 @@ def config_sha256(path: Path, trust_remote_code: bool) -> str:
     files = [path / "config.json", *(sorted(path.glob("*.py")) if trust_remote_code else [])]
     for f in files:
         if f.is_file():
-            st = f.stat()
-            digest.update(f"{f.name}:{_sha256_cached(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+            digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
     return digest.hexdigest()
 
 
