@@ -126,13 +126,7 @@ class EmbedConfig(BaseModel):
     @field_validator("shard_rows", mode="before")
     @classmethod
     def _shard_rows(cls, v: object) -> object:
-        if isinstance(v, str) and v.strip().lower() == "auto":
-            return "auto"
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{v!r} is not a row count: give a positive number or auto")
-        return v
+        return count_or_auto(v, "a row count")
 
     @field_validator("layers")
     @classmethod
@@ -212,3 +206,14 @@ class PublishConfig(BaseModel):
     index_rows: int = Field(100_000, ge=1)  # an ANN index on each vector column from this many rows
     fts_column: str | None = None  # a kept text column to give a full-text index
     replace: bool = False  # rebuild a table that holds vectors embedded otherwise
+
+
+def count_or_auto(v: object, what: str) -> int | Literal["auto"]:
+    """A positive count (an int, or its digits) or `auto`; ValueError naming `what` otherwise."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{v!r} is not {what}: give a positive number or auto")
+    return v

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import cast
+from typing import Literal, cast
 
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
@@ -38,6 +38,7 @@ from bertflow.tasks.fanout import (
     check_pool,
     fan_out,
     shard_wave_size,
+    shards_in_a_run,
 )
 from bertflow.tasks.gpu import gpu_slot, in_deployment_run
 from bertflow.tasks.lanes import run_in_lanes, shard_lanes
@@ -81,7 +82,7 @@ def embed_dataset(
     shard_attempts: int = DEFAULT_ATTEMPTS,
     shard_timeout: float = DEFAULT_TIMEOUT,
     shard_wave: int | None = None,
-    shards_per_run: int = 1,
+    shards_per_run: int | Literal["auto"] = "auto",
     partition: str | None = None,
     lag_days: int = 1,
     reuse: list[str] | None = None,
@@ -102,6 +103,7 @@ def embed_dataset(
             twice what the pool runs at once: its concurrency limit, or its online workers x GPU slots per host).
         shards_per_run: with `pool`, shards embedded one after another in one run on a worker: its process
             starts, loads and hashes the model once for them all (the fixed cost of a run, split over them).
+            `auto`: long runs first, single shards last, so the slots finish together (`sizing.run_sizes`).
         partition: the day (YYYY-MM-DD) filled into `{date}` in SOURCE and DEST; by default the day
             `lag_days` before the run's scheduled start, so a late or repeated run keeps its own day.
         reuse: earlier outputs (DESTs, newest first) whose rows with the same id and text are copied
@@ -120,10 +122,10 @@ def embed_dataset(
         report = None
         try:
             source, dest, day, earlier = resolve_paths(source, dest, partition, lag_days, flow_run.scheduled_start_time)
-            wave, lanes, held = None, None, in_deployment_run()
+            wave, per_run, lanes, held = None, None, None, in_deployment_run()
             if pool:
                 check_pool(pool, source, dest, config)
-                wave = shard_wave_size(pool, shard_wave)
+                wave, per_run = shard_wave_size(pool, shard_wave), shards_in_a_run(shards_per_run)
             elif not held:  # the cards this process embeds on (checked before DEST is touched)
                 lanes = shard_lanes(config.device, config.devices)
             # One writer per DEST, taken first: a run refused here leaves DEST and its artifacts untouched.
@@ -162,13 +164,14 @@ def embed_dataset(
                     target, results, pending = prepare_dest(target, overwrite, pool is None)
                     if pool:
                         failures = fan_out(
+                            target.plan,
                             pending,
                             child_tags,
                             report.part_written,
                             shard_attempts,
                             shard_timeout,
                             wave,
-                            shards_per_run,
+                            per_run,
                         )
                         # Results come back through DEST: each part's footer, read here.
                         why = {name: str(f) for name, f in failures.items()}

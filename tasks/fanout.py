@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,13 +27,14 @@ from prefect import get_client, get_run_logger, task
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Failed, State
 
-from bertflow.config import EmbedConfig
+from bertflow.config import EmbedConfig, count_or_auto
 from bertflow.errors import BertflowError, HostError, InputError, ModelError, one_line
 from bertflow.io import parts, storage
 from bertflow.io.manifest import ShardJob, ShardSpec
 from bertflow.model.loading import localize
 from bertflow.names import SHARD_DEPLOYMENT
 from bertflow.partitions import stable_key
+from bertflow.pipeline import sizing
 from bertflow.tasks.gpu import slots_per_host
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 from bertflow.tasks.runs import RunRequest, describe, read_deployment, run_all
@@ -41,6 +43,7 @@ DEFAULT_ATTEMPTS = 2
 DEFAULT_TIMEOUT = 12 * 3600.0  # seconds the parent waits for its shard runs, all together
 PERMANENT = "BadInput"  # the state name of a shard run that failed on input no retry can fix
 QUEUED_PER_SLOT = 2  # shard runs in flight per slot the pool can run: one running, one queued behind it
+WATCH_SECONDS = 10.0  # how often the parent lists DEST for the parts of runs of several shards in flight
 WAVE_WITHOUT_WORKERS = 64  # a pool whose workers do not run the shards themselves (Kubernetes) and has no limit
 
 
@@ -92,9 +95,19 @@ def wave_size(pool: str, given: int | None) -> tuple[int, str]:
     return slots * QUEUED_PER_SLOT, f"{why}, x {QUEUED_PER_SLOT}"
 
 
-def shard_run(jobs: Sequence[ShardJob], tags: Sequence[str]) -> RunRequest:
+def shards_in_a_run(given: int | str) -> int | None:
+    """`--shards-per-run`: the shards of each worker run, or None for `auto` (`sizing.run_sizes`)."""
+    try:
+        per_run = count_or_auto(given, "a number of shards")
+    except ValueError as e:
+        raise InputError(f"shards per run: {e}") from None
+    return None if per_run == "auto" else per_run
+
+
+def shard_run(jobs: Sequence[ShardJob], tags: Sequence[str], prints: Sequence[str] = ()) -> RunRequest:
     """The run of one shard (or of several in one process, `--shards-per-run`); its key is derived from
-    DEST and the shards (rows and settings)."""
+    DEST and the fingerprints (rows and settings) of the shards of its range, `prints` (default: `jobs`'),
+    finished ones included: a parent resuming a dead one's work joins the run still embedding the rest."""
     first, last = jobs[0], jobs[-1]
     parameters: dict[str, object] = {"job": first.model_dump(mode="json"), "on_worker": True}
     if len(jobs) > 1:
@@ -103,7 +116,7 @@ def shard_run(jobs: Sequence[ShardJob], tags: Sequence[str]) -> RunRequest:
     if len(jobs) > 1:
         name = f"shards-{first.spec.index}-to-{last.spec.index}-of-{first.spec.count}"
     return RunRequest(
-        key=stable_key("shard", storage.canonical(first.dest), *(j.fingerprint for j in jobs)),
+        key=stable_key("shard", storage.canonical(first.dest), *(prints or [j.fingerprint for j in jobs])),
         deployment=SHARD_DEPLOYMENT,
         parameters=parameters,
         name=name,
@@ -153,30 +166,62 @@ class ShardFailure:
 
 
 def fan_out(
+    plan: Sequence[ShardSpec],
     jobs: Sequence[ShardJob],
     tags: Sequence[str],
     on_done: Callable[[ShardSpec], None],
     attempts: int = DEFAULT_ATTEMPTS,
     timeout: float = DEFAULT_TIMEOUT,
     wave: int | None = None,
-    per_run: int = 1,
+    per_run: int | None = 1,
 ) -> dict[str, ShardFailure]:
-    """Run every job on the workers (`per_run` shards in a run, at most `wave` runs in flight), resubmitting
-    failed runs, and wait for all; the shards that failed, by part."""
-    groups = [list(jobs[i : i + per_run]) for i in range(0, len(jobs), max(per_run, 1))]
-    requests = [shard_run(group, tags) for group in groups]
-    group_of = {request.key: group for request, group in zip(requests, groups)}
+    """Run every pending job of `plan` on the workers (`per_run` shards in a run, or guided runs when None;
+    at most `wave` runs in flight), resubmitting failed runs, and wait for all; the shards that failed, by part."""
+    slots = max(1, (wave or 0) // QUEUED_PER_SLOT)
+    grouped = sizing.run_groups(plan, jobs, slots, per_run)
+    requests = [shard_run(group, tags, prints) for group, prints in grouped]
+    group_of = {request.key: group for request, (group, _) in zip(requests, grouped)}
+    logger = get_run_logger()
+    if len(requests) < len(jobs):
+        sizes = [len(g) for g, _ in grouped]
+        how = (
+            f"of up to {per_run}"
+            if per_run
+            else f"of {sizes[0]} shards first down to {sizes[-1]}, for {slots} slot{'s' if slots != 1 else ''}"
+        )
+        logger.info("%d shards in %d shard runs %s", len(jobs), len(requests), how)
     tries: dict[str, ShardFailure] = {}
     failed: dict[str, ShardFailure] = {}
-    logger = get_run_logger()
+    reported: set[str] = set()
+    looked = time.monotonic()
+
+    def report(job: ShardJob) -> None:
+        if job.spec.name not in reported:
+            reported.add(job.spec.name)
+            on_done(job.spec)
+
+    def watch(in_flight: Sequence[RunRequest]) -> None:
+        """A run of several shards writes a part per shard: each is reported when it appears in DEST (one
+        listing every WATCH_SECONDS), so the progress and the shards' log lines move while the run goes on."""
+        nonlocal looked
+        waiting = [
+            j for r in in_flight for j in group_of[r.key] if len(group_of[r.key]) > 1 and j.spec.name not in reported
+        ]
+        if not waiting or time.monotonic() - looked < WATCH_SECONDS:
+            return
+        looked = time.monotonic()
+        written = set(storage.list_names(waiting[0].dest))  # a part is there whole or not at all
+        for job in waiting:
+            if job.spec.name in written:
+                report(job)
 
     def unfinished(request: RunRequest) -> list[ShardJob]:
         """A run of several that failed may have written some of its parts: those count as done."""
         group = group_of[request.key]
-        left = group if per_run == 1 else [j for j in group if not has_part(j)]
+        left = group if len(group) == 1 else [j for j in group if not has_part(j)]
         for job in group:
             if job not in left:
-                on_done(job.spec)
+                report(job)
         group_of[request.key] = left
         return left
 
@@ -184,7 +229,7 @@ def fan_out(
         group = group_of[request.key]
         if flow_run.state is not None and flow_run.state.is_completed():  # run_all passes runs in a final state
             for job in group:
-                on_done(job.spec)
+                report(job)
             return False
         records = [tries.setdefault(j.spec.name, ShardFailure(j.spec)) for j in unfinished(request)]
         for record in records:
@@ -204,7 +249,7 @@ def fan_out(
         """The shards' parts are in DEST: a run finished them since DEST was listed (a parent resuming a dead one's work)."""
         return all(has_part(job) for job in group_of[request.key])
 
-    for request in run_all(requests, finished, max_in_flight=wave, timeout=timeout, done=written):
+    for request in run_all(requests, finished, max_in_flight=wave, timeout=timeout, done=written, watch=watch):
         for job in unfinished(request):
             record = tries.setdefault(job.spec.name, ShardFailure(job.spec))
             record.errors.append(f"not finished after the shard timeout of {timeout:.0f} s; cancelled")

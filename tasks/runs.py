@@ -94,11 +94,13 @@ def run_all(
     max_in_flight: int | None = None,
     timeout: float | None = None,
     done: Callable[[RunRequest], bool] | None = None,
+    watch: Callable[[Sequence[RunRequest]], None] | None = None,
 ) -> list[RunRequest]:
     """Start every request (at most `max_in_flight` running at once) and wait until each run has ended.
 
     `on_final` sees each run that ended and returns True to submit its request again (a new run, the
     next attempt). `done` (see `submit`) keeps a unit whose output appeared meanwhile from running again.
+    `watch` sees the requests in flight at every poll (what they wrote so far, say).
     After `timeout` seconds the runs still in flight are cancelled: returns the requests
     that did not finish (an empty list when all did).
     """
@@ -113,6 +115,8 @@ def run_all(
             cancel(in_flight, f"not finished after {timeout:.0f} s, the parent's timeout")
             return [*in_flight.values(), *queue]
         time.sleep(POLL_SECONDS)
+        if watch is not None:
+            watch(list(in_flight.values()))
         for run in read_runs(in_flight):
             if run.state is not None and run.state.is_final():
                 request = in_flight.pop(run.id)

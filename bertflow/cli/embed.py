@@ -12,7 +12,7 @@ from bertflow.cli import options
 from bertflow.cli.app import app
 from bertflow.cli.common import Bar, csv, err, fail, out, reported, running, table, validated
 from bertflow.cli.common import layers as parse_layers
-from bertflow.config import DEFAULT_MODEL, EmbedConfig
+from bertflow.config import DEFAULT_MODEL, EmbedConfig, count_or_auto
 from bertflow.io.manifest import Manifest
 from bertflow.pipeline.previous import ReuseMismatch
 from bertflow.pipeline.report import reuse_text, summary_row
@@ -61,7 +61,7 @@ def embed(
     shard_attempts: options.ShardAttempts = 2,
     shard_timeout: options.ShardTimeout = 12 * 3600.0,
     shard_wave: options.ShardWave = None,
-    shards_per_run: options.ShardsPerRun = 1,
+    shards_per_run: options.ShardsPerRun = "auto",
     storage_option: options.StorageOption = None,
     storage_block: options.StorageBlock = None,
 ) -> None:
@@ -112,8 +112,12 @@ def embed(
         fail(
             "--devices picks the cards of this process; with --pool each worker's GPU slot picks its card: drop --devices"
         )
-    if shards_per_run != 1 and not pool:
+    if shards_per_run.strip().lower() != "auto" and not pool:
         fail("--shards-per-run groups the shard runs of --pool; without --pool every shard runs in this process")
+    try:
+        per_run = count_or_auto(shards_per_run, "a number of shards")
+    except ValueError as e:
+        fail(f"--shards-per-run {e}")
     if shard_wave is not None and not pool:
         fail("--shard-wave bounds the shard runs of --pool; without --pool every shard runs in this process")
     if pool and storage_option:
@@ -140,7 +144,7 @@ def embed(
             shard_attempts=shard_attempts,
             shard_timeout=shard_timeout,
             shard_wave=shard_wave,
-            shards_per_run=shards_per_run,
+            shards_per_run=per_run,
             reuse=list(reuse or []),
             reuse_mismatch=cast(ReuseMismatch, reuse_mismatch),
             deleted_ids=deleted_ids,

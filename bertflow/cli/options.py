@@ -127,10 +127,10 @@ Pool = Annotated[
     ),
 ]
 ShardsPerRun = Annotated[
-    int,
+    str,
     typer.Option(
-        min=1,
-        help="With --pool: shards one worker run embeds one after another, loading the model once for them",
+        help="With --pool: shards one worker run embeds one after another, loading the model once for them; "
+        "auto: long runs first, single shards last, so every slot finishes together",
     ),
 ]
 ShardWave = Annotated[

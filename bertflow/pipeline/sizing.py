@@ -30,6 +30,7 @@ from bertflow.io import parts
 from bertflow.io.manifest import ShardJob, ShardSizing, ShardSpec
 from bertflow.model.resolve import encoder_for
 from bertflow.pipeline import shard as steps
+from bertflow.pipeline.dest import fingerprints
 from bertflow.resolved import ResolvedConfig
 
 MIN_ROWS = 1_000
@@ -64,6 +65,50 @@ def shard_rows_for(
     rows = min(rows, max(min_rows, math.ceil(total_rows / parallel)))
     rows = _round_up(math.ceil(rows))
     return max(1, min(rows, total_rows))
+
+
+# `--shards-per-run auto`: each run takes this share of the shards not yet given to a run, per slot.
+GUIDED_RUNS_PER_SLOT = 2
+
+
+def run_sizes(count: int, slots: int, per_run: int | None = None) -> list[int]:
+    """How many consecutive shards each worker run of a plan of `count` shards embeds, in plan order.
+
+    `per_run` shards each when given. Otherwise (`--shards-per-run auto`) guided self-scheduling
+    (Polychronopoulos and Kuck, 1987): each run takes 1/(GUIDED_RUNS_PER_SLOT x slots) of the shards
+    still to give out, at least one. The first runs are long (one process start, import and model load
+    for many shards), the last ones single shards, so the slots finish together; a corpus of at most
+    GUIDED_RUNS_PER_SLOT x slots shards runs one shard per run, and the number of runs grows with the
+    logarithm of the corpus, not with it. Depends on `count` and `slots` only, so a parent that
+    resumes a dead one's work draws the same runs (and joins those still in flight).
+    """
+    if count < 0 or slots < 1 or (per_run is not None and per_run < 1):
+        raise ValueError(f"run_sizes({count}, {slots}, {per_run}): need count >= 0, slots >= 1, per_run >= 1")
+    if per_run is not None:
+        return [min(per_run, count - at) for at in range(0, count, per_run)]
+    sizes, left, share = [], count, GUIDED_RUNS_PER_SLOT * slots
+    while left:
+        sizes.append(-(-left // share))  # ceil(left / share): at least one
+        left -= sizes[-1]
+    return sizes
+
+
+def run_groups(
+    plan: Sequence[ShardSpec], jobs: Sequence[ShardJob], slots: int, per_run: int | None
+) -> list[tuple[list[ShardJob], list[str]]]:
+    """The pending `jobs` in runs: the plan cut into ranges of consecutive shards (`run_sizes`: `per_run`
+    each, or guided when None), each range's pending jobs with the fingerprints of all its shards (its key)."""
+    if not jobs:
+        return []
+    prints = fingerprints(plan, jobs[0].config)
+    pending = {j.spec.index: j for j in jobs}
+    groups, at = [], 0
+    for size in run_sizes(len(plan), slots, per_run):
+        shards = plan[at : at + size]
+        at += size
+        if group := [pending[s.index] for s in shards if s.index in pending]:
+            groups.append((group, [prints[s.name] for s in shards]))
+    return groups
 
 
 def _round_up(n: int) -> int:

@@ -127,8 +127,9 @@ def test_twenty_shards_over_three_workers_on_postgres_complete_exactly_once(s3, 
     make_bucket()
     source, dest = write_docs("s3://lake/pg/src/", 40, "pg"), "s3://lake/pg/out/"
     r = pg_service.cli(
-        "embed", source, dest, "--model", str(pg_service.model), "--shard-rows", "2", "--pool", PG_POOL, timeout=900
-    )
+        "embed", source, dest, "--model", str(pg_service.model), "--shard-rows", "2", "--pool", PG_POOL,
+        "--shards-per-run", "1", timeout=900,
+    )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr + pg_service.diagnostics()
     v = pg_service.cli("verify", dest, "--source", source)
     assert v.returncode == 0, v.stdout + v.stderr

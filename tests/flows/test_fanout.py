@@ -135,28 +135,38 @@ def test_shard_wave_caps_the_runs_in_flight_as_the_server_records_them(s3, servi
 
 
 def test_shards_per_run_load_the_model_once_per_run(s3, service):
-    """`--shards-per-run 3`: two runs of three shards each; in each, only the first shard pays for the
-    process's start and the model's load (counted in each part's footer, not timed)."""
+    """`--shards-per-run auto` (the default) with one slot's wave: runs of 3, 2 and 1 shards, long ones
+    first; in each, only the first shard pays for the process's start and the model's load (counted in
+    each part's footer, not timed)."""
     make_bucket()
     source, dest = write_docs("s3://lake/raw-grouped/", 60, "doc"), "s3://lake/grouped/"
     args = ("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL)
-    r = service.cli(*args, "--shards-per-run", "3")
+    r = service.cli(*args, "--shard-wave", "2")  # 2 runs in flight: one slot, so 2 runs per slot of 6 shards
     assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
 
     runs = shard_runs(service, dest)
-    assert sorted(s.name for s in runs) == ["shards-0-to-2-of-6", "shards-3-to-5-of-6"]
+    assert sorted(s.name for s in runs) == ["shard-5-of-6", "shards-0-to-2-of-6", "shards-3-to-4-of-6"]
     assert all(s.state.is_completed() for s in runs)
-    assert sorted(len(s.parameters["more"]) for s in runs) == [2, 2]
+    assert sorted(len(s.parameters.get("more") or []) for s in runs) == [0, 1, 2]
+    [parent] = parent_runs(service, "embed-grouped")
+    said = [log.message for log in service.logs(parent.id)]
+    assert "6 shards in 3 shard runs of 3 shards first down to 1, for 1 slot" in said
+    for i in range(6):  # each shard's line once: when its part appeared or when its run ended, not both
+        assert sum(m.startswith(f"shard {i} of 6 (part-{i:05d}.parquet)") for m in said) == 1, said
     manifest = parts.read_manifest(dest)
     assert manifest.status == "complete" and manifest.totals.rows == 60
     shards = manifest.shards
-    assert [s.warm for s in shards] == [False, True, True, False, True, True]  # one load per run
-    assert [s.load_seconds > 0 for s in shards] == [True, False, False, True, False, False]
-    assert [s.startup_seconds > 0 for s in shards] == [True, False, False, True, False, False]
+    assert [s.warm for s in shards] == [False, True, True, False, True, False]  # one load per run
+    assert [s.load_seconds > 0 for s in shards] == [True, False, False, True, False, True]
+    assert [s.startup_seconds > 0 for s in shards] == [True, False, False, True, False, True]
     v = service.cli("verify", dest, "--source", source)
     assert v.returncode == 0, v.stdout + v.stderr
 
     again = service.cli(*args, "--shards-per-run", "3")  # complete: nothing to run, no new shard run
-    assert again.returncode == 0 and len(shard_runs(service, dest)) == 2
+    assert again.returncode == 0 and len(shard_runs(service, dest)) == 3
     refused = service.cli("embed", source, "out/", "--shards-per-run", "2")
     assert refused.returncode == 2 and "--shards-per-run groups the shard runs of --pool" in refused.stderr
+    bad = service.cli(*args, "--shards-per-run", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: --shards-per-run 0 is not a number of shards: give a positive number or auto"
+    )

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bertflow.pipeline.sizing import MAX_ROWS, MAX_SHARDS, MIN_ROWS, shard_rows_for
+from bertflow.pipeline.sizing import GUIDED_RUNS_PER_SLOT, MAX_ROWS, MAX_SHARDS, MIN_ROWS, run_sizes, shard_rows_for
 
 H200_MINILM = 54_800.0  # rows/s, benchmarks/results/gpu_engine.md
 CPU_MINILM = 900.0
@@ -56,3 +56,47 @@ def test_nonsense_is_refused():
         shard_rows_for(0, 1.0, 300)
     with pytest.raises(ValueError):
         shard_rows_for(10, 0.0, 300)
+
+
+# `--shards-per-run`: how many consecutive shards each worker run embeds.
+
+
+def test_a_fixed_number_of_shards_per_run_keeps_the_remainder_last():
+    assert run_sizes(7, slots=4, per_run=3) == [3, 3, 1]
+    assert run_sizes(6, slots=4, per_run=1) == [1] * 6
+    assert run_sizes(0, slots=4, per_run=2) == []
+
+
+def test_auto_runs_one_shard_each_when_the_corpus_is_no_bigger_than_the_slots_can_take():
+    assert run_sizes(4, slots=2) == [1, 1, 1, 1]  # 2 runs per slot: nothing to gain by grouping
+    assert run_sizes(1, slots=1) == [1]
+
+
+def test_auto_runs_are_long_first_and_single_shards_last():
+    sizes = run_sizes(1_000, slots=8)
+    assert sum(sizes) == 1_000
+    assert sizes[0] == math.ceil(1_000 / (GUIDED_RUNS_PER_SLOT * 8))  # a 16th of the shards for the first run
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-(GUIDED_RUNS_PER_SLOT * 8) :] == [1] * (
+        GUIDED_RUNS_PER_SLOT * 8
+    )  # the tail: every slot ends together
+    assert len(sizes) == 74  # 13.5x fewer process starts and model loads than one run per shard
+
+
+@pytest.mark.parametrize("count", [1, 2, 15, 16, 17, 100, 999, 20_000])
+@pytest.mark.parametrize("slots", [1, 3, 8, 64])
+def test_auto_covers_every_shard_once_in_logarithmically_many_runs(count, slots):
+    sizes = run_sizes(count, slots)
+    share = GUIDED_RUNS_PER_SLOT * slots
+    assert sum(sizes) == count and min(sizes) >= 1
+    assert sizes[0] == math.ceil(count / share)
+    # each run takes at least a share-th of what is left: at most share x (ln(count / share) + 2) runs
+    bound = count if count <= share else share * (math.log(count / share) + 2)
+    assert len(sizes) <= bound
+
+
+def test_a_nonsense_run_size_is_refused():
+    with pytest.raises(ValueError, match="per_run >= 1"):
+        run_sizes(10, slots=2, per_run=0)
+    with pytest.raises(ValueError, match="slots >= 1"):
+        run_sizes(10, slots=0)
