@@ -20,6 +20,7 @@ def open_previous(
     reuse: list[str],
     reuse_mismatch: ReuseMismatch,
     earlier_partitions: list[str],
+    local: bool = False,
 ) -> tuple[list[Previous], dict[str, str]]:
     """The earlier outputs to copy rows from (storage: their manifests; a previous partition is verified),
     and those left out, with why.
@@ -29,15 +30,16 @@ def open_previous(
             only embeds differently and `reuse_mismatch` is "ignore".
         earlier_partitions: a scheduled run's partitions before its own, nearest first: the nearest
             with an output is used when it fits; when it does not, the run embeds everything and says why.
+        local: the shards run in this process, so `--device auto` is this host's kind of device.
     """
     logger = get_run_logger()
-    opened, skipped = previous.open_all(reuse, dest, config, ignore_mismatch=reuse_mismatch == "ignore")
+    opened, skipped = previous.open_all(reuse, dest, config, reuse_mismatch == "ignore", local)
     for uri, why in skipped.items():
         logger.warning("not reusing %s: %s", uri, why)
     named = {storage.canonical(u).rstrip("/") for u in reuse}
     candidates = [u for u in earlier_partitions if storage.canonical(u).rstrip("/") not in named]
     if candidates:
-        found, why = previous.check_scheduled(candidates, dest, config)
+        found, why = previous.check_scheduled(candidates, dest, config, local)
         if found is not None:
             opened.append(found)
             logger.info("%s", why)

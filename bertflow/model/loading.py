@@ -138,10 +138,12 @@ def pick_device(device: Device) -> str:
 
 
 def cuda_expected() -> str | None:
-    """Why this host looks like it should have a GPU (None: nothing says so): what a fallback to CPU names."""
-    for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-        if os.environ.get(var, "").strip().lower() not in ("", "-1", "none", "void"):
-            return f"{var}={os.environ[var]}"
+    """Why this host looks like it should have a GPU (None: nothing says so): what a fallback to CPU names.
+
+    Not NVIDIA_VISIBLE_DEVICES: CUDA base images (pytorch/pytorch among them) set it to `all` on every
+    host, GPU or not; a device node or a deliberate CUDA_VISIBLE_DEVICES says more."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip().lower() not in ("", "-1", "none", "void"):
+        return f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
     if os.path.exists("/dev/nvidia0"):
         return "/dev/nvidia0 exists"
     return None

@@ -15,7 +15,6 @@ from bertflow.errors import InputError
 from bertflow.io import parts, storage
 from bertflow.io.manifest import (
     DELETED_NAME,
-    DOCUMENTS_DIR,
     MANIFEST_NAME,
     REJECTS_NAME,
     Manifest,
@@ -44,7 +43,6 @@ class RunTarget:
     reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
     sizing: ShardSizing | None = None  # how `--shard-rows auto` sized the shards
     partition: str | None = None  # the day filled into {date}, for a partitioned run
-    redo: tuple[str, ...] = ()  # finished parts re-embedded: another kind of device made them (`devices`)
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -117,9 +115,9 @@ def prepare(
 ) -> tuple[RunTarget, list[ShardResult], list[ShardJob]]:
     """Check DEST against this run, clear it on overwrite, mark it running.
 
-    Returns the run's target (its config in the format of an older DEST it continues; `redo`: the
-    finished parts another kind of device made, see `devices`), the parts already done and a job for
-    every shard still to embed. `local`: the shards run in this process (not on workers).
+    Returns the run's target (its config in the format of an older DEST it continues), the parts
+    already done and a job for every shard still to embed. `local`: the shards run in this process
+    (not on workers), so `--device auto` is this host's kind (see `devices`).
     """
     dest, plan = target.dest, target.plan
     _check_not_inside(target.source, dest)
@@ -132,15 +130,9 @@ def prepare(
     config = target.config
     parts.remove_temporaries(dest)
     prints = fingerprints(plan, config)
-    done, kind, redo = devices.keep_done(
-        config, parts.complete_parts(dest, plan, prints, documents=config.aggregated), local
-    )
-    target = replace(target, redo=tuple(redo))
+    done = parts.complete_parts(dest, plan, prints, documents=config.aggregated)
+    kind = devices.keep_done(config, done, local)  # refuses parts of another kind of device (half precision)
     storage.write_atomic(storage.join(dest, MANIFEST_NAME), parts.manifest_bytes(manifest(target, None)))
-    for name in redo:  # gone, so no check (a worker's, the parent's collect) takes them for finished
-        storage.remove(storage.join(dest, name))
-        if config.aggregated:
-            storage.remove(storage.join(dest, DOCUMENTS_DIR, name))
     pending = [
         ShardJob(spec=s, config=config, dest=dest, fingerprint=prints[s.name], device_kind=kind)
         for s in plan

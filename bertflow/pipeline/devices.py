@@ -6,11 +6,12 @@ bf16 runs under autocast, CUDA keeps bf16 weights and its own kernels), so one D
 one kind only. The kind comes from what each part's footer records (`PartInfo.device`):
 
 - a run that knows its kind (an explicit `--device`, or `auto` resolved in the process that embeds)
-  re-embeds the parts another kind made, instead of mixing them (and says so);
+  refuses a DEST whose finished parts another kind made, touching nothing (`--overwrite` embeds it
+  all again): re-embedding them unasked would throw finished work away, maybe hours of GPU time;
 - a run whose shards run elsewhere under `--device auto` binds its shards to the kind DEST's parts
   already have: a worker of another kind refuses the shard (another host may take it);
 - a DEST whose parts still disagree at the end (a fresh `auto` run on a mixed fleet) is not
-  declared complete: a rerun with an explicit `--device` re-embeds the others.
+  declared complete (`--overwrite` with an explicit `--device` embeds it on one kind).
 """
 
 from __future__ import annotations
@@ -46,27 +47,30 @@ def run_kind(config: ResolvedConfig, local: bool) -> str | None:
     return pick_device("auto") if local else None
 
 
-def keep_done(
-    config: ResolvedConfig, done: Mapping[str, ShardResult], local: bool
-) -> tuple[dict[str, ShardResult], str | None, list[str]]:
-    """The finished parts a resume keeps, the kind its shards must run on (None: any), and the parts
-    it re-embeds because another kind of device made them."""
+def keep_done(config: ResolvedConfig, done: Mapping[str, ShardResult], local: bool) -> str | None:
+    """The kind of device a half-precision resume's shards must run on (None: any). Refuses, touching
+    nothing, a run that would embed on another kind than DEST's finished parts were made on: their
+    vectors would differ from the new parts', and re-embedding them unasked would throw work away."""
     if not bound(config):
-        return dict(done), None, []
+        return None
     want = run_kind(config, local)
-    if want == "cpu" and config.device == "auto" and (note := fallback_note("auto", "cpu")):
-        if any(kind(r.device) not in ("cpu", None) for r in done.values()):  # a broken GPU host, most likely
-            raise HostError(
-                f"{note}, and DEST holds parts embedded on a GPU in {config.precision}: fix this host's GPU, "
-                "or rerun with --device cpu to embed those parts again on the CPU"
-            )
     if want is None:  # `auto` on workers: the kind DEST's parts already have, if they agree
         kinds = Counter(k for r in done.values() if (k := kind(r.device)))
-        if len(kinds) != 1:
-            return dict(done), None, []  # none yet (any kind may start), or mixed: `check_one_kind` refuses
-        want = next(iter(kinds))
-    redo = sorted(name for name, r in done.items() if kind(r.device) not in (want, None))
-    return {n: r for n, r in done.items() if n not in redo}, want, redo
+        return next(iter(kinds)) if len(kinds) == 1 else None  # none yet: any; mixed: `check_one_kind` refuses
+    other = sorted(name for name, r in done.items() if kind(r.device) not in (want, None))
+    if not other:
+        return want
+    made = " and ".join(sorted({str(kind(done[n].device)) for n in other}))
+    parts = f"{len(other)} finished parts embedded in {config.precision} on {made} ({other[0]}...)"
+    if config.device == "auto" and want == "cpu" and (note := fallback_note("auto", "cpu")):
+        raise HostError(  # a GPU host whose GPU failed, most likely
+            f"{note}, and DEST holds {parts}: fix this host's GPU, or pass --overwrite --device cpu to embed "
+            "DEST again on the CPU"
+        )
+    raise InputError(
+        f"DEST holds {parts}, and this run embeds on {want}, whose {config.precision} vectors differ: run it on "
+        f"a {made} host, or pass --overwrite to embed all of DEST again on {want}"
+    )
 
 
 def check_host(job: ShardJob) -> str:
@@ -76,7 +80,7 @@ def check_host(job: ShardJob) -> str:
         raise HostError(
             f"{job.spec.name}: {job.dest} holds parts embedded on {job.device_kind} in {job.config.precision}, "
             f"and this host would embed on {picked}, whose {job.config.precision} vectors differ: run it on a "
-            f"{job.device_kind} host, or rerun with --device {picked} to re-embed the others"
+            f"{job.device_kind} host, or rerun with --overwrite --device {picked} to embed DEST again on {picked}"
         )
     return picked
 
@@ -93,7 +97,7 @@ def check_one_kind(config: ResolvedConfig, results: Sequence[ShardResult]) -> No
         found = "; ".join(f"{k}: {len(names)} parts ({names[0]}...)" for k, names in sorted(by_kind.items()))
         raise InputError(
             f"the parts were embedded in {config.precision} on different kinds of device ({found}), whose vectors "
-            f"differ: rerun with --device {' or --device '.join(sorted(by_kind))} to re-embed the others"
+            f"differ: rerun with --overwrite and --device {' or --device '.join(sorted(by_kind))} to embed DEST on one"
         )
 
 

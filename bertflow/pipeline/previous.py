@@ -44,8 +44,9 @@ class Previous:
     optional: bool = False  # a scheduled run's previous partition: a problem found later skips it, never fails
 
 
-def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
-    """An earlier output to copy rows from: complete, its rows hashed, embedded exactly as this run embeds.
+def open_previous(uri: str, dest: str, config: ResolvedConfig, local: bool = False) -> Previous:
+    """An earlier output to copy rows from: complete, its rows hashed, embedded exactly as this run embeds
+    (in half precision, on the kind of device this run embeds on when it knows it: `local`, see `devices`).
 
     Raises:
         ReuseMismatchError: the vectors would differ (`--reuse-mismatch ignore` skips such an output).
@@ -76,8 +77,9 @@ def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
             reason,
         )
     made_on = sorted({k for s in manifest.shards if (k := devices.kind(s.device))})
-    if devices.bound(config) and config.device != "auto" and made_on and made_on != [config.device]:
-        reason = f"{uri} was embedded on {', '.join(made_on)} in {config.precision}, this run embeds on {config.device}"
+    want = devices.run_kind(config, local) if devices.bound(config) else None
+    if want is not None and made_on and made_on != [want]:
+        reason = f"{uri} was embedded on {', '.join(made_on)} in {config.precision}, this run embeds on {want}"
         raise ReuseMismatchError(
             f"--reuse {reason}; half-precision vectors differ between kinds of device: drop it from --reuse, "
             "or pass --reuse-mismatch ignore to skip such outputs",
@@ -87,7 +89,7 @@ def open_previous(uri: str, dest: str, config: ResolvedConfig) -> Previous:
 
 
 def open_all(
-    uris: Sequence[str], dest: str, config: ResolvedConfig, ignore_mismatch: bool
+    uris: Sequence[str], dest: str, config: ResolvedConfig, ignore_mismatch: bool, local: bool = False
 ) -> tuple[list[Previous], dict[str, str]]:
     """`open_previous` for each of `uris` (newest first; an output named twice counts once). With
     `ignore_mismatch`, an output whose vectors would differ is left out (returned with why) instead of
@@ -101,7 +103,7 @@ def open_all(
             continue
         seen.add(key)
         try:
-            opened.append(open_previous(uri, dest, config))
+            opened.append(open_previous(uri, dest, config, local))
         except ReuseMismatchError as e:
             if not ignore_mismatch:
                 raise
@@ -119,7 +121,9 @@ def previous_partitions(dest_template: str, partition: str, days: int = LOOK_BAC
     return [partitions.render(dest_template, day - timedelta(days=n)) for n in range(1, days + 1)]
 
 
-def check_scheduled(candidates: Sequence[str], dest: str, config: ResolvedConfig) -> tuple[Previous | None, str]:
+def check_scheduled(
+    candidates: Sequence[str], dest: str, config: ResolvedConfig, local: bool = False
+) -> tuple[Previous | None, str]:
     """The nearest earlier partition's output (the first of `candidates` that has a manifest) if it can be
     reused, else None and why; a scheduled run then embeds everything. It must be complete, pass
     `verify`'s part checks (`verify_parts`: every part present, unchanged, of its row count) and match
@@ -131,7 +135,7 @@ def check_scheduled(candidates: Sequence[str], dest: str, config: ResolvedConfig
         if manifest.status != "complete":
             return None, f"{uri} is not complete (status {manifest.status!r}): its run failed or is still running"
         try:
-            previous = open_previous(uri, dest, config)
+            previous = open_previous(uri, dest, config, local)
         except ReuseMismatchError as e:
             return None, e.reason
         except BertflowError as e:

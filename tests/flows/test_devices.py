@@ -1,7 +1,7 @@
 """What a part records of the device that made it, and what a run does with it (issue 17, points 3, 6, 7).
 
-Padding and out-of-memory splits go into each part's footer and the manifest; half-precision parts of
-another kind of device are re-embedded on resume, not mixed; `--device auto` that falls back to the
+Padding and out-of-memory splits go into each part's footer and the manifest; a half-precision DEST
+holds parts of one kind of device (a resume or a --reuse of another kind is refused, not mixed); `--device auto` that falls back to the
 CPU where CUDA was expected says so. The CPU is the only device here: another kind's part is made by
 rewriting a real part's footer as a GPU host would have written it.
 """
@@ -15,7 +15,9 @@ import polars as pl
 import pytest
 import torch
 
-from bertflow.errors import HostError, InputError
+from bertflow.config import EmbedConfig
+from bertflow.errors import HostError, InputError, ReuseMismatchError
+from bertflow.flows.embed import embed_dataset
 from bertflow.io.manifest import PART_METADATA_KEY, PartInfo, Piece, ShardJob, ShardResult, ShardSpec
 from bertflow.model.encoder import Encoder
 from bertflow.model.loading import cuda_expected
@@ -23,7 +25,7 @@ from bertflow.pipeline import devices
 from bertflow.pipeline.report import manifest_markdown
 from bertflow.text.batching import token_budget_batches
 from tests.conftest import resolved_config, write_rows
-from tests.flows.test_embed_flow import run
+from tests.flows.test_embed_flow import MAX_LEN, run
 
 GPU = "cuda:0 (NVIDIA H200)"
 
@@ -87,18 +89,45 @@ def test_out_of_memory_splits_are_recorded_and_change_no_vector(
     assert clean.totals.model_dump(exclude={"seconds"}) == split.totals.model_dump(exclude={"seconds"})
 
 
-def test_bf16_resume_re_embeds_parts_another_kind_of_device_made(prefect_harness, tmp_path, tiny_bert, source):
+def test_bf16_resume_on_another_kind_of_device_is_refused_touching_nothing(
+    prefect_harness, tmp_path, tiny_bert, source
+):
     dest = tmp_path / "out"
     first = run(source, dest, tiny_bert, shard_rows=20, precision="bf16")
     assert [s.device for s in first.shards] == ["cpu"] * 3 and first.device == "cpu"
-    before = pl.read_parquet(dest / "part-00001.parquet")
-    _claim_device(dest / "part-00001.parquet", GPU)
+    _claim_device(dest / "part-00001.parquet", GPU)  # as if a GPU host had embedded it
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
 
-    again = run(source, dest, tiny_bert, shard_rows=20, precision="bf16")
-    assert [s.resumed for s in again.shards] == [True, False, True]  # only the GPU's part is embedded again
-    assert [s.device for s in again.shards] == ["cpu"] * 3 and again.device == "cpu"
-    after = pl.read_parquet(dest / "part-00001.parquet")
-    assert after["embedding"].to_list() == before["embedding"].to_list()  # the CPU's own bf16 numbers again
+    with pytest.raises(InputError) as refused:
+        run(source, dest, tiny_bert, shard_rows=20, precision="bf16", device="auto")  # auto, in this process: cpu
+    assert str(refused.value) == (
+        "DEST holds 1 finished parts embedded in bf16 on cuda (part-00001.parquet...), and this run embeds on "
+        "cpu, whose bf16 vectors differ: run it on a cuda host, or pass --overwrite to embed all of DEST again on cpu"
+    )
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before  # no part removed, the manifest as it was
+
+    again = embed_dataset(
+        str(source), str(dest), EmbedConfig(model=str(tiny_bert), max_length=MAX_LEN, shard_rows=20,
+                                            precision="bf16", device="cpu"), overwrite=True,
+    )  # fmt: skip
+    assert not any(s.resumed for s in again.shards) and again.device == "cpu"
+
+
+def test_reuse_of_an_output_made_on_another_kind_of_device_is_a_mismatch(prefect_harness, tmp_path, tiny_bert, source):
+    """Copied rows would be another kind's bf16 numbers among this run's: refused like any other mismatch,
+    also under `--device auto` when the shards run in this process (its kind is known)."""
+    earlier = tmp_path / "earlier"
+    run(source, earlier, tiny_bert, shard_rows=20, precision="bf16")
+    manifest = _manifest(earlier)  # as a GPU host's run would have written it (the parts' sha256 unchanged)
+    for shard in manifest["shards"]:
+        shard["device"] = GPU
+    (earlier / "_manifest.json").write_text(json.dumps(manifest))
+    config = EmbedConfig(model=str(tiny_bert), max_length=MAX_LEN, shard_rows=20, precision="bf16", device="auto")
+    with pytest.raises(ReuseMismatchError, match=r"was embedded on cuda in bf16, this run embeds on cpu"):
+        embed_dataset(str(source), str(tmp_path / "new"), config, reuse=[str(earlier)])
+    assert not (tmp_path / "new").exists()
+    skipped = embed_dataset(str(source), str(tmp_path / "new"), config, reuse=[str(earlier)], reuse_mismatch="ignore")
+    assert skipped.reuse is not None and skipped.reuse.reused == 0 and skipped.device == "cpu"
 
 
 def test_fp32_keeps_parts_from_any_device(prefect_harness, tmp_path, tiny_bert, source):
@@ -121,7 +150,7 @@ def test_auto_falling_back_to_cpu_where_cuda_was_expected_says_so(
     assert any(note in r.getMessage() for r in caplog.records)
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")  # what CUDA base images set on GPU and CPU hosts alike
     if cuda_expected() is None:  # this machine shows no other sign of a GPU: a plain CPU run
         assert run(source, tmp_path / "plain", tiny_bert, shard_rows=30, device="auto").device == "cpu"
 
@@ -146,15 +175,14 @@ def _done(*labels: str | None) -> dict[str, ShardResult]:
 
 def test_workers_under_auto_are_bound_to_the_kind_dest_already_has():
     bf16 = resolved_config(precision="bf16", device="auto")
-    kept, kind, redo = devices.keep_done(bf16, _done(GPU, "cuda:1 (NVIDIA H200)", None), local=False)
-    assert kind == "cuda" and redo == [] and len(kept) == 3
-    kept, kind, redo = devices.keep_done(bf16, _done(), local=False)
-    assert kind is None  # a fresh DEST: any kind of worker may start it
+    assert devices.keep_done(bf16, _done(GPU, "cuda:1 (NVIDIA H200)", None), local=False) == "cuda"
+    assert devices.keep_done(bf16, _done(), local=False) is None  # a fresh DEST: any kind of worker may start it
+    assert devices.keep_done(bf16, _done(GPU, "cpu"), local=False) is None  # mixed: `check_one_kind` refuses it
     explicit = bf16.model_copy(update={"device": "cpu"})
-    kept, kind, redo = devices.keep_done(explicit, _done(GPU, "cpu", "cuda:1 (NVIDIA H200)"), local=False)
-    assert (
-        kind == "cpu" and redo == ["part-00000.parquet", "part-00002.parquet"] and list(kept) == ["part-00001.parquet"]
-    )
+    with pytest.raises(InputError, match=r"DEST holds 2 finished parts embedded in bf16 on cuda \(part-00000"):
+        devices.keep_done(explicit, _done(GPU, "cpu", "cuda:1 (NVIDIA H200)"), local=False)
+    assert devices.keep_done(explicit, _done("cpu", None), local=False) == "cpu"  # a part of bertflow 0.3: any
+    assert devices.keep_done(resolved_config(precision="fp32", device="cpu"), _done(GPU), local=True) is None
 
     job = ShardJob(spec=_spec(), config=bf16, dest="s3://lake/out", fingerprint="x", device_kind="cuda")
     with pytest.raises(HostError, match=r"holds parts embedded on cuda in bf16, and this host would embed on cpu"):
@@ -165,7 +193,9 @@ def test_workers_under_auto_are_bound_to_the_kind_dest_already_has():
 def test_a_half_precision_dest_of_two_kinds_is_not_declared_complete():
     bf16 = resolved_config(precision="bf16")
     mixed = list(_done(GPU, "cpu", "cpu").values())
-    with pytest.raises(InputError, match=r"cpu: 2 parts .*cuda: 1 parts .*rerun with --device cpu or --device cuda"):
+    with pytest.raises(
+        InputError, match=r"cpu: 2 parts .*cuda: 1 parts .*--overwrite and --device cpu or --device cuda"
+    ):
         devices.check_one_kind(bf16, mixed)
     devices.check_one_kind(resolved_config(precision="fp32"), mixed)  # fp32: fine
     assert devices.manifest_device(mixed, "cpu") == "cpu, cuda"
@@ -176,11 +206,11 @@ def _spec() -> ShardSpec:
     return ShardSpec(index=0, count=1, pieces=(Piece(file="x", format="parquet", start=0, stop=1),), id_kind="int")
 
 
-def test_auto_on_a_gpu_host_whose_gpu_fails_refuses_to_redo_the_gpus_parts_on_cpu(monkeypatch):
+def test_auto_on_a_gpu_host_whose_gpu_fails_refuses_to_embed_the_gpus_dest_on_cpu(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     bf16 = resolved_config(precision="bf16", device="auto")
-    with pytest.raises(HostError, match=r"fell back to cpu.*DEST holds parts embedded on a GPU in bf16: fix this host"):
+    with pytest.raises(HostError, match=r"fell back to cpu.*DEST holds 1 finished parts .*: fix this host's GPU"):
         devices.keep_done(bf16, _done(GPU, "cpu"), local=True)
-    kept, kind, redo = devices.keep_done(bf16.model_copy(update={"device": "cpu"}), _done(GPU, "cpu"), local=True)
-    assert kind == "cpu" and redo == ["part-00000.parquet"]  # asked for explicitly: the GPU's part is redone
+    with pytest.raises(InputError, match=r"pass --overwrite to embed all of DEST again on cpu"):
+        devices.keep_done(bf16.model_copy(update={"device": "cpu"}), _done(GPU, "cpu"), local=True)
     assert devices.manifest_device(list(_done(GPU, None).values()), "cpu") == "cuda, unknown"
