@@ -129,7 +129,9 @@ def embed_dataset(
             elif not held:  # the cards this process embeds on (checked before DEST is touched)
                 lanes = shard_lanes(config.device, config.devices)
             # One writer per DEST, taken first: a run refused here leaves DEST and its artifacts untouched.
-            with dest_lease(dest) as lease:
+            # A deployed run that embeds its shards itself holds its host's GPU slot from here: planning may
+            # load the model too (`--shard-rows auto`, `--quantize`), on the slot's card, not on card 0.
+            with dest_lease(dest) as lease, gpu_slot(held and not pool):
                 report = RunReport(dest)
                 with progress.reporting_to(report):
                     resolved = resolve_config(config)
@@ -139,7 +141,10 @@ def embed_dataset(
                     sizing = None
                     if config.shard_rows == "auto":
                         outputs = [*(reuse or []), *(earlier if reuse_previous else [])]
-                        parallel = max(1, (wave or 0) // QUEUED_PER_SLOT)
+                        # Enough shards for every slot of the pool (times its shards per run), or every lane here.
+                        parallel = (
+                            max(1, (wave or 0) // QUEUED_PER_SLOT) * (per_run or 1) if pool else len(lanes or [0])
+                        )
                         resolved, plan, index, sizing = plan_sized_shards(
                             source, dest, resolved, config.shard_seconds, parallel, outputs, overwrite
                         )
@@ -149,7 +154,7 @@ def embed_dataset(
                         resolved, plan, dest, config.quantize_ranges, overwrite, earlier if reuse_previous else []
                     )
                     found = open_previous(
-                        dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else []
+                        dest, resolved, reuse or [], reuse_mismatch, earlier if reuse_previous else [], pool is None
                     )
                     target = RunTarget(
                         source=source,
@@ -182,8 +187,8 @@ def embed_dataset(
                             raise ShardsFailedError.of(list(failed.values()), len(plan))
                     else:
                         # A deployed run (worker, `bertflow serve`) keeps the model loaded across its shards: one GPU
-                        # slot, its card. Otherwise every card of --devices (default all), each with two lanes.
-                        with gpu_slot(held), tags(*child_tags):
+                        # slot (held above), its card. Otherwise every card of --devices (default all), two lanes each.
+                        with tags(*child_tags):
                             lanes = lanes or shard_lanes(config.device, None, holding_slot=True)
                             results += run_in_lanes(
                                 pending, lanes, _run_local, lambda j, r: report.shard_done(j.spec, r)

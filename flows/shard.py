@@ -14,7 +14,7 @@ from bertflow.errors import BertflowError
 from bertflow.io.manifest import ShardJob, ShardResult
 from bertflow.names import SHARD_FLOW
 from bertflow.pipeline import devices
-from bertflow.tasks.embed import embed, read_shard, tokenize, write_part
+from bertflow.tasks.embed import embed, note_startup, read_shard, tokenize, write_part
 from bertflow.tasks.fanout import localize_model, part_written, refused
 from bertflow.tasks.gpu import gpu_slot
 from bertflow.tasks.lanes import run_in_lanes, shard_lanes
@@ -52,6 +52,7 @@ def embed_shard(
             DEST (an earlier run of the same shards got that far) is not embedded again.
     """
     jobs = [job, *(more or [])]
+    note_startup()  # the process's start-up, before any wait for a GPU slot
     if not on_worker:
         return _embed(job, on_worker) if len(jobs) == 1 else _embed_several(jobs, on_worker)
     try:

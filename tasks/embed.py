@@ -23,8 +23,8 @@ from bertflow.io.reuse import IdIndex
 from bertflow.model import cards, resolve
 from bertflow.model.busy import BusySampler
 from bertflow.model.encoder import Encoder
-from bertflow.model.loading import load_model, pick_device
-from bertflow.model.resolve import encoder_for
+from bertflow.model.loading import pick_device
+from bertflow.model.resolve import loaded_encoder
 from bertflow.pipeline import dest as dest_
 from bertflow.pipeline import devices, quantize, shard, sizing
 from bertflow.pipeline.dest import RunTarget
@@ -46,11 +46,18 @@ _LOADS: dict[str, float] = {}
 
 def _encoder(job: ShardJob) -> Encoder:
     """The process's model for the shard (`encoder_for`), noting the time when this call had to load it."""
-    misses, started = load_model.cache_info().misses, time.perf_counter()
-    encoder = encoder_for(job.config)
-    if load_model.cache_info().misses != misses:
-        _LOADS[job.spec.name] = _LOADS.get(job.spec.name, 0.0) + time.perf_counter() - started
+    encoder, seconds = loaded_encoder(job.config)
+    if seconds:
+        _LOADS[job.spec.name] = _LOADS.get(job.spec.name, 0.0) + seconds
     return encoder
+
+
+def note_startup() -> None:
+    """A worker's shard-run process: note how long it took to get here (its start, imports), once; called
+    as its run begins, before it waits for a GPU slot (waiting is not start-up)."""
+    with _STARTUP_LOCK:
+        if not _STARTUP and in_deployment_run():
+            _STARTUP.append(processes.age() or 0.0)
 
 
 @task(**IN_MEMORY)
@@ -126,12 +133,6 @@ def prepare_dest(
     the format of an older DEST it continues), finished parts and the jobs of the shards still to embed.
     `local`: the shards run in this process, not on a pool's workers."""
     target, done, pending = dest_.prepare(target, overwrite, local)
-    if target.redo:
-        get_run_logger().warning(
-            "%d finished parts (%s...) were embedded in %s on another kind of device than this run's, whose "
-            "vectors differ: embedding them again",
-            len(target.redo), target.redo[0], target.config.precision,
-        )  # fmt: skip
     if target.reuse is not None and target.reuse.previous and not target.config.text_hash:
         get_run_logger().warning(
             "%s was begun by bertflow 0.2 or earlier, without text hashes: this run continues it so, and embeds "
@@ -161,9 +162,7 @@ def resolve_paths(
 def read_shard(job: ShardJob) -> ShardText:
     """Read one shard's rows from SOURCE (storage, only the needed columns); set aside null texts; under
     --reuse, read the rows of earlier outputs it may copy. First, hand back what the shard before freed."""
-    with _STARTUP_LOCK:  # a shard run's first shard on a worker: how long its process took to get here
-        if not _STARTUP and in_deployment_run():
-            _STARTUP.append(processes.age() or 0.0)
+    note_startup()  # a shard run's first shard on a worker, if its flow did not note it already
     heap.trim()
     return shard.read_text(job)
 

@@ -13,11 +13,15 @@ a deployed run holding a GPU slot has the two lanes of its slot's card.
 from __future__ import annotations
 
 import contextvars
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 
 from bertflow.choices import Device
 from bertflow.io.manifest import ShardJob
@@ -62,8 +66,20 @@ def run_in_lanes(
     todo, lock, failed = deque(jobs), threading.Lock(), threading.Event()
     finished: dict[int, _R] = {}
     errors: list[BaseException] = []
+    running: set[str] = set()  # the parts lanes are embedding now
+
+    def stop(why: str) -> None:
+        """No lane takes another shard; say what the run still waits for."""
+        with lock:
+            first, left = not failed.is_set(), sorted(running)
+            failed.set()
+        if first and left:
+            _logger().warning(
+                "%s: waiting for the shards in flight (%s) to finish; their parts are kept", why, ", ".join(left)
+            )
 
     def lane(card: int | None) -> None:
+        name = None
         try:
             cards.use(card)
             while not failed.is_set():
@@ -71,22 +87,36 @@ def run_in_lanes(
                     if not todo:
                         return
                     job = todo.popleft()
+                    name = job.spec.name
+                    running.add(name)
                 result = run(job)
                 with lock:
+                    running.discard(name)
                     finished[job.spec.index] = result
                     done(job, result)
         except BaseException as e:  # handed to the caller's thread below
             with lock:
                 errors.append(e)
-            failed.set()
+                running.discard(name or "")
+            stop(f"{name or 'a lane'} failed")
 
     # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
     with ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane") as pool:
         try:
             for f in [pool.submit(contextvars.copy_context().run, lane, card) for card in lanes]:
                 f.result()
+        except BaseException:
+            stop("interrupted")  # Ctrl-C, a cancellation: no lane takes another shard
+            raise
         finally:
-            failed.set()  # interrupted here (Ctrl-C): no lane takes another shard
+            failed.set()
     if errors:
         raise errors[0]
     return [finished[job.spec.index] for job in jobs]
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # outside a run
+        return logging.getLogger(__name__)

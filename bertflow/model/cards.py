@@ -71,9 +71,15 @@ def lanes(kind: str, devices: Sequence[int] | None, count: int, per_card: int = 
     if missing := [c for c in chosen if not 0 <= c < count]:
         raise InputError(
             f"--devices {','.join(map(str, chosen))}: this host has {count} CUDA device(s), numbered 0 to "
-            f"{count - 1}; there is no card {missing[0]}"
+            f"{count - 1}{_visible()}; there is no card {missing[0]}"
         )
     return [card for _ in range(per_card) for card in chosen]
+
+
+def _visible() -> str:
+    """How CUDA numbers the cards here when CUDA_VISIBLE_DEVICES narrows them."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return f" (the cards CUDA_VISIBLE_DEVICES={given} lets this process see, counted from 0)" if given else ""
 
 
 def use(card: int | None) -> None:

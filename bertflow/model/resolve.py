@@ -4,6 +4,7 @@ files, checked against it), and ResolvedConfig -> the Encoder that embeds with t
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from bertflow.choices import TOKEN_LEVEL
@@ -145,21 +146,36 @@ def _truncated(resolved: ResolvedConfig, dim: int | None) -> ResolvedConfig:
     return resolved.model_copy(update={"truncate_dim": dim, "dimensions": {resolved.pooling[0]: dim}})
 
 
-_LOADING = threading.Lock()
+# Per model (path, device, precision, trust_remote_code, card): a lock, so the two lanes of a card load its
+# model once while other cards load theirs; and the models this process has loaded.
+_LOCKS: dict[tuple[object, ...], threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+_LOADED: set[tuple[object, ...]] = set()
 
 
 def encoder_for(config: ResolvedConfig) -> Encoder:
     """The process-wide model (loaded once per path, device, precision and card: the calling thread's
     current CUDA device) set up for this run."""
+    return loaded_encoder(config)[0]
+
+
+def loaded_encoder(config: ResolvedConfig) -> tuple[Encoder, float]:
+    """`encoder_for`, and the seconds this call spent loading the model onto its device (0.0: it was there)."""
     device = pick_device(config.device)
     card = None
     if device == "cuda":
         import torch
 
         card = torch.cuda.current_device()
-    with _LOADING:  # two lanes of one card must not both load its model
+    key = (config.model.path, device, config.precision, config.trust_remote_code, card)
+    with _LOCKS_LOCK:
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        started, fresh = time.perf_counter(), key not in _LOADED
         tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code, card)
-    return Encoder(
+        _LOADED.add(key)
+    seconds = time.perf_counter() - started if fresh else 0.0
+    encoder = Encoder(
         tokenizer,
         model,
         device=device,
@@ -168,3 +184,4 @@ def encoder_for(config: ResolvedConfig) -> Encoder:
         batch_tokens=config.batch_tokens,
         head=head_for(config),
     )
+    return encoder, seconds

@@ -16,7 +16,7 @@ rows per second, first that applies:
 Shard rows = rate x target seconds, bounded (`shard_rows_for`): at least `MIN_ROWS` (smaller
 shards are all overhead), at most `MAX_ROWS` (a shard's texts and vectors sit in memory), never
 more than `MAX_SHARDS` shards (flow runs) per run, and at least `parallel` shards when the corpus
-would otherwise leave slots of the pool idle.
+would otherwise leave slots of the pool (or lanes of the cards) idle.
 """
 
 from __future__ import annotations

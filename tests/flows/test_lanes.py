@@ -8,6 +8,7 @@ two CPU lanes at the boundary (`shard_lanes`), each running real `embed-shard` s
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -22,12 +23,14 @@ from bertflow.config import EmbedConfig
 from bertflow.errors import InputError
 from bertflow.flows.shard import embed_shard
 from bertflow.model import cards
+from bertflow.model.resolve import loaded_encoder, resolve_config
 from bertflow.pipeline import shard as shard_steps
 from tests.conftest import run_cli, write_rows
 from tests.flows.test_embed_flow import run
 
 
-def test_lanes_cover_each_chosen_card_twice_and_interleave():
+def test_lanes_cover_each_chosen_card_twice_and_interleave(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert cards.lanes("cuda", None, 4) == [0, 1, 2, 3, 0, 1, 2, 3]
     assert cards.lanes("cuda", (2, 0), 4) == [2, 0, 2, 0]
     assert cards.lanes("cuda", None, 1) == [0, 0]  # one card: its next shard is read while this one computes
@@ -37,6 +40,9 @@ def test_lanes_cover_each_chosen_card_twice_and_interleave():
         InputError, match=r"--devices 0,3: this host has 2 CUDA device\(s\), numbered 0 to 1; there is no card 3"
     ):
         cards.lanes("cuda", (0, 3), 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # CUDA counts the visible cards from 0
+    with pytest.raises(InputError, match=r"numbered 0 to 1 \(the cards CUDA_VISIBLE_DEVICES=2,3 lets this process "):
+        cards.lanes("cuda", (2,), 2)
     with pytest.raises(InputError, match=r"--devices 0 selects CUDA cards, and this run embeds on cpu"):
         cards.lanes("cpu", (0,), 0)
 
@@ -97,7 +103,7 @@ def test_two_lanes_write_what_one_lane_writes(prefect_harness, tmp_path, tiny_be
 
 
 def test_a_failing_shard_stops_the_lanes_and_a_rerun_completes_the_rest(
-    prefect_harness, tmp_path, tiny_bert, source, two_lanes, monkeypatch
+    prefect_harness, tmp_path, tiny_bert, source, two_lanes, monkeypatch, caplog
 ):
     real = shard_steps.read_text
 
@@ -111,8 +117,10 @@ def test_a_failing_shard_stops_the_lanes_and_a_rerun_completes_the_rest(
     dest = tmp_path / "out"
     with pytest.raises(InputError, match="injected: shard 1 cannot be read"):
         run(source, dest, tiny_bert, shard_rows=15)
-    # The lane on shard 0 finished it; neither lane took shards 2 to 5 after the failure.
+    # The lane on shard 0 finished it (and the run said it waited for it); neither lane took shards 2 to 5.
     assert sorted(p.name for p in dest.glob("part-*.parquet")) == ["part-00000.parquet"]
+    waited = "part-00001.parquet failed: waiting for the shards in flight (part-00000.parquet) to finish"
+    assert any(r.getMessage().startswith(waited) for r in caplog.records)
     assert json.loads((dest / "_manifest.json").read_text())["status"] == "running"
 
     monkeypatch.setattr(shard_steps, "read_text", real)
@@ -165,3 +173,23 @@ def test_a_run_of_several_shards_skips_written_parts_and_goes_on_past_a_refused_
             np.abs(pl.read_parquet(dest / name)["embedding"].to_numpy() - before[name]["embedding"].to_numpy()).max()
             < 1e-6
         )
+
+
+def test_two_lanes_asking_for_a_model_at_once_load_it_once_and_count_it_once(tmp_path, tiny_bert):
+    """The second lane waits for the first's load and is counted warm: one part pays for the load."""
+    copy = shutil.copytree(tiny_bert, tmp_path / "model")  # a path no earlier test loaded
+    config = resolve_config(EmbedConfig(model=str(copy), device="cpu"))
+    start, got = threading.Barrier(2), []
+
+    def lane() -> None:
+        start.wait()
+        got.append(loaded_encoder(config))
+
+    threads = [threading.Thread(target=lane) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seconds > 0 for _, seconds in got) == [False, True]
+    assert got[0][0].model is got[1][0].model  # one copy of the weights, shared
+    assert loaded_encoder(config)[1] == 0.0
