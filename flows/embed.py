@@ -24,6 +24,7 @@ from bertflow.pipeline.report import run_tags
 from bertflow.tasks.embed import (
     collect_parts,
     finalize_dest,
+    note_startup,
     plan_shards,
     plan_sized_shards,
     prepare_dest,
@@ -116,6 +117,7 @@ def embed_dataset(
         publish: when the run is complete, publish DEST into this LanceDB table (`bertflow publish`); off by default.
     """
     started, created_at = time.perf_counter(), datetime.now(timezone.utc)
+    note_startup()  # a deployed run that embeds its shards: its process's start-up, before planning or a slot
     config = config or EmbedConfig()
     # Storage credentials from a named block are loaded here, in this process, never passed along.
     with storage_from_block(config.storage_block):
