@@ -113,7 +113,7 @@ def test_shard_wave_caps_the_runs_in_flight_as_the_server_records_them(s3, servi
     make_bucket()
     source, dest = write_docs("s3://lake/raw-waved/", 50, "doc"), "s3://lake/waved/"
     args = ("embed", source, dest, "--model", str(service.model), "--shard-rows", "10", "--pool", POOL)
-    r = service.cli(*args, "--shard-wave", "2")
+    r = service.cli(*args, "--shard-wave", "2", "--shards-per-run", "1")  # auto would group 5 shards on 1 slot
     assert r.returncode == 0, r.stdout + r.stderr + service.diagnostics()
     shards = shard_runs(service, dest)
     assert len(shards) == 5 and all(s.state.is_completed() for s in shards)
