@@ -73,12 +73,13 @@ def _embed_several(jobs: list[ShardJob], on_worker: bool) -> ShardResult | None:
     def one(job: ShardJob) -> None:
         try:
             if not part_written(job):
-                results.append(_embed(job, on_worker, hold_slot=False))
+                results.append(_steps(job, on_worker, hold_slot=False))
         except BertflowError as e:
             if e.exit_code != 2:
                 raise
             refusals.append(e)
 
+    # The storage block is read, and the tasks untagged, once for all the shards (the lanes copy this context).
     with storage_from_block(jobs[0].config.storage_block), TagsContext(current_tags=set()), gpu_slot(on_worker):
         run_in_lanes(jobs, shard_lanes(jobs[0].config.device, None, holding_slot=on_worker), one, lambda j, r: None)
     if refusals:
@@ -86,24 +87,31 @@ def _embed_several(jobs: list[ShardJob], on_worker: bool) -> ShardResult | None:
     return results[-1] if results else None
 
 
-def _embed(job: ShardJob, on_worker: bool, hold_slot: bool = True) -> ShardResult:
-    started = time.perf_counter()
+def _embed(job: ShardJob, on_worker: bool) -> ShardResult:
     # The run's tags (model, pooling) are for finding runs in the UI. Its tasks go untagged: Prefect
     # takes a tag concurrency slot, with a lease, for every tagged task (~0.5 s each here).
-    # Shard-sized data goes to the tasks `quote`d: Prefect would otherwise walk every element
-    # (every token id) looking for futures, seconds per task on a 10k-row shard. `return_state=False`
-    # (the default) selects the signature of Task.__call__ that admits quote()d arguments.
     with storage_from_block(job.config.storage_block), TagsContext(current_tags=set()):  # credentials stay here
-        if on_worker:
-            job = localize_model(job)  # the weights are hashed once per process (and file version)
-        devices.check_host(job)  # a half-precision DEST's parts come from one kind of device
-        text = read_shard(job)
-        reading = time.perf_counter() - started
-        # The model stays on the device until this process ends: hold the slot to the end. Time spent
-        # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
-        with gpu_slot(on_worker and hold_slot):
-            started = time.perf_counter()
-            tokens = tokenize(job, quote(text), return_state=False)
-            vectors, stats = embed(job, quote(tokens), return_state=False)
-            seconds = reading + time.perf_counter() - started
-            return write_part(job, quote(text), quote(tokens), quote(vectors), seconds, stats, return_state=False)
+        return _steps(job, on_worker, hold_slot=on_worker)
+
+
+def _steps(job: ShardJob, on_worker: bool, hold_slot: bool) -> ShardResult:
+    """One shard's tasks, in the storage options and tags of the caller's context.
+
+    Shard-sized data goes to the tasks `quote`d: Prefect would otherwise walk every element (every
+    token id) looking for futures, seconds per task on a 10k-row shard. `return_state=False` (the
+    default) selects the signature of Task.__call__ that admits quote()d arguments.
+    """
+    started = time.perf_counter()
+    if on_worker:
+        job = localize_model(job)  # the weights are hashed once per host (and file version)
+    devices.check_host(job)  # a half-precision DEST's parts come from one kind of device
+    text = read_shard(job)
+    reading = time.perf_counter() - started
+    # The model stays on the device until this process ends: hold the slot to the end. Time spent
+    # waiting for the slot is not the shard's work, so it stays out of its seconds and throughput.
+    with gpu_slot(hold_slot):
+        started = time.perf_counter()
+        tokens = tokenize(job, quote(text), return_state=False)
+        vectors, stats = embed(job, quote(tokens), return_state=False)
+        seconds = reading + time.perf_counter() - started
+        return write_part(job, quote(text), quote(tokens), quote(vectors), seconds, stats, return_state=False)

@@ -112,12 +112,12 @@ def embed(
         fail(
             "--devices picks the cards of this process; with --pool each worker's GPU slot picks its card: drop --devices"
         )
-    if shards_per_run.strip().lower() != "auto" and not pool:
-        fail("--shards-per-run groups the shard runs of --pool; without --pool every shard runs in this process")
     try:
         per_run = count_or_auto(shards_per_run, "a number of shards")
     except ValueError as e:
         fail(f"--shards-per-run {e}")
+    if per_run != "auto" and not pool:
+        fail("--shards-per-run groups the shard runs of --pool; without --pool every shard runs in this process")
     if shard_wave is not None and not pool:
         fail("--shard-wave bounds the shard runs of --pool; without --pool every shard runs in this process")
     if pool and storage_option:

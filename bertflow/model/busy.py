@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from bertflow.model import cards
+
 EVERY_SECONDS = 0.05
 
 
@@ -20,10 +22,10 @@ class BusySampler:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> BusySampler:
-        if self.device == "cuda":
+        card = cards.current(self.device)
+        if card is not None:
             import torch
 
-            card = torch.cuda.current_device()
             with contextlib.suppress(Exception):  # no NVML (nvidia-ml-py) here: not measured
                 torch.cuda.utilization(card)
                 self._thread = threading.Thread(target=self._run, args=(card,), daemon=True, name="bertflow-busy")

@@ -82,6 +82,15 @@ def _visible() -> str:
     return f" (the cards CUDA_VISIBLE_DEVICES={given} lets this process see, counted from 0)" if given else ""
 
 
+def current(device: str) -> int | None:
+    """The calling thread's CUDA card on `cuda` (set by `use` or a GPU slot); None on other devices."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.current_device())
+
+
 def use(card: int | None) -> None:
     """Make `card` the calling thread's CUDA device (CUDA's current device is per thread); None: nothing."""
     if card is not None:
@@ -99,11 +108,7 @@ def turn(device: str) -> Iterator[None]:
     """Hold the calling thread's card (or the CPU) for one shard's forward passes: its two lanes take
     turns computing, so one shard's batches never share the card's memory with another's while the
     other lane reads, tokenizes or writes."""
-    card = None
-    if device == "cuda":
-        import torch
-
-        card = torch.cuda.current_device()
+    card = current(device)
     with _TURNS_LOCK:
         lock = _TURNS.setdefault(card, threading.Lock())
     with lock:

@@ -10,7 +10,7 @@ from pathlib import Path
 from bertflow.choices import TOKEN_LEVEL
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
-from bertflow.model import hub
+from bertflow.model import cards, hub
 from bertflow.model.defaults import ModelDefaults, model_defaults, special_tokens
 from bertflow.model.encoder import Encoder
 from bertflow.model.fitted import attach, head_for
@@ -162,11 +162,7 @@ def encoder_for(config: ResolvedConfig) -> Encoder:
 def loaded_encoder(config: ResolvedConfig) -> tuple[Encoder, float]:
     """`encoder_for`, and the seconds this call spent loading the model onto its device (0.0: it was there)."""
     device = pick_device(config.device)
-    card = None
-    if device == "cuda":
-        import torch
-
-        card = torch.cuda.current_device()
+    card = cards.current(device)
     key = (config.model.path, device, config.precision, config.trust_remote_code, card)
     with _LOCKS_LOCK:
         lock = _LOCKS.setdefault(key, threading.Lock())

@@ -225,6 +225,7 @@ def write_part(
     rejects = text.rejects
     n_tokens, truncated = table["n_tokens"], table["truncated"]
     found = tokens.reused
+    engine = engine_fields(stats or EngineStats())  # time, padding, memory splits, load, busy
     info = PartInfo(
         fingerprint=job.fingerprint,
         rows=len(table),
@@ -237,7 +238,7 @@ def write_part(
         device=device,
         host=host,
         finished_at=datetime.now(timezone.utc),
-        **engine_fields(stats or EngineStats()),
+        **engine,
     )
     documents_part = None
     if config.aggregated:  # written first: a main part on its own is not a finished shard
@@ -273,5 +274,5 @@ def write_part(
         device=device,
         host=host,
         finished_at=info.finished_at,
-        **engine_fields(stats or EngineStats()),
+        **engine,
     )
