@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from prefect import get_run_logger
@@ -68,6 +68,10 @@ def run_in_lanes(
     errors: list[BaseException] = []
     running: set[str] = set()  # the parts lanes are embedding now
 
+    def in_flight() -> list[str]:
+        with lock:
+            return sorted(running)
+
     def stop(why: str) -> None:
         """No lane takes another shard; say what the run still waits for."""
         with lock:
@@ -102,17 +106,41 @@ def run_in_lanes(
 
     # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
     with ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, lane, card) for card in lanes]
         try:
-            for f in [pool.submit(contextvars.copy_context().run, lane, card) for card in lanes]:
-                f.result()
+            _join(futures)  # the lanes keep their errors: the futures themselves always succeed
         except BaseException:
             stop("interrupted")  # Ctrl-C, a cancellation: no lane takes another shard
+            _outlast(futures, in_flight)
             raise
         finally:
             failed.set()
     if errors:
         raise errors[0]
     return [finished[job.spec.index] for job in jobs]
+
+
+def _join(futures: Sequence[Future[None]]) -> None:
+    """Wait for every future, waking twice a second: a Ctrl-C that the kernel hands to another of the
+    process's threads is raised in this one only when it runs Python again."""
+    while wait(futures, timeout=0.5).not_done:
+        pass
+
+
+def _outlast(futures: Sequence[Future[None]], in_flight: Callable[[], list[str]]) -> None:
+    """Wait for the lanes to stop, through further Ctrl-Cs: the run releases DEST's lease as it unwinds,
+    and no lane may write after that (another run could have taken DEST). Killing the process stops it at
+    once and safely: every part is written whole, and the next run takes a dead process's lease over."""
+    while True:
+        try:
+            _join(futures)
+            return
+        except KeyboardInterrupt:
+            _logger().warning(
+                "still waiting for the shards in flight (%s): DEST stays held until they stop; to stop at once,"
+                " kill the process (parts are written whole, and the next run takes its lease over)",
+                ", ".join(in_flight()),
+            )
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

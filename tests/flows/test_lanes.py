@@ -8,9 +8,12 @@ two CPU lanes at the boundary (`shard_lanes`), each running real `embed-shard` s
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -25,6 +28,7 @@ from bertflow.flows.shard import embed_shard
 from bertflow.model import cards
 from bertflow.model.resolve import loaded_encoder, resolve_config
 from bertflow.pipeline import shard as shard_steps
+from bertflow.tasks.lanes import run_in_lanes
 from tests.conftest import run_cli, write_rows
 from tests.flows.test_embed_flow import run
 
@@ -193,3 +197,36 @@ def test_two_lanes_asking_for_a_model_at_once_load_it_once_and_count_it_once(tmp
     assert sorted(seconds > 0 for _, seconds in got) == [False, True]
     assert got[0][0].model is got[1][0].model  # one copy of the weights, shared
     assert loaded_encoder(config)[1] == 0.0
+
+
+def test_a_second_ctrl_c_still_waits_for_the_shards_in_flight_before_the_lease_can_go(caplog):
+    """Ctrl-C twice: the interrupt reaches the caller (who then releases DEST's lease) only once no lane
+    writes any more, and no lane takes another shard."""
+    jobs = [SimpleNamespace(spec=SimpleNamespace(index=i, name=f"part-{i:05d}.parquet")) for i in range(4)]
+    both_running, release, ended = threading.Barrier(3), threading.Event(), []
+
+    def run_shard(job):
+        if job.spec.index < 2:
+            both_running.wait(10)
+            release.wait(10)
+        ended.append(job.spec.index)
+        return job.spec.index
+
+    def press_ctrl_c_twice() -> None:
+        both_running.wait(10)
+        for _ in range(2):
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        ended.append("released")
+        release.set()
+
+    presser = threading.Thread(target=press_ctrl_c_twice)
+    presser.start()
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        run_in_lanes(jobs, [None, None], run_shard, lambda job, result: None)
+    presser.join()
+    assert ended[0] == "released" and sorted(ended[1:]) == [0, 1]  # both shards in flight ended first; 2, 3 never began
+    said = [r.getMessage() for r in caplog.records]
+    assert "interrupted: waiting for the shards in flight (part-00000.parquet, part-00001.parquet) to finish" in said[0]
+    assert said[1].startswith("still waiting for the shards in flight (part-00000.parquet, part-00001.parquet)")
