@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import socket
+import threading
 
 PR_SET_PDEATHSIG = 1  # prctl: the signal a child gets when its parent dies (Linux)
 
@@ -35,3 +36,26 @@ def age() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class StartUp:
+    """How long this process took to start (`age` when first noted: its start, imports), told once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: float | None = None
+        self._told = False
+
+    def note(self) -> None:
+        """Note the process's age now, unless noted before."""
+        with self._lock:
+            if self._seconds is None:
+                self._seconds = age() or 0.0
+
+    def take(self) -> float | None:
+        """The seconds noted, on the first call after `note`; None on every other."""
+        with self._lock:
+            if self._seconds is None or self._told:
+                return None
+            self._told = True
+            return self._seconds

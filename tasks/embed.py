@@ -7,7 +7,6 @@ goes through `bertflow.progress`, which the CLI draws and the parent run's artif
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -36,10 +35,8 @@ from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.gpu import host_key, in_deployment_run
 from bertflow.tasks.policy import IN_MEMORY, RETRY
 
-# Seconds from a worker's shard-run process's start to its first shard's first step; a second item once a
-# part counted them. Not in a run that plans and embeds in one process: its start-up is not a shard's.
-_STARTUP: list[float] = []
-_STARTUP_LOCK = threading.Lock()
+# A worker's shard-run process's start-up, told to the part of the first shard it writes.
+_STARTUP = processes.StartUp()
 # Part name -> seconds its steps spent getting the model onto the device (CUDA's start, reading the weights).
 _LOADS: dict[str, float] = {}
 
@@ -55,9 +52,8 @@ def _encoder(job: ShardJob) -> Encoder:
 def note_startup() -> None:
     """A worker's shard-run process: note how long it took to get here (its start, imports), once; called
     as its run begins, before it waits for a GPU slot (waiting is not start-up)."""
-    with _STARTUP_LOCK:
-        if not _STARTUP and in_deployment_run():
-            _STARTUP.append(processes.age() or 0.0)
+    if in_deployment_run():  # a run that plans and embeds in one process: its start-up is not a shard's
+        _STARTUP.note()
 
 
 @task(**IN_MEMORY)
@@ -208,10 +204,9 @@ def write_part(
     device, fell_back = devices.device_label(job.config, picked, cards.label(picked))
     if fell_back:
         get_run_logger().warning("%s: %s", job.spec.name, fell_back)
-    with _STARTUP_LOCK:
-        if len(_STARTUP) == 1:  # the process's start-up is counted once, on the part of its first shard
-            stats = replace(stats, startup_seconds=round(_STARTUP[0], 3))
-            _STARTUP.append(0.0)
+    startup = _STARTUP.take()  # the process's start-up is counted once, on the part of its first shard
+    if startup is not None:
+        stats = replace(stats, startup_seconds=round(startup, 3))
     result = shard.write_part(job, text, tokens, vectors, seconds, stats, device, host_key())
     rate = max(seconds, 1e-9)
     chunks = f", {result.rows} chunks" if job.config.chunked else ""

@@ -15,11 +15,11 @@ import contextlib
 import fcntl
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 
 from bertflow.errors import InputError
+from bertflow.locks import KeyedLocks
 
 WAIT_SECONDS = 0.2
 
@@ -99,8 +99,7 @@ def use(card: int | None) -> None:
         torch.cuda.set_device(card)
 
 
-_TURNS: dict[int | None, threading.Lock] = {}
-_TURNS_LOCK = threading.Lock()
+_TURNS: KeyedLocks[int | None] = KeyedLocks()  # per card (None: the CPU)
 
 
 @contextlib.contextmanager
@@ -109,9 +108,7 @@ def turn(device: str) -> Iterator[None]:
     turns computing, so one shard's batches never share the card's memory with another's while the
     other lane reads, tokenizes or writes."""
     card = current(device)
-    with _TURNS_LOCK:
-        lock = _TURNS.setdefault(card, threading.Lock())
-    with lock:
+    with _TURNS(card):
         yield
 
 

@@ -3,13 +3,13 @@ files, checked against it), and ResolvedConfig -> the Encoder that embeds with t
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 from bertflow.choices import TOKEN_LEVEL
 from bertflow.config import EmbedConfig
 from bertflow.errors import InputError, ModelError
+from bertflow.locks import KeyedLocks
 from bertflow.model import cards, hub
 from bertflow.model.defaults import ModelDefaults, model_defaults, special_tokens
 from bertflow.model.encoder import Encoder
@@ -148,8 +148,7 @@ def _truncated(resolved: ResolvedConfig, dim: int | None) -> ResolvedConfig:
 
 # Per model (path, device, precision, trust_remote_code, card): a lock, so the two lanes of a card load its
 # model once while other cards load theirs; and the models this process has loaded.
-_LOCKS: dict[tuple[object, ...], threading.Lock] = {}
-_LOCKS_LOCK = threading.Lock()
+_LOCKS: KeyedLocks[tuple[object, ...]] = KeyedLocks()
 _LOADED: set[tuple[object, ...]] = set()
 
 
@@ -164,9 +163,7 @@ def loaded_encoder(config: ResolvedConfig) -> tuple[Encoder, float]:
     device = pick_device(config.device)
     card = cards.current(device)
     key = (config.model.path, device, config.precision, config.trust_remote_code, card)
-    with _LOCKS_LOCK:
-        lock = _LOCKS.setdefault(key, threading.Lock())
-    with lock:
+    with _LOCKS(key):
         started, fresh = time.perf_counter(), key not in _LOADED
         tokenizer, model = load_model(config.model.path, device, config.precision, config.trust_remote_code, card)
         _LOADED.add(key)
