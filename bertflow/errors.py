@@ -8,6 +8,11 @@ its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class BertflowError(Exception):
     """Base of every error bertflow raises on purpose (never a bug)."""
@@ -85,3 +90,9 @@ def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     first = text[0] if text else ""
     return first if isinstance(e, BertflowError) and first else f"{type(e).__name__}: {first}".rstrip(": ")
+
+
+def first_problem(e: ValidationError) -> tuple[str, str]:
+    """A pydantic validation error's first problem: (where, as `field.sub`; what is wrong)."""
+    first = e.errors()[0]
+    return ".".join(str(x) for x in first["loc"]), first["msg"].removeprefix("Value error, ")

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from bertflow import progress
-from bertflow.errors import BertflowError
+from bertflow.errors import BertflowError, first_problem
 from bertflow.io.storage import storage_options
 
 err = Console(stderr=True)
@@ -49,9 +49,7 @@ def validated(make: Callable[[], T]) -> T:
     try:
         return make()
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
+        where, msg = first_problem(e)
         fail(f"--{where.replace('_', '-')}: {msg}" if where else msg)
 
 

@@ -1,4 +1,5 @@
-"""Backfill planning: the days of a range and, for each, run or skip (DEST complete with the same config).
+"""Backfill planning: the days of a range and, for each, run or skip (DEST complete with the same config,
+and, when the deployment publishes, published to its table).
 
 Reads each day's DEST manifest (storage); starts nothing, so `--dry-run` and bad input change nothing.
 The deployment's parameters come from the caller (the task reads them from the Prefect API).
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from bertflow import partitions
 from bertflow.choices import SCALAR_QUANTIZE
-from bertflow.config import EmbedConfig
-from bertflow.errors import InputError
+from bertflow.config import EmbedConfig, PublishConfig
+from bertflow.errors import InputError, first_problem
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
 from bertflow.pipeline.quantize import ranges_of
@@ -70,8 +71,12 @@ def plan_days(
     partitions.check_templates(source_t, dest_t)
     try:
         config = EmbedConfig.model_validate(params.get("config") or {})
-    except ValueError as e:
-        raise InputError(f"deployment {deployment} has an invalid config parameter: {e}") from None
+    except ValidationError as e:
+        raise InputError(f"deployment {deployment} has an invalid config parameter: {_said(e)}") from None
+    try:
+        publish = PublishConfig.model_validate(params["publish"]) if params.get("publish") else None
+    except ValidationError as e:
+        raise InputError(f"deployment {deployment} has an invalid publish parameter: {_said(e)}") from None
     resolved = resolve_config(config)
     loose: frozenset[str] = frozenset()
     if (
@@ -84,15 +89,26 @@ def plan_days(
     if config.shard_rows == "auto":  # each day's size is its own (kept by a rerun from its manifest)
         loose = loose | {"shard_rows"}
     fingerprint = resolved.output_fingerprint()
-    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite, loose) for d in days]
+    planned = [_day(d.isoformat(), source_t, dest_t, fingerprint, overwrite, loose, publish) for d in days]
     return BackfillPlan(
         deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, start=start, end=end, every=every,
         overwrite=overwrite, days=planned,
     )  # fmt: skip
 
 
+def _said(e: ValidationError) -> str:
+    where, what = first_problem(e)
+    return f"{where}: {what}" if where else what
+
+
 def _day(
-    day: str, source_t: str, dest_t: str, fingerprint: dict[str, object], overwrite: bool, loose: frozenset[str]
+    day: str,
+    source_t: str,
+    dest_t: str,
+    fingerprint: dict[str, object],
+    overwrite: bool,
+    loose: frozenset[str],
+    publish: PublishConfig | None,
 ) -> Day:
     source, dest = partitions.render(source_t, day), partitions.render(dest_t, day)
     if overwrite:
@@ -112,5 +128,9 @@ def _day(
         )
     if manifest.status != "complete":
         return Day(partition=day, source=source, dest=dest, action="run", why="incomplete: resumes the missing shards")
+    if publish is not None and not any((p.db, p.table) == (publish.db, publish.table) for p in manifest.published):
+        # Publishing began after this day was embedded: its run finds every part written and publishes it.
+        why = f"complete, not yet published to table {publish.table}: publishes it"
+        return Day(partition=day, source=source, dest=dest, action="run", why=why)
     # A day an older bertflow completed with these settings has the same vectors (but no text_hash): kept.
     return Day(partition=day, source=source, dest=dest, action="skip", why="complete with the same config")

@@ -21,6 +21,7 @@ from bertflow.config import EmbedConfig, PublishConfig
 from bertflow.errors import InputError
 from bertflow.flows.embed import embed_dataset
 from bertflow.io import parts, vectorstore
+from bertflow.pipeline.backfill import plan_days
 from bertflow.pipeline.publish import publish
 from bertflow.pipeline.table_search import search_table
 from tests.conftest import run_cli, write_rows
@@ -251,6 +252,35 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(days, tmp_path, args, m
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in " ".join(r.stderr.split()) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not db.exists()
+
+
+def test_a_backfill_publishes_complete_days_its_table_lacks_and_skips_the_rest(days, tmp_path, tiny_bert):
+    """Publishing added to a deployment after days were embedded: a backfill runs the complete days not
+    yet in its table (their runs embed nothing and publish) and skips the ones that are."""
+    root = Path(days[0]).parent
+    config = EmbedConfig(model=str(tiny_bert), shard_rows=8, keep=("tag",), device="cpu")
+    db = str(tmp_path / "db")
+    params = {"source": str(root / "src-{date}.parquet"), "dest": str(root / "out-{date}"),
+              "config": config.model_dump(mode="json")}  # fmt: skip
+
+    def plan(publish: dict | None = None) -> list[tuple[str, str]]:
+        given = {**params, "publish": publish} if publish else params
+        return [(d.action, d.why) for d in plan_days("embed-dataset/x", "id", given, *DAYS, "1d", False).days]
+
+    assert plan() == [("skip", "complete with the same config")] * 2
+    unpublished = ("run", "complete, not yet published to table embeddings: publishes it")
+    assert plan({"db": db}) == [unpublished] * 2
+    publish(days[0], PublishConfig(db=db))
+    assert plan({"db": db}) == [("skip", "complete with the same config"), unpublished]
+    assert plan({"db": db, "table": "other"})[0][0] == "run"  # another table of the same database
+    # What the backfill's run of day 2 does: every part is there, so it embeds nothing and publishes.
+    rerun = embed_dataset(params["source"], params["dest"], config, partition=DAYS[1], deleted_ids=True,
+                          publish=PublishConfig(db=db))  # fmt: skip
+    assert all(s.resumed for s in rerun.shards)
+    assert plan({"db": db}) == [("skip", "complete with the same config")] * 2
+    assert set(rows(db)["partition"]) == set(DAYS)
+    with pytest.raises(InputError, match=r"^deployment embed-dataset/x has an invalid publish parameter: sync: "):
+        plan({"db": db, "sync": "sometimes"})
 
 
 def test_s3_credentials_from_storage_options_alone(days, s3, monkeypatch):
