@@ -14,7 +14,7 @@
 #
 # A bare GPU host has torch but maybe not the rest: the first step lists what it has, and bertflow
 # itself is used from the checkout (PYTHONPATH), so only torch, transformers, tokenizers, safetensors,
-# pydantic, fsspec and nvidia-ml-py are needed.
+# pydantic and fsspec are needed there (NVML's binding and pytest come in .gpu/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-.gpu/minilm}
@@ -22,8 +22,13 @@ MODEL=${MODEL:-.gpu/minilm}
 if [ "${1:-}" = prepare ]; then
     PY=${PYTHON:-.venv/bin/python}
     grep -qx '.gpu/' .git/info/exclude 2>/dev/null || echo '.gpu/' >> .git/info/exclude
-    # NVML's Python binding (pure Python): torch.cuda.utilization needs it, and a bare host may lack it.
-    "$PY" -m pip download -q --no-deps --only-binary=:all: -d .gpu/wheels nvidia-ml-py || exit 1
+    # Pure-Python packages a bare GPU host may lack, unpacked into .gpu/site (last on the path there):
+    # NVML's binding (torch.cuda.utilization needs it) and pytest for the CUDA tests.
+    rm -rf .gpu/wheels .gpu/site
+    "$PY" -m pip download -q --no-deps --only-binary=:all: -d .gpu/wheels \
+        nvidia-ml-py pytest pluggy iniconfig packaging pygments || exit 1
+    for w in .gpu/wheels/*.whl; do "$PY" -m zipfile -e "$w" .gpu/site || exit 1; done
+    rm -rf .gpu/wheels
     exec "$PY" - "$MODEL" <<'PY'
 import shutil, sys
 from pathlib import Path
@@ -43,17 +48,16 @@ fi
 
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" BERTFLOW_TEST_MODEL="$MODEL"
+export PYTHONPATH="$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}:$PWD/.gpu/site" BERTFLOW_TEST_MODEL="$MODEL"
 step() { echo; echo "== $(date +%T) $*"; }
 
 step host
-python -c "import pynvml" 2>/dev/null || pip install -q --no-index --no-deps .gpu/wheels/*.whl || true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python - <<'PY' | tee "$OUT/host.txt"
 import importlib
-for name in ("torch", "transformers", "tokenizers", "safetensors", "pydantic", "fsspec", "pynvml", "prefect", "polars"):
+for name in ("torch", "transformers", "tokenizers", "safetensors", "pydantic", "fsspec", "pynvml", "pytest", "prefect", "polars"):
     try:
-        print(name, importlib.import_module(name).__version__)
+        print(name, getattr(importlib.import_module(name), "__version__", "(no version)"))
     except Exception as e:  # what is missing decides which steps can run
         print(name, "missing:", type(e).__name__)
 import torch

@@ -12,11 +12,14 @@ a deployed run holding a GPU slot has the two lanes of its slot's card.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import os
+import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -63,7 +66,8 @@ def run_in_lanes(
             results.append(run(job))
             done(job, results[-1])
         return results
-    todo, lock, failed = deque(jobs), threading.Lock(), threading.Event()
+    # Re-entrant: a signal's handler (`_signals_deferred`) may run in the main thread while it holds it.
+    todo, lock, failed = deque(jobs), threading.RLock(), threading.Event()
     finished: dict[int, _R] = {}
     errors: list[BaseException] = []
     running: set[str] = set()  # the parts lanes are embedding now
@@ -105,42 +109,79 @@ def run_in_lanes(
             stop(f"{name or 'a lane'} failed")
 
     # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
-    with ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, lane, card) for card in lanes]
-        try:
-            _join(futures)  # the lanes keep their errors: the futures themselves always succeed
-        except BaseException:
-            stop("interrupted")  # Ctrl-C, a cancellation: no lane takes another shard
-            _outlast(futures, in_flight)
-            raise
-        finally:
-            failed.set()
+    pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane")
+    futures: list[Future[None]] = []
+    try:
+        with _signals_deferred(stop, in_flight):
+            for card in lanes:
+                futures.append(pool.submit(contextvars.copy_context().run, lane, card))
+            _join(futures)
+        for f in futures:
+            f.result()  # a lane keeps its shard's error in `errors`; this raises only a fault of the lane itself
+    except BaseException:  # a deferred Ctrl-C or SIGTERM (the lanes have stopped), or an error sent to this thread
+        stop("interrupted")
+        _outlast(futures, in_flight)
+        raise
+    finally:
+        failed.set()
+        pool.shutdown(wait=False)  # every lane has returned
     if errors:
         raise errors[0]
     return [finished[job.spec.index] for job in jobs]
 
 
 def _join(futures: Sequence[Future[None]]) -> None:
-    """Wait for every future, waking twice a second: a Ctrl-C that the kernel hands to another of the
-    process's threads is raised in this one only when it runs Python again."""
+    """Wait for every future, waking twice a second: a signal that the kernel hands to another of the
+    process's threads runs its Python handler in the main thread only when that thread runs Python."""
     while wait(futures, timeout=0.5).not_done:
         pass
 
 
+_TO_STOP_NOW = "to stop at once, kill -9 the process (parts are written whole; the next run takes its lease over)"
+
+
+@contextlib.contextmanager
+def _signals_deferred(stop: Callable[[str], None], in_flight: Callable[[], list[str]]) -> Iterator[None]:
+    """In the main thread, while the lanes run: Ctrl-C (SIGINT) and SIGTERM stop the lanes from taking
+    another shard, and reach the handler they had (KeyboardInterrupt, Prefect's termination) only once
+    every lane has stopped. So the run never unwinds, and releases DEST's lease, while a lane still
+    writes; a second signal only says what the run waits for. Elsewhere (signals reach the main thread
+    only): nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        got.append(signum)  # first: a handler may run inside this one
+        if len(got) == 1:
+            stop(f"interrupted ({signal.Signals(signum).name})")
+        else:
+            _logger().warning("still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW)
+
+    previous = {s: signal.signal(s, defer) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    if got:  # delivered as it would have been, now that no lane runs
+        handler = previous[got[0]]
+        if callable(handler):
+            handler(got[0], None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), got[0])
+
+
 def _outlast(futures: Sequence[Future[None]], in_flight: Callable[[], list[str]]) -> None:
-    """Wait for the lanes to stop, through further Ctrl-Cs: the run releases DEST's lease as it unwinds,
-    and no lane may write after that (another run could have taken DEST). Killing the process stops it at
-    once and safely: every part is written whole, and the next run takes a dead process's lease over."""
+    """Wait for the lanes to stop, through anything raised meanwhile: the run releases DEST's lease as it
+    unwinds, and no lane may write after that (another run could have taken DEST)."""
     while True:
         try:
             _join(futures)
             return
-        except KeyboardInterrupt:
-            _logger().warning(
-                "still waiting for the shards in flight (%s): DEST stays held until they stop; to stop at once,"
-                " kill the process (parts are written whole, and the next run takes its lease over)",
-                ", ".join(in_flight()),
-            )
+        except BaseException:
+            _logger().warning("still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

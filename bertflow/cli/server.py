@@ -62,6 +62,9 @@ def temporary_server() -> Iterator[None]:
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
         },
+        # Its own session: a Ctrl-C at the terminal reaches bertflow, not the server its shards in flight still
+        # report to (bertflow stops it below; it dies with bertflow in any case).
+        start_new_session=True,
         preexec_fn=lambda: die_with(parent),
     )
     try:

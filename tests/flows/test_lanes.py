@@ -8,6 +8,7 @@ two CPU lanes at the boundary (`shard_lanes`), each running real `embed-shard` s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -199,11 +200,16 @@ def test_two_lanes_asking_for_a_model_at_once_load_it_once_and_count_it_once(tmp
     assert loaded_encoder(config)[1] == 0.0
 
 
-def test_a_second_ctrl_c_still_waits_for_the_shards_in_flight_before_the_lease_can_go(caplog):
-    """Ctrl-C twice: the interrupt reaches the caller (who then releases DEST's lease) only once no lane
-    writes any more, and no lane takes another shard."""
+def test_ctrl_c_then_sigterm_wait_for_the_shards_in_flight_before_the_lease_can_go(caplog):
+    """Ctrl-C, then a plain `kill`: the interrupt reaches the caller (who then releases DEST's lease) only
+    once no lane writes any more, no lane takes another shard, and the handlers are put back."""
     jobs = [SimpleNamespace(spec=SimpleNamespace(index=i, name=f"part-{i:05d}.parquet")) for i in range(4)]
     both_running, release, ended = threading.Barrier(3), threading.Event(), []
+    said = threading.Semaphore(0)  # one release per warning the run logs
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.release()
 
     def run_shard(job):
         if job.spec.index < 2:
@@ -212,21 +218,28 @@ def test_a_second_ctrl_c_still_waits_for_the_shards_in_flight_before_the_lease_c
         ended.append(job.spec.index)
         return job.spec.index
 
-    def press_ctrl_c_twice() -> None:
+    def signal_twice() -> None:
         both_running.wait(10)
-        for _ in range(2):
-            time.sleep(0.5)
-            os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.5)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), sig)
+            assert said.acquire(timeout=10)  # the run said so before the next signal
         ended.append("released")
         release.set()
 
-    presser = threading.Thread(target=press_ctrl_c_twice)
-    presser.start()
-    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
-        run_in_lanes(jobs, [None, None], run_shard, lambda job, result: None)
-    presser.join()
+    sigterm = signal.getsignal(signal.SIGTERM)
+    root = logging.getLogger()  # the run's logger outside a flow run propagates here; last: once all have it
+    root.addHandler(handler := Said(logging.WARNING))
+    sender = threading.Thread(target=signal_twice)
+    sender.start()
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+            run_in_lanes(jobs, [None, None], run_shard, lambda job, result: None)
+    finally:
+        root.removeHandler(handler)
+        sender.join()
     assert ended[0] == "released" and sorted(ended[1:]) == [0, 1]  # both shards in flight ended first; 2, 3 never began
-    said = [r.getMessage() for r in caplog.records]
-    assert "interrupted: waiting for the shards in flight (part-00000.parquet, part-00001.parquet) to finish" in said[0]
-    assert said[1].startswith("still waiting for the shards in flight (part-00000.parquet, part-00001.parquet)")
+    said_ = [r.getMessage() for r in caplog.records]
+    both = "part-00000.parquet, part-00001.parquet"
+    assert said_[0].startswith(f"interrupted (SIGINT): waiting for the shards in flight ({both}) to finish")
+    assert said_[1].startswith(f"still waiting for the shards in flight ({both}); to stop at once, kill -9")
+    assert signal.getsignal(signal.SIGTERM) is sigterm and signal.getsignal(signal.SIGINT) is signal.default_int_handler
