@@ -150,12 +150,12 @@ def _signals_deferred(stop: Callable[[str], None], in_flight: Callable[[], list[
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    got: list[int] = []
+    got: list[signal.Signals] = []
 
     def defer(signum: int, frame: object) -> None:
-        got.append(signum)  # first: a handler may run inside this one
+        got.append(signal.Signals(signum))  # first: a handler may run inside this one
         if len(got) == 1:
-            stop(f"interrupted ({signal.Signals(signum).name})")
+            stop(f"interrupted ({got[0].name})")
         else:
             _logger().warning("still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW)
 
