@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -221,9 +222,37 @@ def indexed_columns(table: Any) -> set[str]:
     return {column for index in table.list_indices() for column in index.columns}
 
 
+# An IVF index is retrained once the table has this many times the rows it was trained on: by the
+# sqrt(rows) rule its partitions would then be twice as many, each holding twice the vectors it should.
+RETRAIN_GROWTH = 4
+
+
+def trained_rows(table: Any, column: str) -> int | None:
+    """The rows `column`'s vector index was trained on (bertflow names it `COLUMN_ivfpq_ROWS`); 0 for a
+    vector index named otherwise (made elsewhere, or by an older bertflow: never retrained); None for none."""
+    found = None
+    for index in table.list_indices():
+        if index.columns == [column] and str(index.index_type).lower().startswith("ivf"):
+            m = re.fullmatch(re.escape(column) + r"_ivfpq_(\d+)", index.name)
+            found = max(found or 0, int(m.group(1)) if m else 0)
+    return found
+
+
+def stale_index(table: Any, column: str, rows: int) -> bool:
+    """Whether `column` needs its vector index built: it has none, or it grew RETRAIN_GROWTH-fold since."""
+    trained = trained_rows(table, column)
+    return trained is None or (trained > 0 and rows >= RETRAIN_GROWTH * trained)
+
+
 def build_index(table: Any, db: str, column: str, rows: int, dim: int) -> None:
+    """Train `column`'s IVF-PQ index on the table's `rows`, then drop the one it replaces (searches use
+    the old one until the new one is committed)."""
+    name = f"{column}_ivfpq_{rows}"
     with guarded(db):
-        table.create_index(vector_column_name=column, replace=True, **index_plan(rows, dim))
+        old = [i.name for i in table.list_indices() if i.columns == [column] and i.name != name]
+        table.create_index(vector_column_name=column, replace=True, name=name, **index_plan(rows, dim))
+        for other in old:
+            table.drop_index(other)
 
 
 def build_key_indexes(table: Any, db: str, key: Sequence[str]) -> None:

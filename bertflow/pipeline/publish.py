@@ -237,7 +237,8 @@ def publish(dest: str, target: PublishConfig) -> Publication:
 
 def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[str], changed: bool) -> list[str]:
     """An ANN index on each vector column and scalar indexes on the key once the table has `index_rows`
-    rows (new rows are added to existing ones); a full-text index on `fts_column` if asked. Compaction
+    rows (new rows are added to existing ones; the ANN index is trained again when the table has grown
+    `vectorstore.RETRAIN_GROWTH`-fold); a full-text index on `fts_column` if asked. Compaction
     and index updates only when there is something to do: a republish that changed nothing skips them."""
     db = target.db
     if changed or vectorstore.unindexed_rows(table):
@@ -247,8 +248,8 @@ def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[s
     have = vectorstore.indexed_columns(table)
     if rows >= target.index_rows:
         vectorstore.build_key_indexes(table, db, key)
-        for column, dim in columns.items():
-            if column not in have:
+        for column, dim in columns.items():  # built, or retrained once the table outgrew its partitions
+            if vectorstore.stale_index(table, column, rows):
                 vectorstore.build_index(table, db, column, rows, dim)
     if target.fts_column is not None and target.fts_column not in have:
         vectorstore.build_text_index(table, db, target.fts_column)

@@ -208,29 +208,42 @@ def test_a_publish_killed_mid_way_leaves_the_previous_version_and_a_rerun_comple
     assert done.deleted == 1
 
 
-def test_the_index_is_built_above_the_threshold_and_recalls_the_exact_neighbours(tmp_path, tiny_bert, sample_texts):
-    texts = sample_texts[:1500]
-    source = write_rows(tmp_path / "docs.parquet", [{"id": i, "text": t, "tag": "x"} for i, t in enumerate(texts)])
+def test_the_index_is_built_above_the_threshold_retrained_as_the_table_grows_and_recalls_the_neighbours(
+    tmp_path, tiny_bert, sample_texts
+):
+    texts = sample_texts[:1800]
     config = EmbedConfig(model=str(tiny_bert), shard_rows=500, keep=("tag",), device="cpu")
-    embed_dataset(str(source), str(tmp_path / "out"), config)
+    for name, first, last in (("a", 0, 300), ("b", 300, 1500), ("c", 1500, 1800)):  # a partition of the table each
+        rows_ = [{"id": i, "text": texts[i], "tag": "x"} for i in range(first, last)]
+        embed_dataset(str(write_rows(tmp_path / f"{name}.parquet", rows_)), str(tmp_path / name), config)
     db = str(tmp_path / "db")
-    small = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=2000))
+    small = publish(str(tmp_path / "a"), PublishConfig(db=db, index_rows=2000))
     assert small.indexed == []  # under the threshold: searched exactly
-    done = publish(str(tmp_path / "out"), PublishConfig(db=db, index_rows=1000, fts_column="tag"))
+    done = publish(str(tmp_path / "a"), PublishConfig(db=db, index_rows=100, fts_column="tag"))
     assert done.indexed == ["embedding"]
-    table = lancedb.connect(db).open_table("embeddings")
-    [ann] = [i for i in table.list_indices() if i.columns == ["embedding"]]
-    assert ann.index_type == "IvfPq" and table.index_stats(ann.name).num_indexed_rows == 1500  # every row
+
+    def table():  # the table's latest version
+        return lancedb.connect(db).open_table("embeddings")
+
+    assert vectorstore.trained_rows(table(), "embedding") == 300
+    # Five times the rows it was trained on: trained again on all of them (sqrt(rows) partitions), one index.
+    grown = publish(str(tmp_path / "b"), PublishConfig(db=db, index_rows=100, fts_column="tag"))
+    assert grown.indexed == ["embedding"] and vectorstore.trained_rows(table(), "embedding") == 1500
+    [ann] = [i for i in table().list_indices() if i.columns == ["embedding"]]
+    assert ann.index_type == "IvfPq" and table().index_stats(ann.name).num_indexed_rows == 1500  # every row
     # With the full-text index asked for, and scalar indexes on the key for upserts and deletes.
-    assert vectorstore.indexed_columns(table) == {"embedding", "tag", "partition", "id"}
-    assert len(table.search("x", query_type="fts").limit(5).to_list()) == 5
-    queries = texts[::30]
+    assert vectorstore.indexed_columns(table()) == {"embedding", "tag", "partition", "id"}
+    assert len(table().search("x", query_type="fts").limit(5).to_list()) == 5
     overlap = []
-    for q in queries:
-        ann = {h.id for h in search_table(db, "embeddings", q, k=10)}
+    for q in texts[:1500:30]:
+        ann_ids = {h.id for h in search_table(db, "embeddings", q, k=10)}
         exact = {h.id for h in search_table(db, "embeddings", q, k=10, exact=True)}
-        overlap.append(len(ann & exact) / 10)
+        overlap.append(len(ann_ids & exact) / 10)
     assert np.mean(overlap) >= 0.95, overlap
+    # Under four-fold growth the index is kept, the new rows added to its partitions.
+    publish(str(tmp_path / "c"), PublishConfig(db=db, index_rows=100))
+    assert vectorstore.trained_rows(table(), "embedding") == 1500
+    assert table().index_stats(ann.name).num_indexed_rows == 1800
 
 
 @pytest.mark.parametrize(
