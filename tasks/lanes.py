@@ -27,6 +27,7 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from bertflow.choices import Device
+from bertflow.errors import RunFailedError
 from bertflow.io.manifest import ShardJob
 from bertflow.model import cards
 from bertflow.model.loading import pick_device
@@ -66,8 +67,7 @@ def run_in_lanes(
             results.append(run(job))
             done(job, results[-1])
         return results
-    # Re-entrant: a signal's handler (`_signals_deferred`) may run in the main thread while it holds it.
-    todo, lock, failed = deque(jobs), threading.RLock(), threading.Event()
+    todo, lock, failed = deque(jobs), threading.Lock(), threading.Event()
     finished: dict[int, _R] = {}
     errors: list[BaseException] = []
     running: set[str] = set()  # the parts lanes are embedding now
@@ -108,14 +108,28 @@ def run_in_lanes(
                 running.discard(name or "")
             stop(f"{name or 'a lane'} failed")
 
+    told = 0
+
+    def heed(got: list[signal.Signals]) -> None:
+        """Act on the signals `_signals_deferred` recorded: the first stops the lanes taking shards."""
+        nonlocal told
+        for sig in got[told:]:
+            if told == 0:
+                stop(f"interrupted ({sig.name})")
+            else:
+                _logger().warning(
+                    "still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW
+                )
+            told += 1
+
     # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
     pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="bertflow-lane")
     futures: list[Future[None]] = []
     try:
-        with _signals_deferred(stop, in_flight):
+        with _signals_deferred() as got:
             for card in lanes:
                 futures.append(pool.submit(contextvars.copy_context().run, lane, card))
-            _join(futures)
+            _join(futures, lambda: heed(got))
         for f in futures:
             f.result()  # a lane keeps its shard's error in `errors`; this raises only a fault of the lane itself
     except BaseException:  # a deferred Ctrl-C or SIGTERM (the lanes have stopped), or an error sent to this thread
@@ -127,49 +141,58 @@ def run_in_lanes(
         pool.shutdown(wait=False)  # every lane has returned
     if errors:
         raise errors[0]
+    if len(finished) < len(jobs):  # stopped by a signal whose handler did not raise
+        why = f"interrupted ({got[0].name})" if got else "stopped"
+        raise RunFailedError(
+            f"{why} with {len(jobs) - len(finished)} shard(s) not run: "
+            "run again to embed them (the finished parts are kept)"
+        )
     return [finished[job.spec.index] for job in jobs]
 
 
-def _join(futures: Sequence[Future[None]]) -> None:
-    """Wait for every future, waking twice a second: a signal that the kernel hands to another of the
-    process's threads runs its Python handler in the main thread only when that thread runs Python."""
+def _join(futures: Sequence[Future[None]], wake: Callable[[], None] = lambda: None) -> None:
+    """Wait for every future, calling `wake` twice a second and at the end: a signal that the kernel hands
+    to another of the process's threads runs its Python handler in the main thread only when that thread
+    runs Python."""
     while wait(futures, timeout=0.5).not_done:
-        pass
+        wake()
+    wake()
 
 
 _TO_STOP_NOW = "to stop at once, kill -9 the process (parts are written whole; the next run takes its lease over)"
 
 
 @contextlib.contextmanager
-def _signals_deferred(stop: Callable[[str], None], in_flight: Callable[[], list[str]]) -> Iterator[None]:
-    """In the main thread, while the lanes run: Ctrl-C (SIGINT) and SIGTERM stop the lanes from taking
-    another shard, and reach the handler they had (KeyboardInterrupt, Prefect's termination) only once
-    every lane has stopped. So the run never unwinds, and releases DEST's lease, while a lane still
-    writes; a second signal only says what the run waits for. Elsewhere (signals reach the main thread
-    only): nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _signals_deferred() -> Iterator[list[signal.Signals]]:
+    """In the main thread, while the lanes run: Ctrl-C (SIGINT) and SIGTERM are only recorded (the
+    handler takes no lock and logs nothing: it may interrupt code holding either), for the waiting loop
+    to act on, and reach the handler they had (KeyboardInterrupt, Prefect's termination) once every
+    lane has stopped. So the run never unwinds, and releases DEST's lease, while a lane still writes.
+    A signal ignored, or handled outside Python, is left as it is; in other threads (signals reach the
+    main thread only) nothing is deferred."""
     got: list[signal.Signals] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
 
     def defer(signum: int, frame: object) -> None:
-        got.append(signal.Signals(signum))  # first: a handler may run inside this one
-        if len(got) == 1:
-            stop(f"interrupted ({got[0].name})")
-        else:
-            _logger().warning("still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW)
+        got.append(signal.Signals(signum))
 
-    previous = {s: signal.signal(s, defer) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(s)
+        if callable(handler) or handler == signal.SIG_DFL:
+            previous[s] = signal.signal(s, defer)
     try:
-        yield
+        yield got
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            signal.signal(s, handler)
     if got:  # delivered as it would have been, now that no lane runs
         handler = previous[got[0]]
         if callable(handler):
             handler(got[0], None)
-        elif handler == signal.SIG_DFL:
+        else:  # the default action (SIGTERM: the process ends)
             os.kill(os.getpid(), got[0])
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 import bertflow.flows.embed as embed_flow
 import bertflow.flows.shard as shard_flow
 from bertflow.config import EmbedConfig
-from bertflow.errors import InputError
+from bertflow.errors import InputError, RunFailedError
 from bertflow.flows.shard import embed_shard
 from bertflow.model import cards
 from bertflow.model.resolve import loaded_encoder, resolve_config
@@ -200,9 +200,10 @@ def test_two_lanes_asking_for_a_model_at_once_load_it_once_and_count_it_once(tmp
     assert loaded_encoder(config)[1] == 0.0
 
 
-def test_ctrl_c_then_sigterm_wait_for_the_shards_in_flight_before_the_lease_can_go(caplog):
-    """Ctrl-C, then a plain `kill`: the interrupt reaches the caller (who then releases DEST's lease) only
-    once no lane writes any more, no lane takes another shard, and the handlers are put back."""
+def interrupt_lanes(signals: tuple[signal.Signals, ...], caplog) -> tuple[list, list[str], BaseException]:
+    """Two lanes on four shards; once both are on a shard, `signals` are sent one by one, each after the
+    run said something of the last; then the two shards are let finish. What ended (in order), what the
+    run logged, and what it raised."""
     jobs = [SimpleNamespace(spec=SimpleNamespace(index=i, name=f"part-{i:05d}.parquet")) for i in range(4)]
     both_running, release, ended = threading.Barrier(3), threading.Event(), []
     said = threading.Semaphore(0)  # one release per warning the run logs
@@ -218,28 +219,59 @@ def test_ctrl_c_then_sigterm_wait_for_the_shards_in_flight_before_the_lease_can_
         ended.append(job.spec.index)
         return job.spec.index
 
-    def signal_twice() -> None:
+    def send() -> None:
         both_running.wait(10)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             os.kill(os.getpid(), sig)
             assert said.acquire(timeout=10)  # the run said so before the next signal
         ended.append("released")
         release.set()
 
-    sigterm = signal.getsignal(signal.SIGTERM)
     root = logging.getLogger()  # the run's logger outside a flow run propagates here; last: once all have it
     root.addHandler(handler := Said(logging.WARNING))
-    sender = threading.Thread(target=signal_twice)
+    sender = threading.Thread(target=send)
     sender.start()
     try:
-        with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        with caplog.at_level("WARNING"), pytest.raises(BaseException) as raised:
             run_in_lanes(jobs, [None, None], run_shard, lambda job, result: None)
     finally:
         root.removeHandler(handler)
         sender.join()
+    return ended, [r.getMessage() for r in caplog.records], raised.value
+
+
+BOTH = "part-00000.parquet, part-00001.parquet"
+
+
+def test_ctrl_c_then_sigterm_wait_for_the_shards_in_flight_before_the_lease_can_go(caplog):
+    """Ctrl-C, then a plain `kill`: the interrupt reaches the caller (who then releases DEST's lease) only
+    once no lane writes any more, no lane takes another shard, and the handlers are put back."""
+    sigterm = signal.getsignal(signal.SIGTERM)
+    ended, said, raised = interrupt_lanes((signal.SIGINT, signal.SIGTERM), caplog)
+    assert isinstance(raised, KeyboardInterrupt)
     assert ended[0] == "released" and sorted(ended[1:]) == [0, 1]  # both shards in flight ended first; 2, 3 never began
-    said_ = [r.getMessage() for r in caplog.records]
-    both = "part-00000.parquet, part-00001.parquet"
-    assert said_[0].startswith(f"interrupted (SIGINT): waiting for the shards in flight ({both}) to finish")
-    assert said_[1].startswith(f"still waiting for the shards in flight ({both}); to stop at once, kill -9")
+    assert said[0].startswith(f"interrupted (SIGINT): waiting for the shards in flight ({BOTH}) to finish")
+    assert said[1].startswith(f"still waiting for the shards in flight ({BOTH}); to stop at once, kill -9")
     assert signal.getsignal(signal.SIGTERM) is sigterm and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_whose_handler_does_not_raise_still_fails_the_run_with_the_shards_left(caplog):
+    """An embedding application's own SIGINT handler that only sets a flag: it gets the signal once the
+    lanes stop, and the run fails in one line naming what is left instead of returning half its results."""
+    flags: list[int] = []
+
+    def flag(signum, frame):
+        flags.append(signum)
+
+    before = signal.signal(signal.SIGINT, flag)
+    try:
+        ended, said, raised = interrupt_lanes((signal.SIGINT,), caplog)
+        assert signal.getsignal(signal.SIGINT) is flag
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert flags == [signal.SIGINT] and sorted(ended[1:]) == [0, 1]
+    assert isinstance(raised, RunFailedError)
+    assert (
+        str(raised)
+        == "interrupted (SIGINT) with 2 shard(s) not run: run again to embed them (the finished parts are kept)"
+    )
