@@ -227,15 +227,21 @@ def indexed_columns(table: Any) -> set[str]:
 RETRAIN_GROWTH = 4
 
 
-def trained_rows(table: Any, column: str) -> int | None:
-    """The rows `column`'s vector index was trained on (bertflow names it `COLUMN_ivfpq_ROWS`); 0 for a
-    vector index named otherwise (made elsewhere, or by an older bertflow: never retrained); None for none."""
-    found = None
+def _trained(table: Any, column: str) -> dict[str, int]:
+    """`column`'s vector indexes: name -> the rows it was trained on (bertflow names them
+    `COLUMN_ivfpq_ROWS`; 0 for one named otherwise: made elsewhere, or by an older bertflow)."""
+    found = {}
     for index in table.list_indices():
         if index.columns == [column] and str(index.index_type).lower().startswith("ivf"):
             m = re.fullmatch(re.escape(column) + r"_ivfpq_(\d+)", index.name)
-            found = max(found or 0, int(m.group(1)) if m else 0)
+            found[index.name] = int(m.group(1)) if m else 0
     return found
+
+
+def trained_rows(table: Any, column: str) -> int | None:
+    """The rows `column`'s vector index was trained on; 0 if it cannot say (never retrained); None: no index."""
+    trained = _trained(table, column)
+    return max(trained.values()) if trained else None
 
 
 def stale_index(table: Any, column: str, rows: int) -> bool:
@@ -245,14 +251,27 @@ def stale_index(table: Any, column: str, rows: int) -> bool:
 
 
 def build_index(table: Any, db: str, column: str, rows: int, dim: int) -> None:
-    """Train `column`'s IVF-PQ index on the table's `rows`, then drop the one it replaces (searches use
-    the old one until the new one is committed)."""
-    name = f"{column}_ivfpq_{rows}"
+    """Train `column`'s IVF-PQ index on the table's `rows`; searches use the one it replaces until then."""
     with guarded(db):
-        old = [i.name for i in table.list_indices() if i.columns == [column] and i.name != name]
-        table.create_index(vector_column_name=column, replace=True, name=name, **index_plan(rows, dim))
-        for other in old:
-            table.drop_index(other)
+        table.create_index(
+            vector_column_name=column, replace=True, name=f"{column}_ivfpq_{rows}", **index_plan(rows, dim)
+        )
+
+
+def drop_superseded(table: Any, db: str, column: str) -> None:
+    """Drop bertflow's vector indexes on `column` older than its newest (one retrain's leftover, or two
+    publishes retraining at once); every publish calls it, so a drop that failed is done by the next."""
+    with guarded(db):
+        table.checkout_latest()  # another publish may have built or dropped one since this table was opened
+        ours = {name: rows for name, rows in _trained(table, column).items() if rows > 0}
+        for name, rows in ours.items():
+            if rows < max(ours.values()):
+                try:
+                    table.drop_index(name)
+                except Exception:  # dropped by a publish beside this one: fine; anything else is raised
+                    table.checkout_latest()
+                    if name in {i.name for i in table.list_indices()}:
+                        raise
 
 
 def build_key_indexes(table: Any, db: str, key: Sequence[str]) -> None:

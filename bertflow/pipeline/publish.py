@@ -251,6 +251,7 @@ def _index(table: object, manifest: Manifest, target: PublishConfig, key: list[s
         for column, dim in columns.items():  # built, or retrained once the table outgrew its partitions
             if vectorstore.stale_index(table, column, rows):
                 vectorstore.build_index(table, db, column, rows, dim)
+            vectorstore.drop_superseded(table, db, column)
     if target.fts_column is not None and target.fts_column not in have:
         vectorstore.build_text_index(table, db, target.fts_column)
     have = vectorstore.indexed_columns(table)
