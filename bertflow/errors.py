@@ -96,3 +96,9 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
     """A pydantic validation error's first problem: (where, as `field.sub`; what is wrong)."""
     first = e.errors()[0]
     return ".".join(str(x) for x in first["loc"]), first["msg"].removeprefix("Value error, ")
+
+
+def problem_line(e: ValidationError) -> str:
+    """`first_problem` as one line: `field: what is wrong`."""
+    where, what = first_problem(e)
+    return f"{where}: {what}" if where else what

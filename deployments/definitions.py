@@ -76,7 +76,7 @@ def definitions(s: ServiceSettings, *, served: bool = False) -> list[RunnerDeplo
             backfill.to_deployment(
                 BACKFILL,
                 parameters={"deployment": NIGHTLY, "max_in_flight": DEFAULT_MAX_IN_FLIGHT},
-                description="Rerun embed-nightly over past days, skipping days already complete.",
+                description="Rerun embed-nightly over past days, skipping days already complete (and published).",
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 version=version,
                 work_queue_name=parents,

@@ -35,7 +35,7 @@ from bertflow.deployments.automations import (
 )
 from bertflow.deployments.definitions import DEFAULT_CRON, ServiceSettings, definitions
 from bertflow.deployments.kubernetes import KubernetesOptions
-from bertflow.errors import InputError
+from bertflow.errors import InputError, problem_line
 from bertflow.names import GPU_LIMIT, NIGHTLY_DEPLOYMENT, PARENTS_QUEUE, SHARDS_QUEUE, ZOMBIE_AUTOMATION
 from bertflow.tasks.gpu import set_slots_per_host, slots_per_host
 
@@ -76,7 +76,7 @@ def settings(
     try:
         config = EmbedConfig.model_validate({**(params.get("config") or {}), **({"model": model} if model else {})})
     except ValidationError as e:
-        raise InputError(f"embed-nightly's config: {e.errors()[0]['msg']}") from None
+        raise InputError(f"embed-nightly's config: {problem_line(e)}") from None
     _check_cron(cron)
     publish = _publish(params.get("publish"), publish_db, publish_table)
     return ServiceSettings(source_template, dest_template, cron, config.model_dump(mode="json"), pool, publish=publish)
@@ -92,7 +92,7 @@ def _publish(current: dict | None, db: str | None, table: str | None) -> dict | 
     try:
         return PublishConfig.model_validate({**fields, "sync": "partition"}).model_dump(mode="json")
     except ValidationError as e:
-        raise InputError(f"embed-nightly's publish: {e.errors()[0]['msg']}") from None
+        raise InputError(f"embed-nightly's publish: {problem_line(e)}") from None
 
 
 def _check_cron(cron: str) -> None:

@@ -187,7 +187,8 @@ def backfill(
     overwrite: Annotated[bool, typer.Option(help="Redo days whose DEST is already complete")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and start nothing")] = False,
 ) -> None:
-    """One run of DEPLOYMENT per day, skipping days already complete with the same config; rerun-safe."""
+    """One run of DEPLOYMENT per day, skipping days already complete with the same config (and published,
+    when the deployment publishes); rerun-safe."""
     _require_server("backfill")
     from bertflow.flows.backfill import backfill as backfill_flow
     from bertflow.tasks.backfill import make_plan
@@ -202,7 +203,7 @@ def backfill(
         out.print(f"dry run: {len(plan.to_run)} to run, {len(plan.days) - len(plan.to_run)} to skip; nothing started")
         return
     if not plan.to_run:
-        out.print("nothing to run: every partition is complete")
+        out.print("nothing to run: every partition is complete (and published, where the deployment publishes)")
         return
     with running(Bar("backfill", unit="partitions")):
         results = backfill_flow(

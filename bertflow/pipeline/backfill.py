@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from bertflow import partitions
 from bertflow.choices import SCALAR_QUANTIZE
 from bertflow.config import EmbedConfig, PublishConfig
-from bertflow.errors import InputError, first_problem
+from bertflow.errors import InputError, problem_line
 from bertflow.io import parts
 from bertflow.model.resolve import resolve_config
 from bertflow.pipeline.quantize import ranges_of
@@ -72,11 +72,11 @@ def plan_days(
     try:
         config = EmbedConfig.model_validate(params.get("config") or {})
     except ValidationError as e:
-        raise InputError(f"deployment {deployment} has an invalid config parameter: {_said(e)}") from None
+        raise InputError(f"deployment {deployment} has an invalid config parameter: {problem_line(e)}") from None
     try:
         publish = PublishConfig.model_validate(params["publish"]) if params.get("publish") else None
     except ValidationError as e:
-        raise InputError(f"deployment {deployment} has an invalid publish parameter: {_said(e)}") from None
+        raise InputError(f"deployment {deployment} has an invalid publish parameter: {problem_line(e)}") from None
     resolved = resolve_config(config)
     loose: frozenset[str] = frozenset()
     if (
@@ -94,11 +94,6 @@ def plan_days(
         deployment=deployment, deployment_id=deployment_id, dest_template=dest_t, start=start, end=end, every=every,
         overwrite=overwrite, days=planned,
     )  # fmt: skip
-
-
-def _said(e: ValidationError) -> str:
-    where, what = first_problem(e)
-    return f"{where}: {what}" if where else what
 
 
 def _day(

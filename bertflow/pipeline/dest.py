@@ -7,7 +7,7 @@ mismatched rerun is refused) and "complete" last, after every part and `_rejects
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import bertflow
@@ -18,6 +18,7 @@ from bertflow.io.manifest import (
     MANIFEST_NAME,
     REJECTS_NAME,
     Manifest,
+    Publication,
     ReuseSummary,
     ShardJob,
     ShardResult,
@@ -43,6 +44,7 @@ class RunTarget:
     reuse: ReusePlan | None = None  # earlier outputs to copy unchanged rows from
     sizing: ShardSizing | None = None  # how `--shard-rows auto` sized the shards
     partition: str | None = None  # the day filled into {date}, for a partitioned run
+    published: list[Publication] = field(default_factory=list)  # DEST's publishes before this run
 
 
 def fingerprints(plan: Sequence[ShardSpec], config: ResolvedConfig) -> dict[str, str]:
@@ -87,6 +89,8 @@ def manifest(
         reuse=reuse,
         shard_sizing=target.sizing,
         partition=target.partition,
+        # What DEST was published to stays true while the run writes nothing new (a rerun of a complete DEST).
+        published=target.published if all(r.resumed for r in done) else [],
         created_at=target.created_at,
         completed_at=None if results is None else datetime.now(timezone.utc),
     )
@@ -125,7 +129,8 @@ def prepare(
         parts.clear_dest(dest)
     else:
         existing = parts.read_manifest(dest)
-        target = replace(target, config=in_format_of(existing, target.config))
+        published = list(existing.published) if existing is not None else []
+        target = replace(target, config=in_format_of(existing, target.config), published=published)
         parts.check_compatible(dest, existing, target.config.output_fingerprint())
     config = target.config
     parts.remove_temporaries(dest)
