@@ -6,13 +6,11 @@ goes through `bertflow.progress`, which the CLI draws and the parent run's artif
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import replace
 from datetime import datetime
 
 from prefect import get_run_logger, task
-from prefect.exceptions import MissingContextError
 
 from bertflow import heap, partitions, processes, progress
 from bertflow.config import EmbedConfig
@@ -34,6 +32,7 @@ from bertflow.pipeline.shard import ShardText, ShardTokens, Vectors
 from bertflow.resolved import ResolvedConfig
 from bertflow.tasks.gpu import host_key, in_deployment_run
 from bertflow.tasks.policy import IN_MEMORY, RETRY
+from bertflow.tasks.reporting import run_logger
 
 # A worker's shard-run process's start-up, told to the part of the first shard it writes.
 _STARTUP = processes.StartUp()
@@ -183,11 +182,7 @@ def embed(job: ShardJob, tokens: ShardTokens) -> tuple[Vectors, EngineStats]:
     load = _LOADS.pop(job.spec.name, None)  # None: this process had the model before the shard began
     stats = EngineStats.of(encoder, time.perf_counter() - started, load or 0.0, load is None, busy.share)
     if encoder.memory.splits:
-        try:
-            logger: logging.Logger | logging.LoggerAdapter = get_run_logger()
-        except MissingContextError:  # called outside a run (`.fn`)
-            logger = logging.getLogger(__name__)
-        logger.warning(
+        run_logger(__name__).warning(
             "%s ran out of memory: %d batches split; the rest of the shard ran at most %d padded tokens per "
             "forward pass (--batch-tokens %d starts there)",
             encoder.device, encoder.memory.splits, encoder.memory.budget, encoder.memory.budget,

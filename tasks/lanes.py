@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import os
 import signal
 import threading
@@ -23,14 +22,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
-
 from bertflow.choices import Device
 from bertflow.errors import RunFailedError
 from bertflow.io.manifest import ShardJob
 from bertflow.model import cards
 from bertflow.model.loading import pick_device
+from bertflow.tasks.reporting import run_logger
 
 _R = TypeVar("_R")  # what running one shard returns
 
@@ -82,7 +79,7 @@ def run_in_lanes(
             first, left = not failed.is_set(), sorted(running)
             failed.set()
         if first and left:
-            _logger().warning(
+            run_logger(__name__).warning(
                 "%s: waiting for the shards in flight (%s) to finish; their parts are kept", why, ", ".join(left)
             )
 
@@ -117,9 +114,7 @@ def run_in_lanes(
             if told == 0:
                 stop(f"interrupted ({sig.name})")
             else:
-                _logger().warning(
-                    "still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW
-                )
+                _still_waiting(in_flight)
             told += 1
 
     # Each lane in a copy of this context: the flow run (subflows link to it) and the progress reporters.
@@ -159,7 +154,12 @@ def _join(futures: Sequence[Future[None]], wake: Callable[[], None] = lambda: No
     wake()
 
 
-_TO_STOP_NOW = "to stop at once, kill -9 the process (parts are written whole; the next run takes its lease over)"
+def _still_waiting(in_flight: Callable[[], list[str]]) -> None:
+    run_logger(__name__).warning(
+        "still waiting for the shards in flight (%s); to stop at once, kill -9 the process (parts are written "
+        "whole; the next run takes its lease over)",
+        ", ".join(in_flight()),
+    )
 
 
 @contextlib.contextmanager
@@ -204,11 +204,4 @@ def _outlast(futures: Sequence[Future[None]], in_flight: Callable[[], list[str]]
             _join(futures)
             return
         except BaseException:
-            _logger().warning("still waiting for the shards in flight (%s); %s", ", ".join(in_flight()), _TO_STOP_NOW)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # outside a run
-        return logging.getLogger(__name__)
+            _still_waiting(in_flight)

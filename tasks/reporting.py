@@ -24,6 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
 
 from bertflow import progress
 from bertflow.errors import BertflowError
@@ -55,6 +56,14 @@ def quiet_expected_errors() -> None:
     logger = logging.getLogger("prefect.flow_runs")
     if not any(isinstance(f, _NoTracebackForBertflowErrors) for f in logger.filters):
         logger.addFilter(_NoTracebackForBertflowErrors())
+
+
+def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
+    """The current Prefect run's logger; outside a run (a task's `.fn`, a plain call), the logger `name`."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)
 
 
 def artifact_keys(dest: str) -> dict[str, str]:

@@ -264,8 +264,9 @@ def drop_superseded(table: Any, db: str, column: str) -> None:
     with guarded(db):
         table.checkout_latest()  # another publish may have built or dropped one since this table was opened
         ours = {name: rows for name, rows in _trained(table, column).items() if rows > 0}
+        newest = max(ours.values(), default=0)
         for name, rows in ours.items():
-            if rows < max(ours.values()):
+            if rows < newest:
                 try:
                     table.drop_index(name)
                 except Exception:  # dropped by a publish beside this one: fine; anything else is raised
